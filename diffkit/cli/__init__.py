@@ -1,0 +1,55 @@
+"""The `diffkit` command: a Typer app whose commands parse, build settings, call the library, and render."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from diffkit import __version__
+from diffkit.errors import DiffkitError
+
+app = typer.Typer(
+    name="diffkit",
+    help="Train, sample, compare, edit and evaluate image diffusion models.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"diffkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """diffkit: image diffusion models for learning, teaching and research."""
+
+
+def _register() -> None:
+    from diffkit.cli import presets, sample, stubs, train
+
+    app.command()(train.train)
+    app.command()(sample.sample)
+    app.command()(presets.presets)
+    stubs.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except DiffkitError as exc:
+        message = " ".join(str(exc).split())
+        print(f"diffkit: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("diffkit: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,97 @@
+"""Batched image generation from a Denoiser: seeded noise, class layout, batches, progress.
+
+Every command that makes images (sample, compare-samplers, fid run:DIR, the grids drawn during
+training) comes through `generate`, so seeds mean the same thing everywhere: the starting noise of
+image i depends only on the seed and i, never on the batch size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffkit.denoiser import Denoiser
+from diffkit.errors import DiffkitError
+from diffkit.samplers import Callback, sample
+
+Progress = Callable[[int, int], None]  # (images done, images total)
+
+
+@dataclass
+class Generated:
+    images: Tensor  # (N, C, H, W) in [-1, 1], on the CPU
+    classes: Tensor | None
+    nfe: int  # denoiser evaluations per batch (the same for every batch)
+    seconds: float
+
+
+def class_layout(num_classes: int, class_id: int | None, num: int) -> tuple[Tensor | None, int]:
+    """Classes for a request: one class `num` times, or `num` of each class (a row per class)."""
+    if num_classes == 0:
+        if class_id is not None:
+            raise DiffkitError("--class was given but this model is unconditional: drop --class")
+        return None, num
+    if class_id is not None:
+        if not 0 <= class_id < num_classes:
+            raise DiffkitError(f"--class {class_id} is out of range: this model knows classes 0 to {num_classes - 1}")
+        return torch.full((num,), class_id, dtype=torch.long), num
+    return torch.arange(num_classes).repeat_interleave(num), num * num_classes
+
+
+def initial_noise(n: int, shape: tuple[int, int, int], seed: int) -> Tensor:
+    """x_T for images 0..n-1: image i's noise depends only on (seed, i)."""
+    out = torch.empty(n, *shape)
+    g = torch.Generator()
+    for i in range(n):
+        g.manual_seed(seed * 1_000_003 + i)
+        out[i] = torch.randn(shape, generator=g)
+    return out
+
+
+def generate(
+    denoiser: Denoiser,
+    *,
+    num: int,
+    classes: Tensor | None,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    seed: int,
+    batch_size: int = 250,
+    progress: Progress | None = None,
+    callback: Callback | None = None,
+    noise: Tensor | None = None,
+    **options: Any,
+) -> Generated:
+    """Generate `num` images (classes per image or None) with a registered sampler."""
+    import time
+
+    if guidance != 1.0 and denoiser.num_classes == 0 and guidance != 0.0:
+        raise DiffkitError(f"--cfg {guidance} needs a class-conditional model, and this one is unconditional: drop --cfg")
+    model = denoiser.model
+    shape = (model.in_channels, model.image_size, model.image_size)
+    x_T = noise if noise is not None else initial_noise(num, shape, seed)
+    device = next(model.parameters()).device
+    out, nfe, start = [], 0, time.perf_counter()
+    batches = max(1, math.ceil(num / batch_size))
+    for b in range(batches):
+        lo, hi = b * batch_size, min(num, (b + 1) * batch_size)
+        batch_classes = classes[lo:hi].to(device) if classes is not None else None
+        gen = torch.Generator(device=device).manual_seed(seed * 7919 + b)  # stochastic samplers' step noise
+        result = sample(sampler, denoiser.conditioned(batch_classes, guidance), x_T[lo:hi].to(device),
+                        denoiser.schedule, steps, generator=gen, callback=callback, **options)
+        out.append(result.images.clamp(-1, 1).cpu())
+        nfe = result.nfe
+        if progress is not None:
+            progress(hi, num)
+    return Generated(torch.cat(out), classes, nfe, time.perf_counter() - start)
+
+
+def grid_rows(num_classes: int, per_class: int, total: int) -> int:
+    """Images per grid row: one row per class for class grids, else a near-square grid."""
+    return per_class if num_classes else max(1, math.isqrt(max(total - 1, 0)) + 1)

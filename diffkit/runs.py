@@ -1,0 +1,239 @@
+"""Run directories: layout, atomic safetensors checkpoints, resume state, and loading a trained run.
+
+runs/<name>/
+  config.toml                    resolved settings (rebuilds the exact model and schedule)
+  metrics.jsonl                  one JSON object per log line / validation
+  curves.png                     training and validation loss, learning rate
+  samples/epoch_0001.png ...     a grid per epoch
+  checkpoints/last.safetensors   model + EMA weights (metadata: step, epoch, val loss)
+  checkpoints/last.state.pt      optimizer, LR schedule, RNG and loop state (tensors only; weights_only load)
+  checkpoints/best.safetensors   lowest validation loss
+  checkpoints/step_000500.safetensors  periodic (train.checkpoint_every_steps)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from diffkit.denoiser import Denoiser
+from diffkit.errors import DiffkitError
+from diffkit.models import UNet
+from diffkit.schedules import NoiseSchedule
+from diffkit.settings import Settings, load_saved_settings, save_settings
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def weights(self, name: str) -> Path:
+        return self.checkpoints / f"{name}.safetensors"
+
+    def state(self, name: str) -> Path:
+        return self.checkpoints / f"{name}.state.pt"
+
+
+def is_run(path: Path) -> bool:
+    return (path / "config.toml").is_file()
+
+
+def check_run_dir(root: Path, *, resume: bool, force: bool) -> RunPaths:
+    """Validate the target of `train` before anything is written."""
+    paths = RunPaths(root)
+    if resume:
+        if not is_run(root):
+            raise DiffkitError(f"cannot resume: {root} is not a diffkit run (no config.toml); start it without --resume")
+        if not paths.state("last").is_file():
+            raise DiffkitError(f"cannot resume: {paths.state('last')} is missing; start again with --force")
+        return paths
+    if root.exists() and any(root.iterdir()):
+        if not force:
+            raise DiffkitError(f"run directory {root} already exists: continue it with --resume, replace it with "
+                               "--force, or choose another --run-dir")
+        if not is_run(root):
+            raise DiffkitError(f"{root} is not empty and not a diffkit run: refusing to delete it; choose another --run-dir")
+    return paths
+
+
+def create_run_dir(paths: RunPaths, settings: Settings) -> None:
+    """Start a fresh run directory (replacing an old run only after `check_run_dir(force=True)`)."""
+    if paths.root.exists():
+        shutil.rmtree(paths.root)
+    paths.checkpoints.mkdir(parents=True)
+    paths.samples.mkdir(parents=True)
+    save_settings(settings, paths.config)
+
+
+# ------------------------------------------------------------------------------------ building
+
+
+def build_model(settings: Settings) -> UNet:
+    m, d = settings.model, settings.data
+    return UNet(
+        image_size=d.image_size,
+        in_channels=d.channels,
+        base_channels=m.base_channels,
+        channel_mults=m.channel_mults,
+        num_res_blocks=m.num_res_blocks,
+        attention_resolutions=m.attention_resolutions,
+        attention_heads=m.attention_heads,
+        mid_attention=m.mid_attention,
+        dropout=m.dropout,
+        norm_groups=m.norm_groups,
+        num_classes=m.num_classes or 0,
+        cond_channels=m.cond_channels,
+    )
+
+
+def build_schedule(settings: Settings) -> NoiseSchedule:
+    d = settings.diffusion
+    return NoiseSchedule.create(
+        d.schedule, d.timesteps, beta_start=d.beta_start, beta_end=d.beta_end, cosine_s=d.cosine_s,
+        sigmoid_start=d.sigmoid_start, sigmoid_end=d.sigmoid_end, sigmoid_tau=d.sigmoid_tau,
+        zero_terminal_snr=d.zero_terminal_snr,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DiffkitError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+
+
+def _atomic(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def save_checkpoint(paths: RunPaths, name: str, model: nn.Module, ema: nn.Module, meta: dict[str, Any],
+                    state: dict[str, Any] | None = None) -> Path:
+    """Weights of model and EMA in one safetensors file; optional resume state beside it. Atomic writes."""
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors |= {f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}
+    target = paths.weights(name)
+    if state is not None:  # state first: a crash between the two leaves the old weights, not new weights + old state
+        state_target = paths.state(name)
+        torch.save(state, _atomic(state_target))
+        os.replace(_atomic(state_target), state_target)
+    save_file(tensors, str(_atomic(target)), metadata={"diffkit": json.dumps(meta)})
+    os.replace(_atomic(target), target)
+    return target
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """All tensors and the metadata of a checkpoint; a missing or corrupt file is a DiffkitError."""
+    if not path.is_file():
+        raise DiffkitError(f"checkpoint {path} does not exist: train the run first or pick --checkpoint best|last|PATH")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("diffkit", "{}"))
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        raise DiffkitError(f"checkpoint {path} is corrupt or not a diffkit checkpoint ({exc}): "
+                           "use another checkpoint (--checkpoint last) or retrain") from None
+    return tensors, meta
+
+
+def split_weights(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(f"{prefix}."): v for k, v in tensors.items() if k.startswith(f"{prefix}.")}
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise DiffkitError(f"resume state {path} is corrupt ({exc}): start again with --force") from None
+
+
+# -------------------------------------------------------------------------------------- loading
+
+
+def latest_run(runs_dir: Path) -> Path:
+    """The run whose last checkpoint was written most recently."""
+    candidates = [p.parent.parent for p in runs_dir.glob("*/checkpoints/last.safetensors")]
+    if not candidates:
+        raise DiffkitError(f"no trained run in {runs_dir}/: train one (diffkit train --preset demo) or pass --run DIR")
+    return max(candidates, key=lambda p: (p / "checkpoints" / "last.safetensors").stat().st_mtime)
+
+
+def resolve_checkpoint(run_dir: Path, which: str) -> Path:
+    if which in ("best", "last"):
+        path = RunPaths(run_dir).weights(which)
+        if which == "best" and not path.is_file():
+            path = RunPaths(run_dir).weights("last")  # runs without validation have no "best"
+        return path
+    return Path(which)
+
+
+@dataclass
+class LoadedRun:
+    root: Path
+    settings: Settings
+    model: UNet
+    schedule: NoiseSchedule
+    checkpoint: Path
+    meta: dict[str, Any]
+    device: torch.device
+
+    @property
+    def num_classes(self) -> int:
+        return self.settings.model.num_classes or 0
+
+    def denoiser(self, **options: Any) -> Denoiser:
+        return Denoiser(self.model, self.schedule, self.settings.diffusion.objective, self.num_classes, **options)
+
+
+def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, device: str = "auto") -> LoadedRun:
+    """Rebuild the exact model and schedule from a run's config.toml and load a checkpoint's weights."""
+    if not run_dir.is_dir():
+        raise DiffkitError(f"run directory {run_dir} does not exist: pass --run with a directory made by diffkit train")
+    settings = load_saved_settings(RunPaths(run_dir).config)
+    path = resolve_checkpoint(run_dir, checkpoint)
+    tensors, meta = read_checkpoint(path)
+    model = build_model(settings)
+    weights = split_weights(tensors, "ema" if use_ema else "model")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:
+        raise DiffkitError(f"checkpoint {path} does not match the model in {run_dir}/config.toml: "
+                           "use a checkpoint from this run") from None
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    return LoadedRun(run_dir, settings, model, build_schedule(settings), path, meta, dev)

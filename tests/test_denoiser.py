@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from diffkit.denoiser import Denoiser, dynamic_threshold, min_snr_weight, split_prediction, training_target
+from diffkit.schedules import NoiseSchedule
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_objective_conversions_recover_x0_and_eps(objective: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(6, 1, 5, 5, generator=g), torch.randn(6, 1, 5, 5, generator=g)
+    ab = torch.tensor([0.999, 0.9, 0.5, 0.1, 0.01, 1e-4]).reshape(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    target = training_target(objective, x0, eps, ab)  # a perfect network outputs exactly this
+    pred = split_prediction(objective, target, x_t, ab)
+    torch.testing.assert_close(pred.x0, x0, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(pred.eps, eps, atol=2e-4, rtol=1e-4)
+
+
+def test_v_target_closed_form() -> None:
+    x0, eps, ab = torch.ones(1, 1, 1, 1), torch.zeros(1, 1, 1, 1), torch.tensor(0.36).reshape(1, 1, 1, 1)
+    # v = sqrt(ab) eps - sqrt(1-ab) x0 = -0.8
+    assert training_target("v", x0, eps, ab).item() == pytest.approx(-0.8)
+
+
+def test_min_snr_weights_closed_forms() -> None:
+    snr = torch.tensor([0.1, 1.0, 5.0, 100.0])
+    torch.testing.assert_close(min_snr_weight("eps", snr, 5.0), torch.tensor([1.0, 1.0, 1.0, 0.05]))
+    torch.testing.assert_close(min_snr_weight("x0", snr, 5.0), torch.tensor([0.1, 1.0, 5.0, 5.0]))
+    torch.testing.assert_close(min_snr_weight("v", snr, 5.0), torch.tensor([0.1 / 1.1, 0.5, 5 / 6, 5 / 101]))
+
+
+class ClassShift(nn.Module):
+    """Outputs x + class value (null class -> 0); counts forward calls and batch sizes."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.values = torch.arange(num_classes + 1, dtype=torch.float32)
+        self.values[-1] = 0.0
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        self.calls.append(x.shape[0])
+        if classes is None:  # an unconditional model
+            return x * 0 + self.values[-1]
+        return x * 0 + self.values[classes].reshape(-1, 1, 1, 1)
+
+
+def test_guidance_mixes_conditional_and_unconditional_in_one_batch() -> None:
+    schedule = NoiseSchedule.create("cosine", 100)
+    model = ClassShift(10)
+    den = Denoiser(model, schedule, "eps", num_classes=10)
+    x = torch.zeros(3, 1, 2, 2)
+    t = torch.full((3,), 50.0)
+    classes = torch.tensor([2, 4, 7])
+    for scale in (0.0, 1.0, 3.0, 7.5):
+        model.calls.clear()
+        eps = den(x, t, classes, guidance=scale).eps
+        expected = (scale * classes.float()).reshape(-1, 1, 1, 1).expand_as(x)  # u + s (c - u), u = 0
+        torch.testing.assert_close(eps, expected)
+        assert model.calls == ([3] if scale in (0.0, 1.0) else [6])  # one batched call for CFG
+
+
+def test_clipping_keeps_x0_in_range_and_eps_consistent() -> None:
+    schedule = NoiseSchedule.create("cosine", 100)
+    model = ClassShift(0)
+    den = Denoiser(model, schedule, "x0", num_classes=0, clipping="clip")
+    x = torch.full((1, 1, 2, 2), 3.0)
+    model.values = torch.tensor([5.0])  # the x0 prediction is far outside [-1, 1]
+    pred = den(x, torch.tensor([10.0]))
+    assert pred.x0.max().item() == pytest.approx(1.0)
+    ab = schedule.alpha_bar[10].float()
+    torch.testing.assert_close(ab.sqrt() * pred.x0 + (1 - ab).sqrt() * pred.eps, x)
+
+
+def test_dynamic_threshold() -> None:
+    x0 = torch.linspace(-3, 3, 1000).reshape(1, 1, 10, 100)
+    out = dynamic_threshold(x0, 0.995)
+    assert out.abs().max().item() == pytest.approx(1.0)
+    small = torch.full((1, 1, 2, 2), 0.5)
+    torch.testing.assert_close(dynamic_threshold(small), small)  # s is at least 1: no change inside [-1, 1]

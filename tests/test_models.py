@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffkit.models import UNet, count_parameters
+
+
+@pytest.mark.parametrize(("size", "channels", "mults", "attn", "classes"), [
+    (28, 1, (1, 2, 2), (7,), 10),
+    (28, 1, (1, 2, 2), (), 0),
+    (32, 3, (1, 2, 2, 2), (16, 8), 10),
+    (32, 3, (1, 2), (), 0),
+])
+def test_unet_shapes(size: int, channels: int, mults: tuple[int, ...], attn: tuple[int, ...], classes: int) -> None:
+    model = UNet(image_size=size, in_channels=channels, base_channels=16, channel_mults=mults,
+                 num_res_blocks=1, attention_resolutions=attn, num_classes=classes)
+    x = torch.randn(3, channels, size, size)
+    t = torch.tensor([0, 500, 999])
+    labels = torch.tensor([1, 2, classes]) if classes else None  # includes the null class
+    out = model(x, t, labels)
+    assert out.shape == x.shape
+    assert torch.count_nonzero(out) == 0  # zero-initialised output layer
+    assert count_parameters(model) > 0
+
+
+def test_attention_only_where_asked() -> None:
+    from diffkit.models.unet import AttentionBlock
+
+    def n_attn(**kw: object) -> int:
+        m = UNet(base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=2, **kw)  # type: ignore[arg-type]
+        return sum(isinstance(x, AttentionBlock) for x in m.modules())
+
+    assert n_attn(attention_resolutions=(), mid_attention=False) == 0
+    assert n_attn(attention_resolutions=(), mid_attention=True) == 1
+    assert n_attn(attention_resolutions=(7,), mid_attention=False) == 2 + 3  # down blocks + up blocks at 7x7
+
+
+def test_class_and_time_change_the_output_after_training_steps() -> None:
+    torch.manual_seed(0)
+    model = UNet(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, num_classes=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 1, 28, 28)
+    for _ in range(3):  # zero-initialised layers need a few steps before class and time reach the output
+        opt.zero_grad()
+        loss = (model(x, torch.tensor([1, 2, 3, 4]), torch.tensor([0, 1, 2, 3])) - x).pow(2).mean()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        a = model(x[:1], torch.tensor([5]), torch.tensor([0]))
+        b = model(x[:1], torch.tensor([5]), torch.tensor([1]))
+        c = model(x[:1], torch.tensor([900]), torch.tensor([0]))
+    assert not torch.allclose(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_conditioning_channels() -> None:
+    model = UNet(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, cond_channels=1)
+    out = model(torch.randn(2, 1, 28, 28), torch.tensor([1, 2]), cond=torch.randn(2, 1, 28, 28))
+    assert out.shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match="cond"):
+        model(torch.randn(2, 1, 28, 28), torch.tensor([1, 2]))
