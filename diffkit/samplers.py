@@ -12,6 +12,8 @@ States handed to callbacks are always variance-preserving x_t, whatever the samp
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +51,8 @@ class SamplerSpec:
 SAMPLERS: dict[str, SamplerSpec] = {}
 
 
-def register(name: str, *, stochastic: bool, summary: str, options: tuple[str, ...] = ()) -> Callable[[SamplerFn], SamplerFn]:
+def register(name: str, *, stochastic: bool, summary: str,
+             options: tuple[str, ...] = ()) -> Callable[[SamplerFn], SamplerFn]:
     def add(fn: SamplerFn) -> SamplerFn:
         SAMPLERS[name] = SamplerSpec(name, fn, stochastic, summary, options)
         return fn
@@ -124,8 +127,73 @@ def _ab(schedule: NoiseSchedule, t: int) -> float:
     return 1.0 if t < 0 else float(schedule.alpha_bar[t])
 
 
-def _at(t: int, like: Tensor) -> Tensor:
+def _at(t: float, like: Tensor) -> Tensor:
     return torch.full((like.shape[0],), float(t), device=like.device)
+
+
+def _half_log_snr(ab: float) -> float:
+    """λ = log(sqrt(ᾱ) / sqrt(1 - ᾱ)); -∞ at zero terminal SNR, +∞ at the clean end."""
+    if ab <= 0.0:
+        return -math.inf
+    if ab >= 1.0:
+        return math.inf
+    return 0.5 * math.log(ab / (1.0 - ab))
+
+
+def _ddim_step(x0: Tensor, eps: Tensor, ab_next: float, sigma: float = 0.0) -> Tensor:
+    """Carry a consistent estimate (x̂0, ε̂) to ᾱ_next, leaving variance sigma² for fresh noise.
+
+    Every discrete sampler ends its step with this; they differ only in how they estimate (x̂0, ε̂).
+    """
+    return ab_next**0.5 * x0 + max(1.0 - ab_next - sigma**2, 0.0) ** 0.5 * eps
+
+
+# (x_t, this step's prediction, t, t_next) -> (x_{t_next}, the x̂0 the update used)
+DiscreteStep = Callable[[Tensor, Prediction, int, int], tuple[Tensor, Tensor]]
+
+
+def _run_discrete(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, spacing: str,
+                  callback: Callback | None, step: DiscreteStep) -> Tensor:
+    """The loop shared by the discrete-timestep samplers: one denoiser call per step."""
+    pairs = _timestep_pairs(schedule, steps, spacing)
+    for i, (t, t_next) in enumerate(pairs):
+        pred = denoise(x, _at(t, x))
+        x, x0 = step(x, pred, t, t_next)
+        x = _report(callback, i, len(pairs), t_next, x, x0)
+    return x
+
+
+def _sigma_to_t(schedule: NoiseSchedule, sigma: float) -> float:
+    return float(schedule.sigma_to_t(torch.tensor(sigma, dtype=torch.float64)))
+
+
+def _run_karras(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, rho: float,
+                callback: Callback | None, heun: bool) -> Tensor:
+    """Karras et al. 2022, Algorithm 1 without churn: dx/dσ = (x - x̂0(x; σ)) / σ on x_σ = x_0 + σ ε.
+
+    The denoiser and the callback see the VP state x_t = x_σ / sqrt(1 + σ²) at the fractional t whose
+    σ_t = σ. Heun's correction is skipped on the last step: at σ = 0 the slope is undefined, and the
+    Euler step there lands exactly on x̂0.
+    """
+    if rho <= 0:
+        raise DiffkitError(f"--rho {rho} is out of range: use a positive value (Karras et al. use 7)")
+    sigmas = schedule.karras_sigmas(steps, rho).tolist()
+
+    def slope(x_sigma: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+        pred = denoise(x_sigma / (1 + sigma**2) ** 0.5, _at(_sigma_to_t(schedule, sigma), x_sigma))
+        return (x_sigma - pred.x0) / sigma, pred.x0
+
+    x = x * (1 + sigmas[0] ** 2) ** 0.5  # x_T is the VP state at σ_max
+    for i, (sigma, sigma_next) in enumerate(itertools.pairwise(sigmas)):
+        d, x0 = slope(x, sigma)
+        x_next = x + (sigma_next - sigma) * d
+        if heun and sigma_next > 0:
+            d_next, _ = slope(x_next, sigma_next)
+            x_next = x + (sigma_next - sigma) * (d + d_next) / 2
+        t_next = _sigma_to_t(schedule, sigma_next) if sigma_next > 0 else -1.0
+        scale = (1 + sigma_next**2) ** 0.5
+        x = _report(callback, i, steps, t_next, x_next / scale, x0) * scale
+    return x
 
 
 # ------------------------------------------------------------------------------------ samplers
@@ -143,16 +211,15 @@ def ddpm(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
     """
     if variance not in ("small", "large"):
         raise DiffkitError(f"unknown DDPM variance {variance!r}: choose small (β̃) or large (β)")
-    pairs = _timestep_pairs(schedule, steps, spacing)
-    for i, (t, t_prev) in enumerate(pairs):
-        pred = denoise(x, _at(t, x))
+
+    def posterior_step(x: Tensor, pred: Prediction, t: int, t_prev: int) -> tuple[Tensor, Tensor]:
         ab, ab_prev = _ab(schedule, t), _ab(schedule, t_prev)
         beta = 1.0 - ab / ab_prev
         mean = (beta * ab_prev**0.5 / (1 - ab)) * pred.x0 + ((1 - ab_prev) * (1 - beta) ** 0.5 / (1 - ab)) * x
         var = beta * (1 - ab_prev) / (1 - ab) if variance == "small" else beta
-        x = mean + var**0.5 * _noise(x, generator) if t_prev >= 0 else mean
-        x = _report(callback, i, len(pairs), t_prev, x, pred.x0)
-    return x
+        return (mean + var**0.5 * _noise(x, generator) if t_prev >= 0 else mean), pred.x0
+
+    return _run_discrete(denoise, x, schedule, steps, spacing, callback, posterior_step)
 
 
 @register("ddim", stochastic=True, summary="DDIM (Song et al. 2021); deterministic at eta=0",
@@ -163,13 +230,93 @@ def ddim(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
     """x_{t'} = sqrt(ᾱ_t') x̂0 + sqrt(1 - ᾱ_t' - σ²) ε̂ + σ z, σ = eta · sqrt(β̃ of the jump)."""
     if not 0.0 <= eta <= 1.0:
         raise DiffkitError(f"--eta {eta} is out of range: use a value from 0 (deterministic) to 1")
-    pairs = _timestep_pairs(schedule, steps, spacing)
-    for i, (t, t_prev) in enumerate(pairs):
-        pred = denoise(x, _at(t, x))
+
+    def ddim_step(x: Tensor, pred: Prediction, t: int, t_prev: int) -> tuple[Tensor, Tensor]:
         ab, ab_prev = _ab(schedule, t), _ab(schedule, t_prev)
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
-        x = ab_prev**0.5 * pred.x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * pred.eps
-        if sigma > 0:
-            x = x + sigma * _noise(x, generator)
-        x = _report(callback, i, len(pairs), t_prev, x, pred.x0)
-    return x
+        x = _ddim_step(pred.x0, pred.eps, ab_prev, sigma)
+        return (x + sigma * _noise(x, generator) if sigma > 0 else x), pred.x0
+
+    return _run_discrete(denoise, x, schedule, steps, spacing, callback, ddim_step)
+
+
+# Adams–Bashforth weights on (ε̂ now, one step ago, ...) for orders 1 to 4, uniform steps assumed.
+ADAMS_BASHFORTH: tuple[tuple[float, ...], ...] = (
+    (1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+)
+
+
+@register("pndm", stochastic=False, summary="PLMS (Liu et al. 2022): 4th-order linear multistep on ε̂, "
+          "DDIM transfer; one call per step", options=("spacing",))
+def pndm(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
+         generator: torch.Generator | None = None, callback: Callback | None = None,
+         spacing: str = "leading") -> Tensor:
+    """Pseudo linear multistep: ε' = Adams–Bashforth mix of the latest ε̂s, then φ(x_t, ε', t, t').
+
+    The transfer φ (Liu et al. 2022, eq. 11) is algebraically a DDIM step with ε' and the x̂0 it
+    implies. Warm-up: the first three steps use Adams–Bashforth orders 1, 2, 3 on the ε̂s available
+    rather than the paper's pseudo Runge–Kutta (4 calls per step), so NFE = steps.
+    """
+    history: list[Tensor] = []  # ε̂, newest first
+
+    def plms_step(x: Tensor, pred: Prediction, t: int, t_next: int) -> tuple[Tensor, Tensor]:
+        history.insert(0, pred.eps)
+        del history[len(ADAMS_BASHFORTH):]
+        weights = ADAMS_BASHFORTH[len(history) - 1]
+        eps = sum((w * e for w, e in zip(weights, history, strict=True)), torch.zeros_like(x))
+        ab = _ab(schedule, t)
+        # at first order ε' is the denoiser's own ε̂, so take its x̂0: finite even where ᾱ_t = 0
+        x0 = pred.x0 if len(history) == 1 else (x - (1 - ab) ** 0.5 * eps) / ab**0.5
+        return _ddim_step(x0, eps, _ab(schedule, t_next)), x0
+
+    return _run_discrete(denoise, x, schedule, steps, spacing, callback, plms_step)
+
+
+@register("dpm++2m", stochastic=False, summary="DPM-Solver++(2M) (Lu et al. 2022): second-order multistep "
+          "on x̂0 in log-SNR time", options=("spacing",))
+def dpmpp_2m(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
+             generator: torch.Generator | None = None, callback: Callback | None = None,
+             spacing: str = "leading") -> Tensor:
+    """Data-prediction multistep in λ = log(α/σ): with h = λ_t' - λ_t,
+
+        x_t' = (σ_t'/σ_t) x_t + α_t' (1 - e^{-h}) D,   D = x̂0 + (h / 2h_prev) (x̂0 - x̂0_prev),
+
+    where x̂0_prev and h_prev come from the previous step. The first step has no history and uses
+    D = x̂0 (this is DDIM), as does the step to ᾱ = 1: there λ = ∞, the extrapolation would grow
+    without bound, and the first-order step lands exactly on x̂0.
+    """
+    prev_x0: Tensor | None = None
+    prev_h = math.inf
+
+    def multistep(x: Tensor, pred: Prediction, t: int, t_next: int) -> tuple[Tensor, Tensor]:
+        nonlocal prev_x0, prev_h
+        ab, ab_next = _ab(schedule, t), _ab(schedule, t_next)
+        h = _half_log_snr(ab_next) - _half_log_snr(ab)
+        x0 = pred.x0
+        if prev_x0 is not None and t_next >= 0:
+            # after a first step from zero SNR prev_h = ∞ and the correction vanishes
+            x0 = x0 + h / (2 * prev_h) * (x0 - prev_x0)
+        prev_x0, prev_h = pred.x0, h
+        # the update above is exactly a DDIM step from the consistent pair (D, (x_t - α_t D) / σ_t)
+        eps = (x - ab**0.5 * x0) / (1 - ab) ** 0.5
+        return _ddim_step(x0, eps, ab_next), x0
+
+    return _run_discrete(denoise, x, schedule, steps, spacing, callback, multistep)
+
+
+@register("euler", stochastic=False, summary="Euler on the probability-flow ODE, Karras sigmas "
+          "(Karras et al. 2022)", options=("rho",))
+def euler(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
+          generator: torch.Generator | None = None, callback: Callback | None = None,
+          rho: float = 7.0) -> Tensor:
+    """First order, one call per step; `rho` bends the σ grid towards low noise."""
+    return _run_karras(denoise, x, schedule, steps, rho, callback, heun=False)
+
+
+@register("heun", stochastic=False, summary="Heun (2nd order) on the probability-flow ODE, Karras sigmas "
+          "(Karras et al. 2022)", options=("rho",))
+def heun(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
+         generator: torch.Generator | None = None, callback: Callback | None = None,
+         rho: float = 7.0) -> Tensor:
+    """Second order, two calls per step except the last (Euler to σ = 0): NFE = 2 · steps - 1."""
+    return _run_karras(denoise, x, schedule, steps, rho, callback, heun=True)

@@ -10,6 +10,7 @@ Everything is computed in float64 and handed out as float32 for the network.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,7 +28,7 @@ def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.0
     return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
 
 
-def betas_from_alpha_bar_fn(timesteps: int, alpha_bar: callable) -> Tensor:  # type: ignore[valid-type]
+def betas_from_alpha_bar_fn(timesteps: int, alpha_bar: Callable[[Tensor], Tensor]) -> Tensor:
     """β_t = 1 - ᾱ(t+1)/ᾱ(t) for a continuous ᾱ on [0, 1], clipped at MAX_BETA."""
     t = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
     values = alpha_bar(t)
@@ -195,7 +196,9 @@ class NoiseSchedule:
         if spacing == "leading":
             ts = torch.arange(steps, dtype=torch.float64) * (T // steps)
         elif spacing == "trailing":
-            ts = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)) - 1
+            # T - k·T/steps for k < steps: a float arange with step -T/steps can overshoot by one
+            # element (e.g. T=50, steps=29 gave 30 timesteps ending in -1)
+            ts = torch.round(T - torch.arange(steps, dtype=torch.float64) * (T / steps)) - 1
             return ts.long()
         elif spacing == "linspace":
             ts = torch.round(torch.linspace(0, T - 1, steps, dtype=torch.float64))

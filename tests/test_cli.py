@@ -17,8 +17,12 @@ TINY = ["--set", "data.limit=64", "--set", "train.batch_size=8", "--set", "train
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny trained class-conditional run (4 classes) shared by the sampling tests."""
     root = tmp_path_factory.mktemp("cli") / "runs" / "tiny"
-    settings = load_settings("tiny", parse_overrides(["data.limit=64", "train.batch_size=8", "train.max_steps=7",
-                                                      "train.threads=1", "sample.steps=2"]))
+    settings = load_settings(
+        "tiny",
+        parse_overrides(
+            ["data.limit=64", "train.batch_size=8", "train.max_steps=7", "train.threads=1", "sample.steps=2"]
+        ),
+    )
     train_run(settings, root)
     return root
 
@@ -56,8 +60,23 @@ def test_train_then_sample_end_to_end(cli, workdir: Path) -> None:
 
 
 def test_sample_one_class_with_ddpm(cli, trained: Path, tmp_path: Path) -> None:
-    code, out, err = cli("sample", "--run", str(trained), "--class", "2", "--num", "5", "--sampler", "ddpm",
-                         "--steps", "3", "--cfg", "0", "--out", str(tmp_path / "o"))
+    code, out, err = cli(
+        "sample",
+        "--run",
+        str(trained),
+        "--class",
+        "2",
+        "--num",
+        "5",
+        "--sampler",
+        "ddpm",
+        "--steps",
+        "3",
+        "--cfg",
+        "0",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 0, err
     assert len(list((tmp_path / "o" / "images").iterdir())) == 5
     assert "3 model evaluations" in out
@@ -95,7 +114,7 @@ def test_invalid_and_unknown_settings(cli, workdir: Path) -> None:
 
 
 def test_missing_dataset(cli, workdir: Path) -> None:
-    result = cli("train", "--preset", "mnist-cosine", "--set", f"data_dir=\"{workdir / 'nodata'}\"")
+    result = cli("train", "--preset", "mnist-cosine", "--set", f'data_dir="{workdir / "nodata"}"')
     one_line_error(result, "MNIST train split not found", "data.download=true")
     assert not (workdir / "runs").exists()
 
@@ -108,20 +127,25 @@ def test_existing_run_needs_resume_or_force(cli, workdir: Path) -> None:
     one_line_error(cli("train", "--preset", "tiny", "--max-steps", "2", *TINY), "already exists", "--resume", "--force")
     assert config.read_text() == before
     assert (workdir / "runs" / "tiny" / "checkpoints" / "last.safetensors").stat().st_mtime_ns == stamp
-    code, out, err = cli("train", "--preset", "tiny", "--max-steps", "3", "--force", *TINY)
+    code, _, err = cli("train", "--preset", "tiny", "--max-steps", "3", "--force", *TINY)
     assert code == 0, err
     assert "max_steps = 3" in config.read_text()
 
 
 def test_class_out_of_range(cli, trained: Path, tmp_path: Path) -> None:
-    one_line_error(cli("sample", "--run", str(trained), "--class", "12", "--out", str(tmp_path / "o")),
-                   "--class 12", "0 to 3")
+    one_line_error(
+        cli("sample", "--run", str(trained), "--class", "12", "--out", str(tmp_path / "o")),
+        "--class 12",
+        "0 to 3",
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_missing_and_corrupt_checkpoints(cli, trained: Path, tmp_path: Path) -> None:
-    one_line_error(cli("sample", "--run", str(trained), "--checkpoint", str(tmp_path / "x.safetensors")),
-                   "does not exist")
+    one_line_error(
+        cli("sample", "--run", str(trained), "--checkpoint", str(tmp_path / "x.safetensors")),
+        "does not exist",
+    )
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"garbage" * 10)
     one_line_error(cli("sample", "--run", str(trained), "--checkpoint", str(bad)), "corrupt")

@@ -7,7 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from diffkit.data import load_images, parse_source, read_image, resize_images, to_float, to_uint8, train_val_split
+from diffkit.data import (
+    load_images,
+    parse_source,
+    read_image,
+    resize_images,
+    to_float,
+    to_uint8,
+    train_val_split,
+)
 from diffkit.errors import DiffkitError
 
 
@@ -36,9 +44,9 @@ def test_missing_dataset_says_where_to_put_it(tmp_path: Path) -> None:
 
 
 def test_source_strings_are_checked(mnist_dir: Path) -> None:
-    with pytest.raises(DiffkitError, match="outside 0..9999"):
+    with pytest.raises(DiffkitError, match=r"outside 0\.\.9999"):
         parse_source("mnist:test:10000", data_dir=mnist_dir)
-    with pytest.raises(DiffkitError, match="not N or A..B"):
+    with pytest.raises(DiffkitError, match=r"not N or A\.\.B"):
         parse_source("mnist:test:x", data_dir=mnist_dir)
 
 

@@ -6,15 +6,25 @@ import torch
 from diffkit.models import UNet, count_parameters
 
 
-@pytest.mark.parametrize(("size", "channels", "mults", "attn", "classes"), [
-    (28, 1, (1, 2, 2), (7,), 10),
-    (28, 1, (1, 2, 2), (), 0),
-    (32, 3, (1, 2, 2, 2), (16, 8), 10),
-    (32, 3, (1, 2), (), 0),
-])
+@pytest.mark.parametrize(
+    ("size", "channels", "mults", "attn", "classes"),
+    [
+        (28, 1, (1, 2, 2), (7,), 10),
+        (28, 1, (1, 2, 2), (), 0),
+        (32, 3, (1, 2, 2, 2), (16, 8), 10),
+        (32, 3, (1, 2), (), 0),
+    ],
+)
 def test_unet_shapes(size: int, channels: int, mults: tuple[int, ...], attn: tuple[int, ...], classes: int) -> None:
-    model = UNet(image_size=size, in_channels=channels, base_channels=16, channel_mults=mults,
-                 num_res_blocks=1, attention_resolutions=attn, num_classes=classes)
+    model = UNet(
+        image_size=size,
+        in_channels=channels,
+        base_channels=16,
+        channel_mults=mults,
+        num_res_blocks=1,
+        attention_resolutions=attn,
+        num_classes=classes,
+    )
     x = torch.randn(3, channels, size, size)
     t = torch.tensor([0, 500, 999])
     labels = torch.tensor([1, 2, classes]) if classes else None  # includes the null class

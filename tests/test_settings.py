@@ -20,7 +20,7 @@ SHIPPED = {"demo", "mnist-cosine", "mnist-linear", "fashion-mnist", "cifar10-cfg
 
 def test_shipped_presets_all_load_and_validate() -> None:
     found = list_presets()
-    assert SHIPPED <= set(found)
+    assert set(found) >= SHIPPED
     for name in SHIPPED:
         s = load_settings(name)
         assert s.name == name
@@ -50,10 +50,21 @@ def test_layering_preset_then_environment_then_flags(monkeypatch: pytest.MonkeyP
 
 
 def test_set_parses_toml_values() -> None:
-    o = parse_overrides(["model.channel_mults=[1,2]", "diffusion.schedule=linear", "train.bf16=true",
-                         "train.lr=3e-4", "name=\"x y\""])
-    assert o == {"model": {"channel_mults": [1, 2]}, "diffusion": {"schedule": "linear"}, "train": {"bf16": True,
-                 "lr": 3e-4}, "name": "x y"}
+    o = parse_overrides(
+        [
+            "model.channel_mults=[1,2]",
+            "diffusion.schedule=linear",
+            "train.bf16=true",
+            "train.lr=3e-4",
+            'name="x y"',
+        ]
+    )
+    assert o == {
+        "model": {"channel_mults": [1, 2]},
+        "diffusion": {"schedule": "linear"},
+        "train": {"bf16": True, "lr": 3e-4},
+        "name": "x y",
+    }
     with pytest.raises(DiffkitError, match="key=value"):
         parse_overrides(["train.lr"])
 

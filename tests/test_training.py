@@ -14,9 +14,20 @@ from diffkit.training import ema_decay_at, ema_update, lr_factor, param_groups, 
 
 def tiny_settings(*extra: str) -> Settings:
     # 64 shapes, 56 for training in batches of 8: 7 steps per epoch
-    return load_settings("tiny", parse_overrides(["data.limit=64", "train.batch_size=8", "train.max_steps=10",
-                                                  "train.sample_every_epochs=0", "sample.steps=2", "train.threads=1",
-                                                  *extra]))
+    return load_settings(
+        "tiny",
+        parse_overrides(
+            [
+                "data.limit=64",
+                "train.batch_size=8",
+                "train.max_steps=10",
+                "train.sample_every_epochs=0",
+                "sample.steps=2",
+                "train.threads=1",
+                *extra,
+            ]
+        ),
+    )
 
 
 def test_ema_arithmetic() -> None:
@@ -63,7 +74,10 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path: Path) -> None:
         assert torch.equal(split_weights(tensors, "model")[name], value)
     for name, value in ema.state_dict().items():
         assert torch.equal(split_weights(tensors, "ema")[name], value)
-    assert sorted(p.name for p in paths.checkpoints.iterdir()) == ["last.safetensors", "last.state.pt"]  # no temp files
+    assert sorted(p.name for p in paths.checkpoints.iterdir()) == [
+        "last.safetensors",
+        "last.state.pt",
+    ]  # no temp files
     state = torch.load(paths.state("last"), weights_only=True)
     assert state["step"] == 7 and torch.equal(state["x"], torch.arange(3))
 
@@ -98,8 +112,15 @@ def test_training_reduces_loss_and_writes_the_run(tmp_path: Path) -> None:
     trainer, result = train_run(tiny_settings("train.max_steps=21", "train.sample_every_epochs=1"), tmp_path / "r")
     paths = trainer.paths
     assert sum(result.losses[-5:]) / 5 < sum(result.losses[:5]) / 5
-    for f in (paths.config, paths.metrics, paths.curves, paths.weights("last"), paths.weights("best"),
-              paths.state("last"), paths.samples / "epoch_0003.png"):
+    for f in (
+        paths.config,
+        paths.metrics,
+        paths.curves,
+        paths.weights("last"),
+        paths.weights("best"),
+        paths.state("last"),
+        paths.samples / "epoch_0003.png",
+    ):
         assert f.is_file(), f
     lines = paths.metrics.read_text().splitlines()
     assert any('"val_loss"' in line for line in lines) and any('"images_per_s"' in line for line in lines)

@@ -9,7 +9,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from diffkit.errors import DiffkitError
 
@@ -22,8 +29,16 @@ DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda."
 
 
 def progress_bar(*extra: Any) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), *extra,
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra,
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
 @contextmanager
@@ -48,7 +63,9 @@ def parse_csv(text: str, kind: type, option: str) -> list[Any]:
     try:
         return [kind(v.strip()) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise DiffkitError(f"{option} {text!r} is not a comma-separated list of {kind.__name__}s: e.g. 10,20,50") from None
+        raise DiffkitError(
+            f"{option} {text!r} is not a comma-separated list of {kind.__name__}s: e.g. 10,20,50"
+        ) from None
 
 
 def done(what: str, where: Path | str) -> None:

@@ -25,5 +25,8 @@ def register(app: typer.Typer) -> None:
         def stub(ctx: typer.Context, _what: str = what, _name: str = name) -> None:
             raise DiffkitError(f"`diffkit {_name}` ({_what}) is not built yet in this version of diffkit")
 
-        app.command(name, help=f"NOT BUILT YET: {what}.", context_settings={"allow_extra_args": True,
-                                                                             "ignore_unknown_options": True})(stub)
+        app.command(
+            name,
+            help=f"NOT BUILT YET: {what}.",
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        )(stub)

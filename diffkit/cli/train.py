@@ -16,14 +16,19 @@ from diffkit.training import TrainHooks, TrainingInterrupted, train_run
 
 class RichHooks(TrainHooks):
     def __init__(self) -> None:
-        self.bar = progress_bar(TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
-                                TextColumn("{task.fields[ips]:.0f} img/s"))
+        self.bar = progress_bar(
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("lr {task.fields[lr]:.2e}"),
+            TextColumn("{task.fields[ips]:.0f} img/s"),
+        )
         self.task: Any = None
 
     def start(self, total_steps: int, start_step: int, info: dict[str, Any]) -> None:
-        console.print(f"UNet with [bold]{info['parameters']:,}[/bold] parameters on {info['device']}; "
-                      f"{info['train_images']:,} training / {info['val_images']:,} validation images, "
-                      f"{info['classes'] or 'no'} classes, {info['steps_per_epoch']} steps per epoch")
+        console.print(
+            f"UNet with [bold]{info['parameters']:,}[/bold] parameters on {info['device']}; "
+            f"{info['train_images']:,} training / {info['val_images']:,} validation images, "
+            f"{info['classes'] or 'no'} classes, {info['steps_per_epoch']} steps per epoch"
+        )
         if start_step:
             console.print(f"resuming at step {start_step:,} of {total_steps:,}")
         self.bar.start()
@@ -41,17 +46,28 @@ class RichHooks(TrainHooks):
 
 
 def train(
-    preset: Annotated[str, typer.Option("--preset", "-p", help="Preset name (see `diffkit presets`) or a .toml path.")] = "demo",
+    preset: Annotated[
+        str, typer.Option("--preset", "-p", help="Preset name (see `diffkit presets`) or a .toml path.")
+    ] = "demo",
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<preset>).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: --set train.lr=1e-4 (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a setting: --set train.lr=1e-4 (repeatable).")
+    ] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Train for this many steps.")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Train for this many epochs.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an existing run exactly where it stopped.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an existing run exactly where it stopped.")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory.")] = False,
     device: DeviceOption = "auto",
-    stop_after: Annotated[int | None, typer.Option("--stop-after", min=1,
-                                                   help="Stop at this step (the schedule still plans the full run); "
-                                                        "continue later with --resume.")] = None,
+    stop_after: Annotated[
+        int | None,
+        typer.Option(
+            "--stop-after",
+            min=1,
+            help="Stop at this step (the schedule still plans the full run); continue later with --resume.",
+        ),
+    ] = None,
 ) -> None:
     """Train a diffusion model from a preset."""
     if resume and force:
@@ -64,22 +80,29 @@ def train(
         set_nested(length, "train.epochs", epochs)
         if max_steps is None:
             set_nested(length, "train.max_steps", None)
-    settings = _resume_settings(run_dir, preset, overrides, length, device) if resume else \
-        load_settings(preset, _merge(_merge(overrides, length), {"device": device} if device != "auto" else {}))
+    settings = (
+        _resume_settings(run_dir, preset, overrides, length, device)
+        if resume
+        else load_settings(preset, _merge(_merge(overrides, length), {"device": device} if device != "auto" else {}))
+    )
     root = run_dir or Path(settings.runs_dir) / (settings.name or preset)
     hooks = RichHooks()
     try:
         trainer, result = train_run(settings, root, resume=resume, force=force, hooks=hooks, stop_after=stop_after)
     except TrainingInterrupted as stop:
         hooks.stop()
-        console.print(f"[yellow]interrupted at step {stop.step:,}[/yellow]; continue with: "
-                      f"diffkit train --run-dir {root} --resume")
+        console.print(
+            f"[yellow]interrupted at step {stop.step:,}[/yellow]; continue with: "
+            f"diffkit train --run-dir {root} --resume"
+        )
         raise typer.Exit(130) from None
     finally:
         hooks.stop()
     best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
-    console.print(f"trained {result.steps:,} of {trainer.total_steps:,} steps in {result.seconds:.0f}s "
-                  f"({result.images_per_s:.0f} img/s), last loss {result.final_loss:.4f}{best}")
+    console.print(
+        f"trained {result.steps:,} of {trainer.total_steps:,} steps in {result.seconds:.0f}s "
+        f"({result.images_per_s:.0f} img/s), last loss {result.final_loss:.4f}{best}"
+    )
     if result.steps < trainer.total_steps:
         console.print(f"continue with: diffkit train --run-dir {root} --resume")
     done("run", root)
@@ -95,8 +118,9 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _resume_settings(run_dir: Path | None, preset: str, overrides: dict[str, Any], length: dict[str, Any],
-                     device: str) -> Settings:
+def _resume_settings(
+    run_dir: Path | None, preset: str, overrides: dict[str, Any], length: dict[str, Any], device: str
+) -> Settings:
     """A resumed run keeps its saved settings; only its length (and device) may change."""
     if overrides:
         raise DiffkitError("--set cannot change an existing run's settings on --resume: drop --set, or start a new run")
