@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffkit.schedules import NoiseSchedule
@@ -86,7 +87,8 @@ def dynamic_threshold(x0: Tensor, percentile: float = 0.995) -> Tensor:
 class Denoiser:
     """A network plus its schedule and objective: (x_t, t, classes, guidance) -> Prediction.
 
-    `t` holds (possibly fractional) timesteps in [0, T - 1]. `classes` uses -1 (or None) for "no class".
+    `t` holds (possibly fractional) timesteps in [0, T - 1]. `classes` uses -1 (or None) for "no class";
+    it may instead be float weights (N, num_classes + 1) mixing class embeddings (last column: no class).
     Guidance s mixes unconditional u and conditional c predictions as u + s (c - u): s = 0 is
     unconditional, s = 1 conditional, s > 1 stronger; both come from one batched forward pass.
     """
@@ -105,6 +107,8 @@ class Denoiser:
         t = t.to(x_t.device).float().expand(n) if t.ndim == 0 else t.to(x_t.device).float()
         alpha_bar = self.schedule.alpha_bar_at(t.cpu()).to(x_t.device, x_t.dtype).reshape(-1, 1, 1, 1)
         null = torch.full((n,), -1, dtype=torch.long, device=x_t.device)
+        if classes is not None and classes.is_floating_point():  # class weights: "no class" is the last row
+            null = F.one_hot(torch.full_like(null, self.num_classes), self.num_classes + 1).to(classes)
         if classes is None or self.num_classes == 0 or guidance == 0.0:
             output = self._forward(x_t, t, null)
         elif guidance == 1.0:
@@ -124,7 +128,8 @@ class Denoiser:
         return Prediction(x0, eps)
 
     def _forward(self, x: Tensor, t: Tensor, classes: Tensor, repeat_cond: bool = False) -> Tensor:
-        labels = torch.where(classes < 0, torch.full_like(classes, self.num_classes), classes)
+        labels = classes if classes.is_floating_point() else \
+            torch.where(classes < 0, torch.full_like(classes, self.num_classes), classes)
         cond = self.cond
         if cond is not None and repeat_cond:
             cond = torch.cat([cond, cond])

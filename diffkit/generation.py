@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
+from diffkit.models import UNet
 from diffkit.samplers import Callback, sample
 
 Progress = Callable[[int, int], None]  # (images done, images total)
@@ -43,6 +44,15 @@ def class_layout(num_classes: int, class_id: int | None, num: int) -> tuple[Tens
     return torch.arange(num_classes).repeat_interleave(num), num * num_classes
 
 
+def require_images_input(denoiser: Denoiser) -> None:
+    """A super-resolution model cannot make images from noise alone: it needs its conditioning channels."""
+    if getattr(denoiser.model, "cond_channels", 0) and denoiser.cond is None:
+        raise DiffkitError(
+            "this run is a super-resolution model (it needs a low-resolution input): "
+            "use `diffkit super-res`, or pass --run with a generation model"
+        )
+
+
 def initial_noise(n: int, shape: tuple[int, int, int], seed: int) -> Tensor:
     """x_T for images 0..n-1: image i's noise depends only on (seed, i)."""
     out = torch.empty(n, *shape)
@@ -66,14 +76,21 @@ def generate(
     progress: Progress | None = None,
     callback: Callback | None = None,
     noise: Tensor | None = None,
+    on_batch: Callable[[int, Tensor], None] | None = None,
     **options: Any,
 ) -> Generated:
-    """Generate `num` images (classes per image or None) with a registered sampler."""
+    """Generate `num` images (classes per image or None) with a registered sampler.
+
+    `on_batch(first_index, images)` sees each finished batch, so long exports can write files as they go.
+    """
     import time
 
     if guidance != 1.0 and denoiser.num_classes == 0 and guidance != 0.0:
-        raise DiffkitError(f"--cfg {guidance} needs a class-conditional model, and this one is unconditional: drop --cfg")
-    model = denoiser.model
+        raise DiffkitError(
+            f"--cfg {guidance} needs a class-conditional model, and this one is unconditional: drop --cfg"
+        )
+    require_images_input(denoiser)
+    model = cast(UNet, denoiser.model)
     shape = (model.in_channels, model.image_size, model.image_size)
     x_T = noise if noise is not None else initial_noise(num, shape, seed)
     device = next(model.parameters()).device
@@ -83,10 +100,22 @@ def generate(
         lo, hi = b * batch_size, min(num, (b + 1) * batch_size)
         batch_classes = classes[lo:hi].to(device) if classes is not None else None
         gen = torch.Generator(device=device).manual_seed(seed * 7919 + b)  # stochastic samplers' step noise
-        result = sample(sampler, denoiser.conditioned(batch_classes, guidance), x_T[lo:hi].to(device),
-                        denoiser.schedule, steps, generator=gen, callback=callback, **options)
+        # conditioning channels (super-resolution) belong to images, so they are batched with them
+        batch_denoiser = denoiser if denoiser.cond is None else replace(denoiser, cond=denoiser.cond[lo:hi].to(device))
+        result = sample(
+            sampler,
+            batch_denoiser.conditioned(batch_classes, guidance),
+            x_T[lo:hi].to(device),
+            denoiser.schedule,
+            steps,
+            generator=gen,
+            callback=callback,
+            **options,
+        )
         out.append(result.images.clamp(-1, 1).cpu())
         nfe = result.nfe
+        if on_batch is not None:
+            on_batch(lo, out[-1])
         if progress is not None:
             progress(hi, num)
     return Generated(torch.cat(out), classes, nfe, time.perf_counter() - start)
@@ -95,3 +124,11 @@ def generate(
 def grid_rows(num_classes: int, per_class: int, total: int) -> int:
     """Images per grid row: one row per class for class grids, else a near-square grid."""
     return per_class if num_classes else max(1, math.isqrt(max(total - 1, 0)) + 1)
+
+
+def cycled_classes(num_classes: int, class_id: int | None, num: int) -> Tensor | None:
+    """`num` labels cycling 0, 1, ..., K-1, 0, ... (every class as evenly as `num` allows), or all
+    `class_id`; None for an unconditional model. For flat sets of images: exports, comparisons."""
+    if class_id is not None or num_classes == 0:
+        return class_layout(num_classes, class_id, num)[0]
+    return torch.arange(num) % num_classes

@@ -161,12 +161,28 @@ def _mmd2_unbiased(x: Array, y: Array) -> float:
 # ------------------------------------------------------------------------------ statistics files
 
 
-def save_statistics(path: str | Path, mu: npt.ArrayLike, sigma: npt.ArrayLike) -> None:
-    """Write `mu` and `sigma` as an .npz that pytorch-fid reads (`python -m pytorch_fid stats.npz ...`)."""
+def save_statistics(path: str | Path, mu: npt.ArrayLike, sigma: npt.ArrayLike,
+                    meta: dict[str, str] | None = None) -> None:
+    """Write `mu` and `sigma` as an .npz that pytorch-fid reads (`python -m pytorch_fid stats.npz ...`).
+
+    `meta` (e.g. {"feature_net": name}) is stored as extra string arrays, which pytorch-fid ignores.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Any] = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64)}
+    arrays |= {f"meta_{key}": np.asarray(str(value)) for key, value in (meta or {}).items()}
     with path.open("wb") as out:  # a file object, so numpy does not append a second ".npz"
-        np.savez(out, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+        np.savez(out, **arrays)
+
+
+def statistics_metadata(path: str | Path) -> dict[str, str]:
+    """The `meta` strings save_statistics stored in an .npz ({} for files from pytorch-fid or unreadable ones)."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            return {key.removeprefix("meta_"): str(data[key]) for key in data.files
+                    if key.startswith("meta_") and data[key].dtype.kind == "U"}
+    except (OSError, ValueError, AttributeError, TypeError):  # not an .npz: load_statistics says why
+        return {}
 
 
 def load_statistics(path: str | Path) -> tuple[Array, Array]:

@@ -72,16 +72,22 @@ def check_run_dir(root: Path, *, resume: bool, force: bool) -> RunPaths:
     paths = RunPaths(root)
     if resume:
         if not is_run(root):
-            raise DiffkitError(f"cannot resume: {root} is not a diffkit run (no config.toml); start it without --resume")
+            raise DiffkitError(
+                f"cannot resume: {root} is not a diffkit run (no config.toml); start it without --resume"
+            )
         if not paths.state("last").is_file():
             raise DiffkitError(f"cannot resume: {paths.state('last')} is missing; start again with --force")
         return paths
     if root.exists() and any(root.iterdir()):
         if not force:
-            raise DiffkitError(f"run directory {root} already exists: continue it with --resume, replace it with "
-                               "--force, or choose another --run-dir")
+            raise DiffkitError(
+                f"run directory {root} already exists: continue it with --resume, replace it with "
+                "--force, or choose another --run-dir"
+            )
         if not is_run(root):
-            raise DiffkitError(f"{root} is not empty and not a diffkit run: refusing to delete it; choose another --run-dir")
+            raise DiffkitError(
+                f"{root} is not empty and not a diffkit run: refusing to delete it; choose another --run-dir"
+            )
     return paths
 
 
@@ -118,8 +124,14 @@ def build_model(settings: Settings) -> UNet:
 def build_schedule(settings: Settings) -> NoiseSchedule:
     d = settings.diffusion
     return NoiseSchedule.create(
-        d.schedule, d.timesteps, beta_start=d.beta_start, beta_end=d.beta_end, cosine_s=d.cosine_s,
-        sigmoid_start=d.sigmoid_start, sigmoid_end=d.sigmoid_end, sigmoid_tau=d.sigmoid_tau,
+        d.schedule,
+        d.timesteps,
+        beta_start=d.beta_start,
+        beta_end=d.beta_end,
+        cosine_s=d.cosine_s,
+        sigmoid_start=d.sigmoid_start,
+        sigmoid_end=d.sigmoid_end,
+        sigmoid_tau=d.sigmoid_tau,
         zero_terminal_snr=d.zero_terminal_snr,
     )
 
@@ -139,8 +151,14 @@ def _atomic(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def save_checkpoint(paths: RunPaths, name: str, model: nn.Module, ema: nn.Module, meta: dict[str, Any],
-                    state: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    paths: RunPaths,
+    name: str,
+    model: nn.Module,
+    ema: nn.Module,
+    meta: dict[str, Any],
+    state: dict[str, Any] | None = None,
+) -> Path:
     """Weights of model and EMA in one safetensors file; optional resume state beside it. Atomic writes."""
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -166,8 +184,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("diffkit", "{}"))
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
-        raise DiffkitError(f"checkpoint {path} is corrupt or not a diffkit checkpoint ({exc}): "
-                           "use another checkpoint (--checkpoint last) or retrain") from None
+        raise DiffkitError(
+            f"checkpoint {path} is corrupt or not a diffkit checkpoint ({exc}): "
+            "use another checkpoint (--checkpoint last) or retrain"
+        ) from None
     return tensors, meta
 
 
@@ -217,7 +237,13 @@ class LoadedRun:
         return self.settings.model.num_classes or 0
 
     def denoiser(self, **options: Any) -> Denoiser:
-        return Denoiser(self.model, self.schedule, self.settings.diffusion.objective, self.num_classes, **options)
+        return make_denoiser(self.settings, self.model, self.schedule, **options)
+
+
+def make_denoiser(settings: Settings, model: nn.Module, schedule: NoiseSchedule, **options: Any) -> Denoiser:
+    """The run's model as a Denoiser: its objective, classes and the sampling defaults (clipping)."""
+    options.setdefault("clipping", settings.sample.clipping)
+    return Denoiser(model, schedule, settings.diffusion.objective, settings.model.num_classes or 0, **options)
 
 
 def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, device: str = "auto") -> LoadedRun:
@@ -232,8 +258,9 @@ def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, d
     try:
         model.load_state_dict(weights)
     except RuntimeError:
-        raise DiffkitError(f"checkpoint {path} does not match the model in {run_dir}/config.toml: "
-                           "use a checkpoint from this run") from None
+        raise DiffkitError(
+            f"checkpoint {path} does not match the model in {run_dir}/config.toml: use a checkpoint from this run"
+        ) from None
     dev = resolve_device(device)
     model.to(dev).eval()
     return LoadedRun(run_dir, settings, model, build_schedule(settings), path, meta, dev)

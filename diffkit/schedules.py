@@ -17,9 +17,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from diffkit.errors import DiffkitError
+
 ScheduleKind = Literal["linear", "cosine", "sigmoid"]
-Spacing = Literal["leading", "trailing", "linspace"]
-SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
+SCHEDULE_KINDS: tuple[str, ...] = ("linear", "cosine", "sigmoid")
+ZTSNR_SUFFIX = " (ZTSNR)"  # names the zero-terminal-SNR variant of a schedule in plots and tables
+Spacing = Literal["leading", "trailing", "linspace", "logsnr"]
+SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace", "logsnr")
 MAX_BETA = 0.999  # Nichol & Dhariwal clip, avoids a singular last step
 
 
@@ -188,7 +192,8 @@ class NoiseSchedule:
         leading  — multiples of T // steps starting at 0 (DDIM's original choice);
         trailing — counted back from T - 1 in strides of T / steps (reaches the last step, which
                    zero-terminal-SNR schedules need);
-        linspace — evenly spaced from 0 to T - 1, rounded.
+        linspace — evenly spaced from 0 to T - 1, rounded;
+        logsnr   — from T - 1 to 0, evenly spaced in log-SNR (see `logsnr_timesteps`).
         """
         T = self.timesteps
         if not 1 <= steps <= T:
@@ -202,9 +207,71 @@ class NoiseSchedule:
             return ts.long()
         elif spacing == "linspace":
             ts = torch.round(torch.linspace(0, T - 1, steps, dtype=torch.float64))
+        elif spacing == "logsnr":
+            return self.logsnr_timesteps(steps)
         else:
             raise ValueError(f"unknown spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
         return ts.long().flip(0)
+
+    def logsnr_timesteps(self, steps: int) -> Tensor:
+        """`steps` distinct timesteps from T - 1 down to 0 whose log-SNR is as evenly spaced as integers allow.
+
+        Multistep solvers such as DPM-Solver++ work in λ = log-SNR; on a grid even in t the last jump
+        in λ is much larger than the others, on this grid every jump is about the same. Each target
+        λ takes its nearest timestep; where rounding makes two equal (near the ends, where λ moves
+        fastest) they are pushed apart by one, so there are always exactly `steps` of them. With a
+        zero-terminal-SNR schedule (λ = -∞ at T - 1) the targets span the finite range and the first
+        timestep is still T - 1.
+        """
+        T = self.timesteps
+        lam = self.log_snr
+        finite_end = T - 1 if torch.isfinite(lam[-1]) else T - 2
+        targets = torch.linspace(float(lam[finite_end]), float(lam[0]), steps, dtype=torch.float64)
+        nearest = (lam[: finite_end + 1, None] - targets[None, :]).abs().argmin(0)  # ascending in λ
+        ts = nearest.flip(0).tolist()  # ascending in t
+        ts[-1] = T - 1
+        for i in range(1, steps):  # strictly increasing from the clean end ...
+            ts[i] = max(ts[i], ts[i - 1] + 1)
+        for i in range(steps - 1, -1, -1):  # ... and no further than T - 1 at the noisy end
+            ts[i] = min(ts[i], T - steps + i)
+        return torch.tensor(ts, dtype=torch.long).flip(0)
+
+
+def named_schedules(names: list[str], timesteps: int, *, zero_terminal_snr: bool = False) -> dict[str, NoiseSchedule]:
+    """Each named schedule with default parameters, plus its zero-terminal-SNR variant when asked."""
+    if not 2 <= timesteps <= 100_000:
+        raise DiffkitError(f"--timesteps {timesteps} is out of range: use 2 to 100000")
+    out = {}
+    for name in names:
+        if name not in SCHEDULE_KINDS:
+            raise DiffkitError(f"unknown schedule {name!r}: choose from {', '.join(SCHEDULE_KINDS)}")
+        out[name] = NoiseSchedule.create(name, timesteps)  # type: ignore[arg-type]
+        if zero_terminal_snr:
+            out[name + ZTSNR_SUFFIX] = NoiseSchedule.create(name, timesteps, zero_terminal_snr=True)  # type: ignore[arg-type]
+    return out
+
+
+def schedule_curves(schedule: NoiseSchedule) -> dict[str, Tensor]:
+    """The per-timestep quantities worth plotting, by name (float64, length T)."""
+    ab = schedule.alpha_bar
+    return {
+        "beta": schedule.betas,
+        "alpha_bar": ab,
+        "sqrt_alpha_bar": ab.sqrt(),
+        "sqrt_one_minus_alpha_bar": (1.0 - ab).sqrt(),
+        "log_snr": schedule.log_snr,
+    }
+
+
+def schedule_key_values(schedule: NoiseSchedule) -> dict[str, float]:
+    """ᾱ after a quarter, half and three quarters of the T noising steps, and the SNR after the last one.
+
+    Steps count from 1 as in Ho et al. (ᾱ after k steps is alpha_bar[k - 1]), so for the cosine
+    schedule ᾱ(T/2) is exactly its continuous ᾱ(1/2).
+    """
+    T, ab = schedule.timesteps, schedule.alpha_bar
+    at = {label: float(ab[max(round(q * T), 1) - 1]) for label, q in (("T/4", 0.25), ("T/2", 0.5), ("3T/4", 0.75))}
+    return {**{f"alpha_bar({k})": v for k, v in at.items()}, "terminal_snr": float(schedule.snr[-1])}
 
 
 def gather(values: Tensor, t: Tensor, like: Tensor) -> Tensor:

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import tomli
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from diffkit.errors import DiffkitError
 
@@ -36,6 +41,18 @@ class ModelSettings(_Group):
     norm_groups: int = Field(8, ge=1, le=256)
     num_classes: int | None = Field(None, ge=0, le=100_000)  # None: from the dataset; 0: unconditional
     cond_channels: int = Field(0, ge=0, le=16)  # extra input channels (super-resolution conditioning)
+    task: Literal["generate", "super-res"] = "generate"  # super-res: SR3, conditioned on a bicubic upsample
+    sr_scales: list[int] = Field(default_factory=lambda: [2, 4], min_length=1, max_length=4)  # trained factors
+
+    @model_validator(mode="after")
+    def _task_matches_conditioning(self) -> ModelSettings:
+        if self.task == "super-res" and self.cond_channels == 0:
+            raise ValueError("model.task = super-res needs model.cond_channels = the image channels (e.g. 1)")
+        if self.task == "generate" and self.cond_channels:
+            raise ValueError("model.cond_channels is only for model.task = super-res: set it to 0")
+        if any(s < 2 for s in self.sr_scales) or len(set(self.sr_scales)) != len(self.sr_scales):
+            raise ValueError("model.sr_scales must be distinct factors of 2 or more, e.g. [2, 4]")
+        return self
 
     @model_validator(mode="after")
     def _groups_divide_channels(self) -> ModelSettings:
@@ -71,6 +88,9 @@ class DiffusionSettings(_Group):
             raise ValueError("diffusion.beta_end must be larger than diffusion.beta_start")
         if self.sigmoid_end <= self.sigmoid_start:
             raise ValueError("diffusion.sigmoid_end must be larger than diffusion.sigmoid_start")
+        if self.zero_terminal_snr and self.objective == "eps":
+            # at SNR 0 the noise prediction says nothing about x0 (x0 = (x_t - ε)/0): Lin et al. use v
+            raise ValueError("diffusion.zero_terminal_snr needs objective v (or x0), not eps")
         return self
 
 
@@ -111,6 +131,8 @@ class TrainSettings(_Group):
     sample_every_epochs: int = Field(1, ge=0)  # 0: only at the end
     checkpoint_every_steps: int | None = Field(None, ge=1)  # periodic checkpoints besides last / best
     threads: int | None = Field(None, ge=1, le=512)  # torch intra-op threads; unset = torch's default
+    fid_every_epochs: int = Field(0, ge=0)  # small-sample FID of EMA samples into metrics.jsonl; 0: off
+    fid_samples: int = Field(500, ge=2, le=100_000)  # images per such FID (it is biased upwards at small counts)
 
     @model_validator(mode="after")
     def _length_given(self) -> TrainSettings:
@@ -131,6 +153,9 @@ class SampleSettings(_Group):
     checkpoint: str = "best"
     use_ema: bool = True
     batch_size: int = Field(250, ge=1)
+    # clip x̂0 to [-1, 1] at every step (as diffusers' and lucidrains' samplers do): without it, early
+    # high-noise ε-predictions leave speckle in the background; "dynamic" is Imagen's thresholding
+    clipping: Literal["none", "clip", "dynamic"] = "clip"
 
 
 class Settings(BaseSettings):
@@ -142,6 +167,8 @@ class Settings(BaseSettings):
         extra="forbid",
         validate_assignment=True,
     )
+
+    _preset_files: ClassVar[list[Path] | None] = None  # set by load_settings on a layered subclass
 
     extends: str | None = None
     description: str = ""
@@ -155,6 +182,20 @@ class Settings(BaseSettings):
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=10))
     sample: SampleSettings = Field(default_factory=SampleSettings)
 
+    @model_validator(mode="after")
+    def _super_res_fits_data(self) -> Settings:
+        m, d = self.model, self.data
+        if m.task == "super-res":
+            if m.cond_channels != d.channels:
+                raise ValueError(
+                    f"model.cond_channels must equal data.channels ({d.channels}) for super-res: "
+                    "the condition is the upsampled low-resolution image"
+                )
+            bad = [s for s in m.sr_scales if d.image_size % s]
+            if bad:
+                raise ValueError(f"model.sr_scales {bad} do not divide data.image_size {d.image_size}")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -165,8 +206,12 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Plain construction reads only what it is given, so a saved run is never re-layered by the
-        # environment; `load_settings` adds the environment and the preset files.
-        return (init_settings,)
+        # environment; `load_settings` sets `_preset_files` to add the environment and the presets.
+        files = cls._preset_files
+        if files is None:
+            return (init_settings,)
+        # deep_merge: a preset overriding one key of a table keeps the rest of its parent's table
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=files, deep_merge=True)
 
 
 # ---------------------------------------------------------------------------------------- presets
@@ -261,16 +306,7 @@ def load_settings(preset: str, overrides: dict[str, Any] | None = None) -> Setti
     files = preset_chain(preset)
 
     class _Layered(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=files)
+        _preset_files = files
 
     try:
         layered = _Layered(**(overrides or {}))

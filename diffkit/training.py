@@ -20,17 +20,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffkit.data import ImageSet, load_images, train_val_split
-from diffkit.denoiser import Denoiser, min_snr_weight, training_target
+from diffkit.denoiser import min_snr_weight, training_target
+from diffkit.editing.superres import degrade, random_condition, super_resolve
 from diffkit.errors import DiffkitError
 from diffkit.generation import class_layout, generate
 from diffkit.models import count_parameters
 from diffkit.runs import (
     RunPaths,
     build_model,
+    build_schedule,
     check_run_dir,
     create_run_dir,
-    build_schedule,
     load_state,
+    make_denoiser,
     read_checkpoint,
     resolve_device,
     save_checkpoint,
@@ -71,24 +73,37 @@ class TrainResult:
 def resolve_data(settings: Settings) -> ImageSet:
     """Load the training images and settle model.num_classes from them (saved into config.toml)."""
     d = settings.data
-    data = load_images(d.dataset, d.split, data_dir=settings.data_dir, image_size=d.image_size, channels=d.channels,
-                       path=d.path, limit=d.limit, download=d.download)
+    data = load_images(
+        d.dataset,
+        d.split,
+        data_dir=settings.data_dir,
+        image_size=d.image_size,
+        channels=d.channels,
+        path=d.path,
+        limit=d.limit,
+        download=d.download,
+    )
     labelled = bool((data.labels >= 0).all()) and data.num_classes > 0
     if settings.model.num_classes is None:
         settings.model.num_classes = data.num_classes if labelled else 0
     elif settings.model.num_classes > 0 and not labelled:
-        raise DiffkitError(f"model.num_classes={settings.model.num_classes} but dataset {d.dataset} has no labels: "
-                           "set model.num_classes=0 for an unconditional model")
+        raise DiffkitError(
+            f"model.num_classes={settings.model.num_classes} but dataset {d.dataset} has no labels: "
+            "set model.num_classes=0 for an unconditional model"
+        )
     elif settings.model.num_classes > 0 and int(data.labels.max()) >= settings.model.num_classes:
-        raise DiffkitError(f"dataset {d.dataset} has {data.num_classes} classes but model.num_classes="
-                           f"{settings.model.num_classes}: leave model.num_classes unset")
+        raise DiffkitError(
+            f"dataset {d.dataset} has {data.num_classes} classes but model.num_classes="
+            f"{settings.model.num_classes}: leave model.num_classes unset"
+        )
     return data
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on norms, biases and embeddings (all 1-D parameters, and embedding tables)."""
     no_decay = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, keep = [], []
+    decay: list[nn.Parameter] = []
+    keep: list[nn.Parameter] = []
     for p in model.parameters():
         (keep if p.ndim <= 1 or id(p) in no_decay else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
@@ -140,14 +155,21 @@ class Trainer:
         self.model = build_model(settings).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.schedule = build_schedule(settings)
-        self.opt = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr,
-                                     betas=(t.adam_beta1, t.adam_beta2))
+        self.opt = torch.optim.AdamW(
+            param_groups(self.model, t.weight_decay), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2)
+        )
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, self.total_steps, t.warmup_steps, t.lr_schedule, t.min_lr_ratio))
+            self.opt, lambda s: lr_factor(s, self.total_steps, t.warmup_steps, t.lr_schedule, t.min_lr_ratio)
+        )
         self.gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)  # noise, timesteps, label dropout
         self.step, self.best_val = 0, math.inf
         self.alpha_bar = self.schedule.alpha_bar.float().to(self.device)
         self.snr = self.schedule.snr.float().to(self.device)
+        self.fid = None  # built now, so a setting that cannot work fails before the first step
+        if t.fid_every_epochs:
+            from diffkit.evaluation import training_fid
+
+            self.fid = training_fid(settings)
 
     @property
     def num_parameters(self) -> int:
@@ -168,8 +190,10 @@ class Trainer:
         tensors, meta = read_checkpoint(self.paths.weights("last"))
         state = load_state(self.paths.state("last"))
         if meta.get("step") != state.get("step"):
-            raise DiffkitError(f"{self.paths.checkpoints}: last.safetensors and last.state.pt are from different steps; "
-                               "start again with --force")
+            raise DiffkitError(
+                f"{self.paths.checkpoints}: last.safetensors and last.state.pt are from different steps; "
+                "start again with --force"
+            )
         self.model.load_state_dict(split_weights(tensors, "model"))
         self.ema.load_state_dict(split_weights(tensors, "ema"))
         self.opt.load_state_dict(state["optimizer"])
@@ -186,9 +210,11 @@ class Trainer:
     def _batch(self, step: int) -> tuple[Tensor, Tensor]:
         """Batch `step`: the data order is a fixed permutation per epoch, so resuming mid-epoch is exact."""
         epoch, pos = divmod(step, self.steps_per_epoch)
-        order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(
-            self.settings.train.seed * 1_000_003 + epoch))
-        idx = order[pos * self.batch_size:(pos + 1) * self.batch_size]
+        order = torch.randperm(
+            len(self.train_set),
+            generator=torch.Generator().manual_seed(self.settings.train.seed * 1_000_003 + epoch),
+        )
+        idx = order[pos * self.batch_size : (pos + 1) * self.batch_size]
         x0 = self.train_set.floats(idx).to(self.device)
         if self.settings.data.hflip:
             flip = torch.rand(len(idx), generator=self.gen, device=self.device) < 0.5
@@ -206,13 +232,19 @@ class Trainer:
             classes = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         ab = gather(self.alpha_bar, t, x0)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        cond = self._sr_condition(x0, gen)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.train.bf16):
-            out = model(x_t, t, classes)
+            out = model(x_t, t, classes) if cond is None else model(x_t, t, classes, cond=cond)
         per_sample = F.mse_loss(out.float(), training_target(d.objective, x0, noise, ab), reduction="none")
         per_sample = per_sample.mean(dim=(1, 2, 3))
         if d.min_snr_gamma:
             per_sample = per_sample * min_snr_weight(d.objective, self.snr[t], d.min_snr_gamma)
         return per_sample.mean()
+
+    def _sr_condition(self, x0: Tensor, gen: torch.Generator) -> Tensor | None:
+        """Super-resolution runs (SR3) see x0 shrunk by a random trained scale and upsampled back."""
+        m = self.settings.model
+        return random_condition(x0, m.sr_scales, gen) if m.task == "super-res" else None
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -230,14 +262,37 @@ class Trainer:
 
     def draw_grid(self, name: str) -> str:
         """A fixed-seed grid from the EMA weights (a row per class for conditional models)."""
+        if self.settings.model.task == "super-res":
+            return self._draw_superres_grid(name)
         s = self.settings.sample
         per_class = 8
         classes, num = class_layout(self.num_classes, None, per_class if self.num_classes else 64)
-        denoiser = Denoiser(self.ema, self.schedule, self.settings.diffusion.objective, self.num_classes)
-        out = generate(denoiser, num=num, classes=classes, sampler=s.sampler, steps=min(s.steps, self.schedule.timesteps),
-                       guidance=s.cfg if self.num_classes else 1.0, seed=s.seed, batch_size=s.batch_size)
+        denoiser = make_denoiser(self.settings, self.ema, self.schedule)
+        out = generate(
+            denoiser,
+            num=num,
+            classes=classes,
+            sampler=s.sampler,
+            steps=min(s.steps, self.schedule.timesteps),
+            guidance=s.cfg if self.num_classes else 1.0,
+            seed=s.seed,
+            batch_size=s.batch_size,
+        )
         path = self.paths.samples / f"{name}.png"
         save_grid(out.images, path, nrow=per_class, scale=2)
+        return str(path)
+
+    def _draw_superres_grid(self, name: str) -> str:
+        """Rows per trained scale: bicubic, then diffusion; the last row is the ground truth."""
+        s, images = self.settings.sample, (self.val_set if len(self.val_set) else self.train_set).floats(slice(0, 8))
+        denoiser = make_denoiser(self.settings, self.ema, self.schedule)
+        rows = []
+        for scale in self.settings.model.sr_scales:
+            out = super_resolve(denoiser, degrade(images, scale), sampler=s.sampler,
+                                steps=min(s.steps, self.schedule.timesteps), seed=s.seed, batch_size=s.batch_size)
+            rows += [out.bicubic, out.images]
+        path = self.paths.samples / f"{name}.png"
+        save_grid(torch.cat([*rows, images]), path, nrow=len(images), scale=2)
         return str(path)
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -247,9 +302,18 @@ class Trainer:
     def train(self, stop_after: int | None = None) -> TrainResult:
         t = self.settings.train
         end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
-        self.hooks.start(self.total_steps, self.step, {
-            "parameters": self.num_parameters, "train_images": len(self.train_set), "val_images": len(self.val_set),
-            "steps_per_epoch": self.steps_per_epoch, "device": str(self.device), "classes": self.num_classes})
+        self.hooks.start(
+            self.total_steps,
+            self.step,
+            {
+                "parameters": self.num_parameters,
+                "train_images": len(self.train_set),
+                "val_images": len(self.val_set),
+                "steps_per_epoch": self.steps_per_epoch,
+                "device": str(self.device),
+                "classes": self.num_classes,
+            },
+        )
         self.model.train()
         losses: list[float] = []
         window, window_start, seen, run_start = [], time.perf_counter(), 0, time.perf_counter()
@@ -274,8 +338,15 @@ class Trainer:
                 if self.step % t.log_every == 0 or self.step == end:
                     elapsed = time.perf_counter() - window_start
                     images_per_s = seen / max(elapsed, 1e-9)
-                    self._log({"step": self.step, "epoch": self.step / self.steps_per_epoch,
-                               "loss": sum(window) / len(window), "lr": lr, "images_per_s": round(images_per_s, 1)})
+                    self._log(
+                        {
+                            "step": self.step,
+                            "epoch": self.step / self.steps_per_epoch,
+                            "loss": sum(window) / len(window),
+                            "lr": lr,
+                            "images_per_s": round(images_per_s, 1),
+                        }
+                    )
                     window, window_start, seen = [], time.perf_counter(), 0
                 self.hooks.step(self.step, value, lr, images_per_s)
                 if t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0:
@@ -287,15 +358,25 @@ class Trainer:
             raise TrainingInterrupted(self.step) from None
         if self.step < self.total_steps or self.step % self.steps_per_epoch:
             self._save("last", with_state=True)  # stopped early or mid-epoch: keep the exact place
-        return TrainResult(self.step, math.ceil(self.step / self.steps_per_epoch), losses[-1] if losses else math.nan,
-                           None if math.isinf(self.best_val) else self.best_val,
-                           images_per_s, time.perf_counter() - run_start, losses)
+        return TrainResult(
+            self.step,
+            math.ceil(self.step / self.steps_per_epoch),
+            losses[-1] if losses else math.nan,
+            None if math.isinf(self.best_val) else self.best_val,
+            images_per_s,
+            time.perf_counter() - run_start,
+            losses,
+        )
 
     def _end_epoch(self) -> None:
         epoch = math.ceil(self.step / self.steps_per_epoch)
         val = self.validate()
         if val is not None:
             self._log({"step": self.step, "epoch": epoch, "val_loss": val})
+        fid_every = self.settings.train.fid_every_epochs
+        if self.fid is not None and (epoch % fid_every == 0 or self.step == self.total_steps):
+            denoiser = make_denoiser(self.settings, self.ema, self.schedule)
+            self._log({"step": self.step, "epoch": epoch, **self.fid(denoiser)})
         every = self.settings.train.sample_every_epochs
         final = self.step == self.total_steps
         grid = None
@@ -313,8 +394,15 @@ class Trainer:
         self.hooks.epoch(epoch, self.step, val, grid)
 
 
-def train_run(settings: Settings, run_dir: Path, *, resume: bool = False, force: bool = False,
-              hooks: TrainHooks | None = None, stop_after: int | None = None) -> tuple[Trainer, TrainResult]:
+def train_run(
+    settings: Settings,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    hooks: TrainHooks | None = None,
+    stop_after: int | None = None,
+) -> tuple[Trainer, TrainResult]:
     """What `diffkit train` does: check the run directory, load data, build, (re)start, train."""
     paths = check_run_dir(run_dir, resume=resume, force=force)
     trainer = Trainer(settings, paths, hooks)

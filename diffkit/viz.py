@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,8 +26,9 @@ def make_grid(images: Tensor, nrow: int, padding: int = 2, pad_value: float = 1.
     """A single (C, H, W) uint8 image laying out `images` in rows of `nrow` (torchvision's layout)."""
     from torchvision.utils import make_grid as tv_make_grid
 
-    grid = tv_make_grid((images.detach().float().cpu().clamp(-1, 1) + 1) / 2, nrow=nrow, padding=padding,
-                        pad_value=pad_value)
+    grid = tv_make_grid(
+        (images.detach().float().cpu().clamp(-1, 1) + 1) / 2, nrow=nrow, padding=padding, pad_value=pad_value
+    )
     return (grid * 255).round().to(torch.uint8)
 
 
@@ -45,8 +47,15 @@ def save_grid(images: Tensor, path: str | Path, nrow: int, padding: int = 2, sca
     return path
 
 
-def save_images(images: Tensor, directory: str | Path, *, start: int = 1, digits: int = 5, rgb: bool = False,
-                prefix: str = "") -> list[Path]:
+def save_images(
+    images: Tensor,
+    directory: str | Path,
+    *,
+    start: int = 1,
+    digits: int = 5,
+    rgb: bool = False,
+    prefix: str = "",
+) -> list[Path]:
     """One PNG per image: <prefix>00001.png, 00002.png, ...; `rgb` writes 3-channel files (as FID tools expect)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -61,7 +70,7 @@ def save_images(images: Tensor, directory: str | Path, *, start: int = 1, digits
     return paths
 
 
-def _to_pil(img: Tensor):  # type: ignore[no-untyped-def]
+def _to_pil(img: Tensor) -> Any:
     from PIL import Image
 
     arr = img.permute(1, 2, 0).numpy()
@@ -108,3 +117,161 @@ def _ema(values: Sequence[float], alpha: float = 0.1) -> list[float]:
         acc = (1 - alpha) * acc + alpha * v
         out.append(acc)
     return out
+
+
+def save_gif(frames: Tensor, path: str | Path, duration: float = 0.12, scale: int = 4, bounce: bool = True) -> Path:
+    """An animated GIF of `frames` (N, C, H, W) in [-1, 1]; `duration` seconds per frame, pixels enlarged
+    `scale` times; `bounce` plays the frames forwards then backwards so the loop has no jump."""
+    from PIL import Image
+
+    path = Path(path)
+    pils = [_to_pil(img) for img in to_uint8(frames)]
+    if scale > 1:
+        pils = [p.resize((p.width * scale, p.height * scale), Image.Resampling.NEAREST) for p in pils]
+    if bounce and len(pils) > 2:
+        pils = pils + pils[-2:0:-1]
+    tmp = _atomic_target(path)
+    pils[0].save(tmp, format="GIF", save_all=True, append_images=pils[1:], duration=round(duration * 1000), loop=0)
+    os.replace(tmp, path)
+    return path
+
+
+FIGURE_FRAME = 0.6  # light grey in [-1, 1]: the frame of labelled figures and their empty cells
+
+
+def save_labelled_rows(rows: Sequence[Tensor], labels: Sequence[str], path: str | Path, scale: int = 3,
+                       padding: int = 2) -> Path:
+    """A figure with one row per tensor (N_i, C, H, W) in [-1, 1] and its label written to the left.
+
+    Cells are framed in light grey, so white image borders (a mask's kept region) stay visible."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    path = Path(path)
+    width = max(len(r) for r in rows)
+    blank = torch.full_like(rows[0][:1], FIGURE_FRAME)  # short rows are padded with frame-coloured cells
+    cells = torch.cat([torch.cat([r, blank.expand(width - len(r), -1, -1, -1)]) for r in rows])
+    grid = _to_pil(make_grid(cells, width, padding, pad_value=(FIGURE_FRAME + 1) / 2)).convert("RGB")
+    grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+    font = ImageFont.load_default(size=max(10, 4 * scale + 2))
+    label_width = max(int(font.getlength(label)) for label in labels) + 12
+    figure = Image.new("RGB", (grid.width + label_width, grid.height), "white")
+    figure.paste(grid, (label_width, 0))
+    draw = ImageDraw.Draw(figure)
+    row_height = grid.height / len(rows)
+    for i, label in enumerate(labels):
+        draw.text((6, (i + 0.5) * row_height), label, fill="black", font=font, anchor="lm")
+    tmp = _atomic_target(path)
+    figure.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def save_grid_gif(frames: Sequence[Tensor], path: str | Path, nrow: int, scale: int = 2, hold: int = 8) -> Path:
+    """An animated GIF whose frame k is the grid of batch `frames[k]` (N, C, H, W) in [-1, 1]; the last
+    frame is held `hold` frames longer so the finished images can be seen before the loop restarts."""
+    grids = [make_grid(batch, nrow).float() / 127.5 - 1 for batch in frames]  # back to [-1, 1] for save_gif
+    grids += [grids[-1]] * hold
+    return save_gif(torch.stack(grids), path, scale=scale, bounce=False)
+
+
+SCHEDULE_PANELS = {
+    "beta": "β_t",
+    "alpha_bar": "ᾱ_t",
+    "sqrt_alpha_bar": "√ᾱ_t (signal scale)",
+    "sqrt_one_minus_alpha_bar": "√(1 - ᾱ_t) (noise scale)",
+    "log_snr": "log-SNR  log(ᾱ_t / (1 - ᾱ_t))",
+}
+
+
+def plot_schedules(curves: dict[str, dict[str, Tensor]], out_dir: str | Path) -> list[Path]:
+    """`schedules.png` (every quantity in one figure) and one PNG per quantity, each overlaying all schedules.
+
+    `curves` maps a schedule's name to its quantities by name (see `SCHEDULE_PANELS`), each over t = 0 .. T-1.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    written = []
+    for ax, key in zip(axes.flat, SCHEDULE_PANELS, strict=False):
+        _schedule_panel(ax, curves, key)
+    axes.flat[-1].axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    axes.flat[-1].legend(handles, labels, loc="center", title="schedule")
+    fig.tight_layout()
+    written.append(_save_figure(fig, out_dir / "schedules.png"))
+    for key in SCHEDULE_PANELS:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        _schedule_panel(ax, curves, key)
+        ax.legend()
+        fig.tight_layout()
+        written.append(_save_figure(fig, out_dir / f"{key}.png"))
+    return written
+
+
+def _schedule_panel(ax: Any, curves: dict[str, dict[str, Tensor]], key: str) -> None:
+    from diffkit.schedules import ZTSNR_SUFFIX
+
+    colours: dict[str, str] = {}
+    for name, values in curves.items():
+        y = values[key].double()
+        # a zero-terminal-SNR variant is dashed, in the colour of the schedule it rescales
+        base = name.removesuffix(ZTSNR_SUFFIX)
+        colour = colours.setdefault(base, f"C{len(colours)}")
+        style = "--" if name.endswith(ZTSNR_SUFFIX) else "-"
+        ax.plot((torch.arange(len(y)) + 1) / len(y), y.numpy(), style, color=colour, label=name)  # x: t/T, any T
+    ax.set_title(SCHEDULE_PANELS[key])
+    ax.set_xlabel("t / T")
+    if key == "beta":
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    tmp = _atomic_target(path)
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_guidance_sweep(rows: Sequence[dict[str, Any]], path: str | Path, *, feature_net: str,
+                        floor_fid: float | None = None) -> Path:
+    """FID, KID (± std) and class accuracy against guidance scale, one panel each (those present).
+
+    `rows` are records with "guidance" and any of "fid", "kid"/"kid_std", "class_accuracy"; the lowest
+    FID is ringed, and `floor_fid` (real against real) is drawn as a dashed line for reference.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [key for key in ("fid", "kid", "class_accuracy") if any(key in r for r in rows)]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.6), squeeze=False)
+    titles = {"fid": "FID (lower is better)", "kid": "KID (lower is better)", "class_accuracy": "class accuracy"}
+    for ax, key in zip(axes[0], panels, strict=False):
+        present = [r for r in rows if key in r]
+        x, y = [r["guidance"] for r in present], [r[key] for r in present]
+        errors = [r.get("kid_std", 0.0) for r in present] if key == "kid" else None
+        ax.errorbar(x, y, yerr=errors, fmt="o-", capsize=3)
+        if key == "fid":
+            best = min(present, key=lambda r: r["fid"])
+            ax.plot([best["guidance"]], [best["fid"]], "o", ms=12, mfc="none", mec="C3",
+                    label=f"best: {best['fid']:.3g} at {best['guidance']:g}")
+            if floor_fid is not None:
+                ax.axhline(floor_fid, ls="--", color="grey", label=f"real vs real: {floor_fid:.3g}")
+            ax.legend(fontsize=8)
+        if key == "class_accuracy":
+            ax.set_ylim(0, 1.02)
+        ax.set_title(titles[key])
+        ax.set_xlabel("guidance scale")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"features: {feature_net}", fontsize=9)
+    fig.tight_layout()
+    return _save_figure(fig, Path(path))

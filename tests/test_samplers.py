@@ -324,7 +324,7 @@ def test_callback_replacement_is_taken_as_a_vp_state(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", DISCRETE)
-@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace", "logsnr"])
 def test_discrete_samplers_visit_the_spaced_timesteps(name: str, spacing: str) -> None:
     schedule, visited = NoiseSchedule.create("cosine", 10), []
     inner = gaussian_denoiser(schedule)

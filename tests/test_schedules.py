@@ -212,3 +212,41 @@ def test_posterior_is_the_gaussian_product(t: int) -> None:
     torch.testing.assert_close(mean, want_mean)
     torch.testing.assert_close(var.flatten(), torch.full((4,), want_var, dtype=F64))
     torch.testing.assert_close(schedule.posterior_variance[t], torch.tensor(want_var, dtype=F64))
+
+
+# ------------------------------------------------------------------------------ log-SNR spacing
+
+
+def _linear_log_snr_schedule(T: int, top: float = 8.0, bottom: float = -8.0) -> NoiseSchedule:
+    """A schedule whose log-SNR falls exactly linearly in t: ᾱ_t = sigmoid(top + (bottom - top) t/(T-1))."""
+    alpha_bar = torch.sigmoid(top + (bottom - top) * torch.arange(T, dtype=torch.float64) / (T - 1))
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+    return NoiseSchedule(1.0 - alpha_bar / previous)
+
+
+@pytest.mark.parametrize(("T", "steps"), [(1000, 10), (200, 8), (50, 8), (101, 11)])
+def test_logsnr_spacing_is_linspace_when_log_snr_is_linear_in_t(T: int, steps: int) -> None:
+    """λ linear in t makes "evenly spaced in λ" and "evenly spaced in t" the same grid (no ties at .5 here)."""
+    schedule = _linear_log_snr_schedule(T)
+    assert schedule.spaced_timesteps(steps, "logsnr").tolist() == schedule.spaced_timesteps(steps, "linspace").tolist()
+
+
+def test_logsnr_spacing_has_even_log_snr_jumps() -> None:
+    schedule = NoiseSchedule.create("linear", 1000)
+    ts = schedule.spaced_timesteps(10, "logsnr")
+    jumps = schedule.log_snr[ts].diff()
+    even = (schedule.log_snr[0] - schedule.log_snr[-1]) / 9
+    # within 2.5 %: near the clean end λ moves 0.7 per timestep, and timesteps are integers
+    torch.testing.assert_close(jumps, torch.full_like(jumps, float(even)), rtol=0.025, atol=0.0)
+
+
+@pytest.mark.parametrize("zero_terminal_snr", [False, True])
+def test_logsnr_spacing_gives_exactly_steps_distinct_timesteps(zero_terminal_snr: bool) -> None:
+    for T in (10, 50):
+        schedule = NoiseSchedule.create("cosine", T, zero_terminal_snr=zero_terminal_snr)
+        for steps in range(1, T + 1):
+            ts = schedule.spaced_timesteps(steps, "logsnr")
+            assert len(ts) == steps and int(ts[0]) == T - 1 and int(ts.min()) >= 0, (T, steps, ts)
+            assert bool((ts[:-1] > ts[1:]).all()), (T, steps, ts)
+            if steps > 1:
+                assert int(ts[-1]) == 0

@@ -112,3 +112,19 @@ def test_saved_settings_round_trip_exactly(tmp_path: Path, monkeypatch: pytest.M
 def test_plain_settings_ignore_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIFFKIT_TRAIN__LR", "0.5")
     assert Settings.model_validate({"train": {"max_steps": 1}}).train.lr == pytest.approx(2e-4)
+
+
+def test_zero_terminal_snr_refuses_eps_objective() -> None:
+    with pytest.raises(DiffkitError, match="zero_terminal_snr needs objective v"):
+        load_settings("demo", parse_overrides(["diffusion.zero_terminal_snr=true"]))
+    s = load_settings("demo", parse_overrides(["diffusion.zero_terminal_snr=true", "diffusion.objective=v"]))
+    assert s.diffusion.zero_terminal_snr
+
+
+def test_preset_tables_merge_key_by_key(tmp_path: Path) -> None:
+    parent, child = tmp_path / "parent.toml", tmp_path / "child.toml"
+    parent.write_text('extends = "tiny"\n[train]\ngrad_clip = 0.25\np_uncond = 0.3\n')
+    child.write_text('extends = "parent.toml"\n[train]\nlr = 0.01\n')
+    s = load_settings(str(child))
+    assert (s.train.lr, s.train.grad_clip, s.train.p_uncond) == (0.01, 0.25, 0.3)
+    assert s.train.max_steps == 14  # from tiny, two levels up

@@ -31,11 +31,21 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from diffkit.cli import presets, sample, stubs, train
+    from diffkit.cli import inpaint, interpolate, presets, sample, stubs, superres, train
 
     app.command()(train.train)
     app.command()(sample.sample)
     app.command()(presets.presets)
+    app.command("inpaint")(inpaint.inpaint_command)
+    app.command("interpolate")(interpolate.interpolate)
+    app.command("super-res")(superres.super_res)
+    from diffkit.cli import compare, schedules
+
+    app.command("compare-samplers")(compare.compare_samplers_command)
+    app.command("plot-schedules")(schedules.plot_schedules_command)
+    from diffkit.cli import fid
+
+    app.command("fid")(fid.fid_command)
     stubs.register(app)
 
 

@@ -70,3 +70,29 @@ def parse_csv(text: str, kind: type, option: str) -> list[Any]:
 
 def done(what: str, where: Path | str) -> None:
     console.print(f"[green]✓[/green] {what}: [bold]{where}[/bold]")
+
+
+ClipOption = Annotated[
+    str | None, typer.Option("--clip", help="x̂0 clipping: none, clip (to [-1, 1]) or dynamic (Imagen).")
+]
+RescaleOption = Annotated[
+    float | None, typer.Option("--rescale", help="CFG-rescale φ in [0, 1] (Lin et al. 2023), for --cfg > 1.")
+]
+
+
+def denoiser_options(clip: str | None, rescale: float | None) -> dict[str, Any]:
+    """--clip and --rescale as `Denoiser` fields, checked."""
+    from typing import get_args
+
+    from diffkit.denoiser import Clipping
+
+    options: dict[str, Any] = {}
+    if clip is not None:
+        if clip not in get_args(Clipping):
+            raise DiffkitError(f"unknown --clip {clip!r}: choose one of {', '.join(get_args(Clipping))}")
+        options["clipping"] = clip
+    if rescale is not None:
+        if not 0.0 <= rescale <= 1.0:
+            raise DiffkitError(f"--rescale {rescale} is out of range: use 0 (off) to 1 (full; 0.7 is typical)")
+        options["rescale_phi"] = rescale
+    return options

@@ -1,4 +1,7 @@
-"""`diffkit sample`: load a run, generate a class grid (or one class), write a grid PNG and one PNG per image."""
+"""`diffkit sample`: load a run, generate a class grid (or one class), write a grid PNG and one PNG per image.
+
+Also: pictures of the process (`--process`, `--gif`) and a flat export for FID tools (`--export-dir`).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +11,27 @@ from typing import Annotated, Any
 import typer
 
 from diffkit.cli.common import (
+    ClipOption,
     DeviceOption,
     OutOption,
+    RescaleOption,
     RunOption,
     SeedOption,
     console,
+    denoiser_options,
     done,
     fresh_dir,
     progress_task,
 )
-from diffkit.generation import class_layout, generate, grid_rows
-from diffkit.runs import latest_run, load_run
+from diffkit.compare import Config, check_configs, with_options
+from diffkit.errors import DiffkitError
+from diffkit.export import export_samples
+from diffkit.generation import Generated, class_layout, cycled_classes, generate, grid_rows
+from diffkit.process import MAX_FRAMES, Process, record_process
+from diffkit.runs import LoadedRun, latest_run, load_run
 from diffkit.samplers import SAMPLERS, get_sampler
-from diffkit.viz import save_grid, save_images
+from diffkit.schedules import SPACINGS
+from diffkit.viz import save_grid, save_grid_gif, save_images
 
 
 def sample(
@@ -32,11 +43,34 @@ def sample(
         typer.Option("--cfg", help="Guidance scale: 0 unconditional, 1 conditional, >1 stronger."),
     ] = None,
     num: Annotated[
-        int | None, typer.Option("--num", min=1, help="Images (per class when no --class is given).")
+        int | None,
+        typer.Option("--num", min=1, help="Images (per class when no --class is given; in all with --export-dir)."),
     ] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampler steps.")] = None,
     sampler: Annotated[str | None, typer.Option("--sampler", help=f"One of: {', '.join(SAMPLERS)}.")] = None,
     eta: Annotated[float | None, typer.Option("--eta", help="DDIM noise: 0 deterministic ... 1 DDPM-like.")] = None,
+    spacing: Annotated[
+        str | None,
+        typer.Option("--spacing", help=f"Timesteps visited ({', '.join(SPACINGS)}); ddpm, ddim, pndm and dpm++2m."),
+    ] = None,
+    rescale: RescaleOption = None,
+    clip: ClipOption = None,
+    process: Annotated[
+        bool, typer.Option("--process", help="Also write process_xt.png, process_x0.png (image x frame) and a GIF.")
+    ] = False,
+    gif: Annotated[bool, typer.Option("--gif", help="Also write process.gif, the denoising animated.")] = False,
+    frames: Annotated[
+        int | None, typer.Option("--frames", help=f"Frames for --process/--gif, noise to image (2 to {MAX_FRAMES}).")
+    ] = None,
+    export_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--export-dir",
+            help="Write only DIR/00001.png ... (--num in all; classes in "
+            "turn unless --class), for FID tools. DIR must be new or empty.",
+        ),
+    ] = None,
+    rgb: Annotated[bool, typer.Option("--rgb", help="With --export-dir: 3-channel RGB files.")] = False,
     seed: SeedOption = None,
     out: OutOption = None,
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Use the raw weights instead of the EMA weights.")] = False,
@@ -44,56 +78,107 @@ def sample(
     device: DeviceOption = "auto",
 ) -> None:
     """Generate images from a trained run."""
+    _check_flags(process=process, gif=gif, frames=frames, export_dir=export_dir, rgb=rgb, out=out)
+    loaded = _open(run, checkpoint, no_ema, device)
+    s = loaded.settings.sample
+    name = sampler or s.sampler
+    n_steps = s.steps if steps is None else steps
+    options = _sampler_options(loaded, name, n_steps, eta, spacing)
+    guidance = (s.cfg if loaded.num_classes else 1.0) if cfg is None else cfg
+    seed = s.seed if seed is None else seed
+    denoiser = loaded.denoiser(**denoiser_options(clip, rescale))
+    common: dict[str, Any] = dict(
+        sampler=name, steps=n_steps, guidance=guidance, seed=seed, batch_size=batch_size or s.batch_size, **options
+    )
+    if export_dir is not None:
+        total = num or s.num * (loaded.num_classes if class_ is None and loaded.num_classes else 1)
+        classes = cycled_classes(loaded.num_classes, class_, total)
+        _say(loaded, total, name, n_steps, guidance, seed)
+        with progress_task("exporting", total) as advance:
+            result = export_samples(
+                denoiser, export_dir, num=total, classes=classes, rgb=rgb, progress=advance, **common
+            )
+        _timing(result, total)
+        kind = "RGB" if rgb or result.images.shape[1] == 3 else "grayscale"
+        done(f"{total} {kind} images, {export_dir.name}/00001.png ...", export_dir)
+        return
+    per_class = s.num if num is None else num
+    classes, total = class_layout(loaded.num_classes, class_, per_class)
+    _say(loaded, total, name, n_steps, guidance, seed)
+    recorded: Process | None = None
+    with progress_task("sampling", total) as advance:
+        if process or gif:
+            k = min(n_steps + 1, 11) if frames is None else frames
+            result, recorded = record_process(
+                denoiser, num=total, classes=classes, frames=k, progress=advance, **common
+            )
+        else:
+            result = generate(denoiser, num=total, classes=classes, progress=advance, **common)
+    tag = f"{name}-{n_steps}-cfg{guidance:g}-seed{seed}" + (f"-class{class_}" if class_ is not None else "")
+    folder = fresh_dir(out or loaded.root / "samples" / tag)
+    nrow = grid_rows(loaded.num_classes if class_ is None else 0, per_class, total)
+    grid = save_grid(result.images, folder / "grid.png", nrow=nrow, scale=2)
+    save_images(result.images, folder / "images")
+    _timing(result, total)
+    done("grid", grid)
+    done("images", folder / "images")
+    if recorded is not None:
+        _write_process(recorded, folder, nrow, grids=process)
+
+
+def _check_flags(
+    *, process: bool, gif: bool, frames: int | None, export_dir: Path | None, rgb: bool, out: Path | None
+) -> None:
+    """Combinations that cannot mean anything, refused before the run is even loaded."""
+    if frames is not None and not (process or gif):
+        raise DiffkitError("--frames goes with --process or --gif: add one of them or drop --frames")
+    if rgb and export_dir is None:
+        raise DiffkitError("--rgb goes with --export-dir: add --export-dir DIR or drop --rgb")
+    if export_dir is not None and (process or gif or out is not None):
+        raise DiffkitError("--export-dir writes only the numbered images: drop --process, --gif and --out")
+
+
+def _open(run: Path | None, checkpoint: str | None, no_ema: bool, device: str) -> LoadedRun:
     if run is None:
         from diffkit.settings import Settings
 
         run = latest_run(Path(Settings().runs_dir))
         console.print(f"using the most recent run: [bold]{run}[/bold]")
-    loaded = load_run(run, checkpoint or "best", use_ema=not no_ema, device=device)
-    s = loaded.settings.sample
-    name = sampler or s.sampler
-    spec = get_sampler(name)
-    options: dict[str, Any] = {}
-    if eta is not None or (name == "ddim" and s.eta):
-        if "eta" not in spec.options:
-            from diffkit.errors import DiffkitError
+    return load_run(run, checkpoint or "best", use_ema=not no_ema, device=device)
 
-            raise DiffkitError(f"--eta applies to ddim only, not {name}: drop --eta")
-        options["eta"] = s.eta if eta is None else eta
-    guidance = (s.cfg if loaded.num_classes else 1.0) if cfg is None else cfg
-    per_class = s.num if num is None else num
-    classes, total = class_layout(loaded.num_classes, class_, per_class)
-    n_steps = s.steps if steps is None else steps
-    seed = s.seed if seed is None else seed
+
+def _sampler_options(
+    loaded: LoadedRun, name: str, steps: int, eta: float | None, spacing: str | None
+) -> dict[str, Any]:
+    """--eta and --spacing for samplers that take them (an error for those that do not), all checked now."""
+    spec = get_sampler(name)
+    if eta is None and "eta" in spec.options and loaded.settings.sample.eta:
+        eta = loaded.settings.sample.eta
+    config = with_options([Config(name, steps)], eta=eta, spacing=spacing)[0]
+    check_configs([config], loaded.schedule.timesteps)
+    return dict(config.options)
+
+
+def _say(loaded: LoadedRun, total: int, name: str, steps: int, guidance: float, seed: int) -> None:
     console.print(
-        f"sampling {total} images with {name} ({n_steps} steps, guidance {guidance:g}, seed {seed}) "
+        f"sampling {total} images with {name} ({steps} steps, guidance {guidance:g}, seed {seed}) "
         f"from {loaded.checkpoint}"
     )
-    with progress_task("sampling", total) as advance:
-        result = generate(
-            loaded.denoiser(),
-            num=total,
-            classes=classes,
-            sampler=name,
-            steps=n_steps,
-            guidance=guidance,
-            seed=seed,
-            batch_size=batch_size or s.batch_size,
-            progress=advance,
-            **options,
-        )
-    tag = f"{name}-{n_steps}-cfg{guidance:g}-seed{seed}" + (f"-class{class_}" if class_ is not None else "")
-    folder = fresh_dir(out or loaded.root / "samples" / tag)
-    grid = save_grid(
-        result.images,
-        folder / "grid.png",
-        nrow=grid_rows(loaded.num_classes if class_ is None else 0, per_class, total),
-        scale=2,
-    )
-    save_images(result.images, folder / "images")
+
+
+def _timing(result: Generated, total: int) -> None:
     console.print(
         f"{total} images in {result.seconds:.1f}s ({total / result.seconds:.1f} img/s, "
         f"{result.nfe} model evaluations per image)"
     )
-    done("grid", grid)
-    done("images", folder / "images")
+
+
+def _write_process(recorded: Process, folder: Path, nrow: int, *, grids: bool) -> None:
+    k = len(recorded.states)
+    if grids:
+        done(
+            f"x_t, an image per row, {k} frames",
+            save_grid(recorded.rows("xt"), folder / "process_xt.png", nrow=k, scale=2),
+        )
+        done("x̂0 predicted at each frame", save_grid(recorded.rows("x0"), folder / "process_x0.png", nrow=k, scale=2))
+    done("animation", save_grid_gif(recorded.frames(), folder / "process.gif", nrow=nrow))

@@ -157,12 +157,19 @@ class UNet(nn.Module):
         return self.num_classes
 
     def forward(self, x: Tensor, t: Tensor, classes: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
-        """x: (N, C, H, W); t: (N,) float or int timesteps; classes: (N,) with `null_class` = none."""
+        """x: (N, C, H, W); t: (N,) float or int timesteps; classes: (N,) with `null_class` = none.
+
+        `classes` may also be float weights (N, num_classes + 1) that mix rows of the class-embedding
+        table (the last row is the null class): interpolation between classes uses this.
+        """
         emb = self.time_mlp(timestep_embedding(t, self.base_channels))
         if self.class_emb is not None:
             if classes is None:
                 classes = torch.full((x.shape[0],), self.null_class, device=x.device, dtype=torch.long)
-            emb = emb + self.class_emb(classes)
+            if classes.is_floating_point():
+                emb = emb + classes.to(emb.dtype) @ self.class_emb.weight
+            else:
+                emb = emb + self.class_emb(classes)
         if self.cond_channels:
             if cond is None:
                 raise ValueError("this UNet needs conditioning channels (cond)")

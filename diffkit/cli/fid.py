@@ -1,0 +1,186 @@
+"""`diffkit fid`: statistics of one source, or FID / KID / class accuracy between two, with the real floor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from diffkit.cli.common import DeviceOption, OutOption, console, done, fresh_dir, parse_csv, progress_bar
+from diffkit.evaluation import FEATURE_CHOICES, Accuracy, FidReport, FidRequest, Progress, evaluate
+from diffkit.samplers import SAMPLERS
+
+SOURCES_HELP = (
+    "One or two of: a dataset split (mnist:test, mnist-5k), a folder of images, an .npz of statistics, "
+    "or run:DIR (samples generated from that run). One source: its statistics; two: the distance between them."
+)
+
+
+def fid_command(
+    sources: Annotated[list[str], typer.Argument(help=SOURCES_HELP, show_default=False)],
+    features: Annotated[
+        str,
+        typer.Option(
+            "--features",
+            help=f"Feature space: {', '.join(FEATURE_CHOICES)} (auto: the digit CNN for 1x28x28 images, "
+            "else Inception, which needs its weights file).",
+        ),
+    ] = "auto",
+    inception_weights: Annotated[
+        Path | None,
+        typer.Option("--inception-weights", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth."),
+    ] = None,
+    num: Annotated[
+        int | None,
+        typer.Option(
+            "--num",
+            help="Images per source: generated from a run (default 1000), a fixed random subset of a dataset "
+            "or folder (default: all).",
+        ),
+    ] = None,
+    save_stats: Annotated[
+        Path | None, typer.Option("--save-stats", help="Write the source's statistics as a pytorch-fid .npz.")
+    ] = None,
+    kid: Annotated[bool, typer.Option("--kid", help="Also KID (mean ± std over 100 subsets).")] = False,
+    class_accuracy: Annotated[
+        bool, typer.Option("--class-accuracy", help="A classifier's accuracy on a conditional run's samples.")
+    ] = False,
+    sampler: Annotated[
+        str | None, typer.Option("--sampler", help=f"For run sources: one of {', '.join(SAMPLERS)}.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="For run sources: sampler steps.")] = None,
+    cfg: Annotated[
+        str | None,
+        typer.Option("--cfg", help="Guidance scale, or several (0,1,2,3,5) for a sweep with a plot."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="For run sources (default: the run's).")] = None,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last or a .safetensors path.")] = "best",
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = None,
+    out: OutOption = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """FID (and KID, class accuracy) between two image sources, or one source's statistics."""
+    request = FidRequest(
+        sources,
+        features=features,
+        inception_weights=inception_weights,
+        num=num,
+        kid=kid,
+        class_accuracy=class_accuracy,
+        save_stats=save_stats,
+        sampler=sampler,
+        steps=steps,
+        guidance=parse_csv(cfg, float, "--cfg") if cfg is not None else None,
+        seed=seed,
+        checkpoint=checkpoint,
+        device=device,
+        batch_size=batch_size,
+    )
+    with _progress() as progress:
+        report = evaluate(request, progress)
+    console.print(f"features: [bold]{report.feature_net}[/bold]")
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(_table(report))
+    _print_summary(report)
+    if report.saved_statistics is not None:
+        done(f"statistics ({report.feature_net})", report.saved_statistics)
+    folder = _report_folder(report, out)
+    if folder is not None:
+        for path in report.save(folder):
+            done(path.name, path)
+
+
+@contextmanager
+def _progress() -> Iterator[Progress]:
+    """One bar whose description follows the stage (training the feature net, sampling, features)."""
+    with progress_bar() as bar:
+        task = bar.add_task("starting", total=None)
+
+        def update(done_: int, total: int, message: str) -> None:
+            bar.update(task, completed=done_, total=total, description=message[:70])
+
+        yield update
+
+
+def _table(report: FidReport) -> Table:
+    """A row per guidance scale (or one), then the real-vs-real floor; the best FID in green."""
+    if not report.compares:
+        return _statistics_table(report)
+    counts = " vs ".join(f"{n} images" for n in report.nums)
+    table = Table(title=f"{report.sources[0]}  vs  {report.sources[1]}", title_justify="left", caption=counts)
+    has_kid = any(r.distance and r.distance.kid for r in report.rows)
+    has_acc = any(r.accuracy for r in report.rows)
+    table.add_column("")
+    for name in ["FID"] + (["KID"] if has_kid else []) + (["class accuracy"] if has_acc else []):
+        table.add_column(name, justify="right")
+    best = report.best
+    for row in report.rows:
+        assert row.distance is not None
+        cells = [f"guidance {row.guidance:g}" if row.guidance is not None else "", f"{row.distance.fid:.3f}"]
+        cells += [_kid(row.distance.kid)] if has_kid else []
+        cells += [f"{row.accuracy.overall:.1%}" if row.accuracy else ""] if has_acc else []
+        table.add_row(*cells, style="bold green" if row is best else None)
+    if report.floor is not None:
+        f = report.floor
+        cells = ["real vs real (floor)", f"{f.distance.fid:.3f}"] + ([_kid(f.distance.kid)] if has_kid else [])
+        table.add_row(*cells, *([""] if has_acc else []), style="dim")
+    return table
+
+
+def _kid(kid: tuple[float, float] | None) -> str:
+    return f"{kid[0]:.4f} ± {kid[1]:.4f}" if kid else ""
+
+
+def _statistics_table(report: FidReport) -> Table:
+    table = Table(title=f"statistics of {report.sources[0]}", title_justify="left")
+    for name in ("images", "dimensions", "trace of covariance"):
+        table.add_column(name, justify="right")
+    stats = report.statistics
+    assert stats is not None
+    table.add_row(str(stats.num or "?"), str(stats.mu.shape[0]), f"{float(stats.sigma.trace()):.4g}")
+    return table
+
+
+def _print_summary(report: FidReport) -> None:
+    """The floor, the best guidance scale and per-class accuracy, each on its own lines."""
+    if report.floor is not None:
+        f = report.floor
+        console.print(
+            f"real-vs-real floor: FID {f.distance.fid:.3f} between {f.sources[0]} and {f.sources[1]} "
+            f"({f.num} images; a model matching the data scores about this)"
+        )
+    best = report.best
+    if best is not None and best.distance is not None:
+        console.print(f"best guidance by FID: [bold]{best.guidance:g}[/bold] (FID {best.distance.fid:.3f})")
+    scored = [(r.guidance, r.accuracy) for r in report.rows if r.accuracy is not None]
+    if scored:
+        console.print(_accuracy_table(scored))
+
+
+def _accuracy_table(scored: list[tuple[float | None, Accuracy]]) -> Table:
+    classes = sorted({c for _, acc in scored for c in acc.per_class})
+    table = Table(title="class accuracy: the classifier agrees with the requested class", title_justify="left")
+    table.add_column("guidance", justify="right")
+    for c in classes:
+        table.add_column(str(c), justify="right")
+    table.add_column("overall", justify="right", style="bold")
+    for guidance, acc in scored:
+        per = acc.per_class
+        cells = [f"{per[c]:.0%}" if c in per else "" for c in classes]
+        table.add_row(f"{guidance:g}" if guidance is not None else "", *cells, f"{acc.overall:.1%}")
+    return table
+
+
+def _report_folder(report: FidReport, out: Path | None) -> Path | None:
+    """--out, else <run>/eval/fid-... when a run is involved, else nowhere (the table says it all)."""
+    if out is not None:
+        return fresh_dir(out)
+    if report.run is None or report.sampling is None:
+        return None
+    s = report.sampling
+    return fresh_dir(report.run / "eval" / f"fid-{s.sampler}-{s.steps}-n{report.rows[0].num}-seed{s.seed}")

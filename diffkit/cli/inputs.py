@@ -1,0 +1,68 @@
+"""What the editing commands share: which run, which input images, and how scores are shown and saved."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from torch import Tensor
+
+from diffkit.cli.common import console
+from diffkit.data import parse_source, read_image
+from diffkit.editing import Scores
+from diffkit.errors import DiffkitError
+from diffkit.runs import LoadedRun, latest_run, load_run
+
+
+def open_run(run: Path | None, checkpoint: str | None, device: str) -> LoadedRun:
+    """The run given, else the most recent one under the runs directory (saying which)."""
+    if run is None:
+        from diffkit.settings import Settings
+
+        run = latest_run(Path(Settings().runs_dir))
+        console.print(f"using the most recent run: [bold]{run}[/bold]")
+    return load_run(run, checkpoint or "best", device=device)
+
+
+def one_of(given: dict[str, object]) -> str:
+    """The single option given among mutually exclusive ones ({"--image": value, ...}), else a one-line error."""
+    chosen = [name for name, value in given.items() if value is not None]
+    if len(chosen) != 1:
+        got = f" (got {' and '.join(chosen)})" if chosen else ""
+        raise DiffkitError(f"give exactly one of {', '.join(given)}{got}")
+    return chosen[0]
+
+
+def read_images(image: Path | None, source: str | None, loaded: LoadedRun) -> tuple[Tensor, Tensor | None, str]:
+    """--image PNG or --from SOURCE as (images in [-1, 1], labels or None, a description); notes conversions."""
+    d = loaded.settings.data
+    if image is not None:
+        x, note = read_image(image, image_size=d.image_size, channels=d.channels)
+        if note:
+            console.print(f"[yellow]note:[/yellow] {note}")
+        return x, None, str(image)
+    assert source is not None
+    # DIFFKIT_DATA_DIR, when set, wins over the data directory the run was trained with
+    data_dir = os.environ.get("DIFFKIT_DATA_DIR") or loaded.settings.data_dir
+    data = parse_source(source, data_dir=data_dir, image_size=d.image_size, channels=d.channels)
+    labelled = bool((data.labels >= 0).all()) and data.num_classes > 0
+    return data.floats(), data.labels if labelled else None, source
+
+
+def scores_table(title: str, rows: dict[str, Scores]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    table.add_column("PSNR (dB)", justify="right")
+    table.add_column("SSIM", justify="right")
+    for name, s in rows.items():
+        mean = s.mean()
+        table.add_row(name, f"{mean['psnr']:.2f}", f"{mean['ssim']:.4f}")
+    return table
+
+
+def write_json(path: Path, record: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path

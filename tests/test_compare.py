@@ -1,0 +1,400 @@
+"""compare-samplers, plot-schedules, and sample's --process / --gif / --export-dir / --spacing / --clip / --rescale."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import Tensor
+
+from diffkit.compare import DEFAULT_SPREAD, Config, check_configs, compare_samplers
+from diffkit.export import export_digits
+from diffkit.generation import cycled_classes, generate, initial_noise
+from diffkit.process import record_process
+from diffkit.runs import LoadedRun, load_run
+from diffkit.samplers import SAMPLERS
+from diffkit.settings import load_settings, parse_overrides
+from diffkit.training import train_run
+
+FAST = ["data.limit=32", "train.batch_size=8", "train.max_steps=2", "train.threads=1", "train.log_every=1"]
+TILE = 28 + 2  # a 28x28 image plus the grid's 2-pixel padding
+
+
+def one_line_error(result: tuple[int, str, str], *fragments: str) -> None:
+    """As in test_cli: exit code 2 and one line on stderr holding every fragment."""
+    code, _, err = result
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("diffkit: error:"), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def _train(root: Path, *extra: str) -> Path:
+    train_run(load_settings("tiny", parse_overrides([*FAST, *extra])), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny class-conditional run: 4 classes, T = 100."""
+    return _train(tmp_path_factory.mktemp("compare") / "runs" / "tiny")
+
+
+@pytest.fixture(scope="module")
+def uncond(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _train(tmp_path_factory.mktemp("uncond") / "runs" / "uncond", "model.num_classes=0")
+
+
+@pytest.fixture(scope="module")
+def loaded(run: Path) -> LoadedRun:
+    return load_run(run, device="cpu")
+
+
+# ------------------------------------------------------------------------------ compare-samplers
+
+
+def test_compare_samplers_cli_writes_rows_table_and_picture(cli, run: Path) -> None:
+    code, out, err = cli(
+        "compare-samplers", "--run", str(run), "--samplers", "ddim,heun", "--steps", "2,3", "--num", "3", "--seed", "4"
+    )
+    assert code == 0, err
+    folder = run / "compare" / "cfg2-seed4"
+    report = json.loads((folder / "compare.json").read_text())
+    got = [(r["sampler"], r["steps"], r["nfe"]) for r in report["rows"]]
+    assert got == [("ddim", 2, 2), ("ddim", 3, 3), ("heun", 2, 3), ("heun", 3, 5)]  # heun: 2n - 1 evaluations
+    for row in report["rows"]:
+        assert row["seconds"] > 0 and math.isclose(row["seconds_per_image"], row["seconds"] / 3, rel_tol=1e-3)
+    assert report["classes"] == [0, 1, 2] and report["seed"] == 4 and report["guidance"] == 2.0
+    for text in ("NFE", "wall time", "time / image", "heun", str(folder / "compare.png")):
+        assert text in out, text
+    width, height = Image.open(folder / "compare.png").size
+    assert height == 3 * (4 * TILE + 2)  # four rows, pixels enlarged 3x
+    assert width > 3 * (3 * TILE + 2)  # three columns plus the captions
+    assert (
+        cli("compare-samplers", "--run", str(run), "--samplers", "ddim", "--steps", "2", "--num", "1", "--seed", "4")[0]
+        == 0
+    )
+    assert (run / "compare" / "cfg2-seed4-2" / "compare.json").is_file()  # never overwritten
+
+
+def test_every_row_starts_from_the_same_noise_and_classes(loaded: LoadedRun) -> None:
+    seen: list[Tensor | None] = []
+    steps_seen: list[tuple[int, int]] = []
+
+    def brightness(images: Tensor, classes: Tensor | None) -> dict[str, float]:
+        seen.append(classes)
+        return {"mean": float(images.mean())}
+
+    configs = [Config("ddim", 3), Config("ddpm", 3), Config("ddim", 3), Config("ddpm", 3)]
+    classes = cycled_classes(4, None, 5)
+    result = compare_samplers(
+        loaded.denoiser(),
+        configs,
+        num=5,
+        classes=classes,
+        guidance=2.0,
+        seed=1,
+        batch_size=3,
+        quality=[brightness],
+        progress=lambda d, t: steps_seen.append((d, t)),
+    )
+    rows = result.rows
+    assert torch.equal(rows[0].images, rows[2].images) and torch.equal(rows[1].images, rows[3].images)
+    assert not torch.equal(rows[0].images, rows[1].images)
+    # the same noise as any other command with this seed: image i's noise depends only on (seed, i)
+    direct = generate(loaded.denoiser(), num=5, classes=classes, sampler="ddim", steps=3, guidance=2.0, seed=1)
+    assert torch.equal(rows[0].images, direct.images)
+    assert all(c is not None and torch.equal(c, classes) for c in seen) and len(seen) == 4
+    assert result.metric_names == ["mean"] and "mean" in result.record()["rows"][0]
+    assert "mean" in rows[0].caption()
+    assert steps_seen[-1] == (24, 24)  # 4 rows x 3 steps x 2 batches
+
+
+def test_quality_hook_adds_columns_to_the_cli_table(
+    cli, run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import diffkit.cli.compare as command
+
+    monkeypatch.setattr(command, "_quality", lambda *_: [lambda images, classes: {"brightness": 0.25}])
+    code, out, err = cli(
+        "compare-samplers",
+        "--run",
+        str(run),
+        "--samplers",
+        "euler",
+        "--steps",
+        "2",
+        "--num",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 0, err
+    assert "brightness" in out and "0.25" in out
+    assert json.loads((tmp_path / "o" / "compare.json").read_text())["rows"][0]["brightness"] == 0.25
+
+
+def test_default_spread_is_valid_and_spacing_goes_to_the_samplers_that_take_it(cli, run: Path, tmp_path: Path) -> None:
+    check_configs(DEFAULT_SPREAD, 1000)
+    assert {c.sampler for c in DEFAULT_SPREAD} == set(SAMPLERS)
+    code, _, err = cli(
+        "compare-samplers",
+        "--run",
+        str(run),
+        "--samplers",
+        "dpm++2m,euler",
+        "--steps",
+        "3",
+        "--num",
+        "1",
+        "--spacing",
+        "logsnr",
+        "--clip",
+        "clip",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 0, err
+    rows = json.loads((tmp_path / "o" / "compare.json").read_text())["rows"]
+    assert [r["options"] for r in rows] == [{"spacing": "logsnr"}, {}]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--samplers", "ddim,plms"], ["unknown sampler 'plms'", "ddpm, ddim, pndm, dpm++2m, euler, heun"]),
+        (["--steps", "0"], ["--steps 0", "1 to 100"]),
+        (["--steps", "5,101"], ["--steps 101", "1 to 100"]),
+        (["--steps", "5,x"], ["--steps", "comma-separated"]),
+        (["--samplers", "ddim", "--eta", "1.5"], ["--eta 1.5", "0"]),
+        (["--samplers", "euler,heun", "--spacing", "trailing"], ["--spacing applies to", "not euler, heun"]),
+        (["--samplers", "ddim", "--spacing", "uniform"], ["unknown timestep spacing 'uniform'", "logsnr"]),
+        (["--class", "9"], ["--class 9", "0 to 3"]),
+        (["--samplers", "ddim", "--clip", "hard"], ["--clip 'hard'", "none, clip, dynamic"]),
+    ],
+)
+def test_compare_bad_input(cli, run: Path, tmp_path: Path, args: list[str], fragments: list[str]) -> None:
+    one_line_error(cli("compare-samplers", "--run", str(run), *args, "--out", str(tmp_path / "o")), *fragments)
+    assert not (tmp_path / "o").exists()
+
+
+def test_guidance_on_an_unconditional_model_is_refused(cli, uncond: Path, tmp_path: Path) -> None:
+    one_line_error(
+        cli(
+            "compare-samplers",
+            "--run",
+            str(uncond),
+            "--samplers",
+            "ddim",
+            "--steps",
+            "2",
+            "--cfg",
+            "3",
+            "--out",
+            str(tmp_path / "o"),
+        ),
+        "--cfg 3",
+        "unconditional",
+    )
+    one_line_error(cli("sample", "--run", str(uncond), "--cfg", "3", "--out", str(tmp_path / "o")), "unconditional")
+    assert not (tmp_path / "o").exists()
+    code, _, err = cli(
+        "compare-samplers", "--run", str(uncond), "--samplers", "ddim", "--steps", "2", "--out", str(tmp_path / "o")
+    )
+    assert code == 0, err
+    assert json.loads((tmp_path / "o" / "compare.json").read_text())["num"] == 8  # no classes: 8 images
+
+
+# -------------------------------------------------------------------------------- plot-schedules
+
+
+def _cosine(t: float, s: float = 0.008) -> float:
+    return math.cos((t + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
+
+
+def test_plot_schedules_writes_plots_and_closed_form_values(cli, tmp_path: Path, run: Path) -> None:
+    code, out, err = cli(
+        "plot-schedules",
+        "--schedules",
+        "cosine,linear",
+        "--zero-terminal-snr",
+        "--run",
+        str(run),
+        "--out",
+        str(tmp_path / "p"),
+    )
+    assert code == 0, err
+    names = {"schedules", "beta", "alpha_bar", "sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "log_snr"}
+    for name in names:
+        assert Image.open(tmp_path / "p" / f"{name}.png").size[0] > 300
+    values = json.loads((tmp_path / "p" / "schedules.json").read_text())
+    assert set(values) == {"cosine", "cosine (ZTSNR)", "linear", "linear (ZTSNR)", "run tiny"}
+    cosine = values["cosine"]
+    for key, q in (("alpha_bar(T/4)", 0.25), ("alpha_bar(T/2)", 0.5), ("alpha_bar(3T/4)", 0.75)):
+        assert math.isclose(cosine[key], _cosine(q), rel_tol=1e-9), key  # ᾱ after q·T steps is ᾱ(q)
+        assert f"{_cosine(q):.4f}" in out
+    betas = [1e-4 + i * (0.02 - 1e-4) / 999 for i in range(1000)]
+    assert math.isclose(values["linear"]["alpha_bar(T/2)"], math.prod(1 - b for b in betas[:500]), rel_tol=1e-9)
+    last = math.prod(1 - b for b in betas)
+    assert math.isclose(values["linear"]["terminal_snr"], last / (1 - last), rel_tol=1e-6)
+    assert values["cosine (ZTSNR)"]["terminal_snr"] == 0.0 and values["linear (ZTSNR)"]["terminal_snr"] == 0.0
+    assert values["run tiny"]["timesteps"] == 100
+    assert math.isclose(values["run tiny"]["alpha_bar(T/2)"], _cosine(0.5), rel_tol=1e-9)
+
+
+def test_plot_schedules_bad_input(cli, tmp_path: Path) -> None:
+    one_line_error(
+        cli("plot-schedules", "--schedules", "cosine,quadratic", "--out", str(tmp_path / "p")),
+        "unknown schedule 'quadratic'",
+        "linear, cosine, sigmoid",
+    )
+    one_line_error(cli("plot-schedules", "--timesteps", "1", "--out", str(tmp_path / "p")), "--timesteps 1")
+    one_line_error(cli("plot-schedules", "--run", str(tmp_path), "--out", str(tmp_path / "p")), "config.toml")
+    assert not (tmp_path / "p").exists()
+
+
+# -------------------------------------------------------------------------------------- process
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_process_grids_for_every_sampler_with_guidance_and_a_class(
+    cli, run: Path, tmp_path: Path, sampler: str
+) -> None:
+    code, _, err = cli(
+        "sample",
+        "--run",
+        str(run),
+        "--sampler",
+        sampler,
+        "--steps",
+        "4",
+        "--class",
+        "1",
+        "--cfg",
+        "3",
+        "--num",
+        "2",
+        "--process",
+        "--frames",
+        "3",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 0, err
+    for name in ("process_xt.png", "process_x0.png"):  # 2 images x 3 frames, pixels doubled
+        assert Image.open(tmp_path / "o" / name).size == (2 * (3 * TILE + 2), 2 * (2 * TILE + 2))
+    gif = Image.open(tmp_path / "o" / "process.gif")
+    assert gif.size == (2 * (2 * TILE + 2), 2 * (TILE + 2)) and gif.n_frames >= 2
+    assert (tmp_path / "o" / "grid.png").is_file()
+
+
+def test_recorded_process_starts_at_the_noise_and_ends_at_the_images(loaded: LoadedRun) -> None:
+    classes = cycled_classes(4, None, 5)
+    kwargs = dict(num=5, classes=classes, sampler="ddim", steps=4, guidance=2.0, seed=3, spacing="linspace")
+    out, process = record_process(loaded.denoiser(), frames=3, batch_size=2, **kwargs)  # type: ignore[arg-type]
+    assert process.states == [0, 2, 4] and process.xt.shape == (5, 3, 1, 28, 28)
+    assert torch.equal(process.xt[:, 0], initial_noise(5, (1, 28, 28), 3).clamp(-1, 1))
+    assert torch.equal(process.xt[:, -1], out.images) and torch.equal(process.x0[:, -1], out.images)
+    # frame 0's x̂0 is the prediction made from the noise at the first timestep (t = T - 1 with linspace)
+    first = loaded.denoiser().conditioned(classes, 2.0)(initial_noise(5, (1, 28, 28), 3), torch.tensor(99.0))
+    torch.testing.assert_close(process.x0[:, 0], first.x0.clamp(-1, 1))
+    _, whole = record_process(loaded.denoiser(), frames=3, **kwargs)  # type: ignore[arg-type]
+    torch.testing.assert_close(whole.x0, process.x0)  # batches are stitched back in order
+
+
+def test_gif_alone(cli, run: Path, tmp_path: Path) -> None:
+    code, _, err = cli("sample", "--run", str(run), "--num", "1", "--steps", "3", "--gif", "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    assert (tmp_path / "o" / "process.gif").is_file() and not (tmp_path / "o" / "process_xt.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--steps", "4", "--process", "--frames", "6"], ["--frames 6", "2 to 5"]),
+        (["--steps", "100", "--process", "--frames", "51"], ["--frames 51", "2 to 50"]),
+        (["--steps", "4", "--process", "--frames", "1"], ["--frames 1"]),
+        (["--frames", "3"], ["--frames goes with --process"]),
+    ],
+)
+def test_process_bad_input(cli, run: Path, tmp_path: Path, args: list[str], fragments: list[str]) -> None:
+    one_line_error(cli("sample", "--run", str(run), *args, "--out", str(tmp_path / "o")), *fragments)
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------------------- export
+
+
+def test_export_dir_holds_exactly_the_numbered_files(cli, run: Path, tmp_path: Path) -> None:
+    target = tmp_path / "fid"
+    code, _, err = cli(
+        "sample", "--run", str(run), "--num", "12", "--steps", "2", "--batch-size", "5", "--export-dir", str(target)
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in target.iterdir()) == [f"{i:05d}.png" for i in range(1, 13)]
+    first = Image.open(target / "00001.png")
+    assert first.mode == "L" and first.size == (28, 28)
+    assert not (run / "samples" / "ddim-2-cfg2-seed0").exists()  # no grid anywhere
+    code, _, err = cli(
+        "sample", "--run", str(run), "--num", "3", "--steps", "2", "--export-dir", str(tmp_path / "rgb"), "--rgb"
+    )
+    assert code == 0, err
+    assert [Image.open(p).mode for p in sorted((tmp_path / "rgb").iterdir())] == ["RGB"] * 3
+
+
+def test_export_refuses_a_non_empty_folder_and_odd_flags(cli, run: Path, tmp_path: Path) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "00001.png").write_bytes(b"keep")
+    one_line_error(cli("sample", "--run", str(run), "--export-dir", str(tmp_path / "full")), "not empty")
+    assert (tmp_path / "full" / "00001.png").read_bytes() == b"keep"
+    one_line_error(cli("sample", "--run", str(run), "--rgb"), "--rgb goes with --export-dir")
+    one_line_error(cli("sample", "--run", str(run), "--export-dir", str(tmp_path / "e"), "--process"), "--export-dir")
+    assert not (tmp_path / "e").exists()
+
+
+def test_export_names_and_class_cycle() -> None:
+    assert export_digits(1) == 5 and export_digits(99_999) == 5 and export_digits(100_000) == 6
+    labels = cycled_classes(4, None, 10)
+    assert labels is not None and labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
+    fixed = cycled_classes(4, 2, 3)
+    assert fixed is not None and fixed.tolist() == [2, 2, 2]
+    assert cycled_classes(0, None, 3) is None
+
+
+# --------------------------------------------------------------------------- sample's new options
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--spacing", "trailing"],
+        ["--spacing", "logsnr", "--sampler", "dpm++2m"],
+        ["--clip", "dynamic", "--rescale", "0.7", "--cfg", "4"],
+        ["--clip", "clip", "--sampler", "heun"],
+    ],
+)
+def test_sample_spacing_clipping_and_rescale(cli, run: Path, tmp_path: Path, extra: list[str]) -> None:
+    code, _, err = cli("sample", "--run", str(run), "--num", "1", "--steps", "3", *extra, "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    assert len(list((tmp_path / "o" / "images").iterdir())) == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--sampler", "euler", "--spacing", "trailing"], ["--spacing applies to ddpm, ddim, pndm, dpm++2m", "euler"]),
+        (["--spacing", "uniform"], ["unknown timestep spacing", "linspace"]),
+        (["--clip", "hard"], ["--clip 'hard'", "dynamic"]),
+        (["--rescale", "1.5"], ["--rescale 1.5"]),
+        (["--sampler", "pndm", "--eta", "0.5"], ["--eta applies to ddim", "pndm"]),
+        (["--eta", "-0.1"], ["--eta -0.1"]),
+        (["--steps", "101"], ["--steps 101", "1 to 100"]),
+    ],
+)
+def test_sample_bad_input(cli, run: Path, tmp_path: Path, args: list[str], fragments: list[str]) -> None:
+    one_line_error(cli("sample", "--run", str(run), *args, "--out", str(tmp_path / "o")), *fragments)
+    assert not (tmp_path / "o").exists()
