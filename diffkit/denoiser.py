@@ -114,8 +114,7 @@ class Denoiser:
         elif guidance == 1.0:
             output = self._forward(x_t, t, classes)
         else:  # conditional and unconditional in one batch
-            both = self._forward(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([classes, null]),
-                                 repeat_cond=True)
+            both = self._forward(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([classes, null]), repeat_cond=True)
             cond_out, uncond_out = both.chunk(2)
             output = uncond_out + guidance * (cond_out - uncond_out)
             if self.rescale_phi > 0:
@@ -128,8 +127,11 @@ class Denoiser:
         return Prediction(x0, eps)
 
     def _forward(self, x: Tensor, t: Tensor, classes: Tensor, repeat_cond: bool = False) -> Tensor:
-        labels = classes if classes.is_floating_point() else \
-            torch.where(classes < 0, torch.full_like(classes, self.num_classes), classes)
+        labels = (
+            classes
+            if classes.is_floating_point()
+            else torch.where(classes < 0, torch.full_like(classes, self.num_classes), classes)
+        )
         cond = self.cond
         if cond is not None and repeat_cond:
             cond = torch.cat([cond, cond])

@@ -58,7 +58,7 @@ FEATURE_CHOICES = ("auto", "digits", "inception")
 DIGIT_SHAPE = (1, 28, 28)
 DEFAULT_RUN_SAMPLES = 1000  # generated images per run source when --num is not given
 SUBSET_SEED = 0  # which images a --num subset of a dataset or folder takes: fixed, so caches and reruns agree
-KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # the usual KID protocol (Bińkowski et al. 2018)
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # the usual KID protocol (Bińkowski et al. 2018), see kid_subset_size
 _CLASSIFIER_DATASETS = {"mnist": "digits", "mnist-5k": "digits"}  # runs whose classes the digit CNN judges
 
 # ------------------------------------------------------------------------------------------ sources
@@ -311,6 +311,13 @@ def save_measured(path: Path, measured: Measured) -> Path:
 class Distance:
     fid: float
     kid: tuple[float, float] | None  # (mean, std over subsets)
+    kid_subset: int = 0  # images per KID subset
+
+
+def kid_subset_size(n1: int, n2: int) -> int:
+    """The usual 1000 images per subset, but at most half the smaller set: subsets as large as the set
+    would all be the same images, and their spread (the reported std) would be zero, not an error bar."""
+    return max(MIN_SAMPLES, min(KID_SUBSET_SIZE, min(n1, n2) // 2))
 
 
 def distance(a: Measured, b: Measured, *, kid: bool = False, seed: int = 0) -> Distance:
@@ -321,7 +328,8 @@ def distance(a: Measured, b: Measured, *, kid: bool = False, seed: int = 0) -> D
     if a.features is None or b.features is None:
         stats = a.label if a.features is None else b.label
         raise DiffkitError(f"KID needs images, and {stats} is a statistics file: drop --kid or give its images")
-    return Distance(fid, kernel_inception_distance(a.features, b.features, KID_SUBSETS, KID_SUBSET_SIZE, seed))
+    size = kid_subset_size(len(a.features), len(b.features))
+    return Distance(fid, kernel_inception_distance(a.features, b.features, KID_SUBSETS, size, seed), size)
 
 
 @dataclass
@@ -472,6 +480,7 @@ class Row:
             out["fid"] = self.distance.fid
             if self.distance.kid is not None:
                 out["kid"], out["kid_std"] = self.distance.kid
+                out["kid_subset_size"] = self.distance.kid_subset
         if self.accuracy is not None:
             out["class_accuracy"] = self.accuracy.overall
             out["class_accuracy_per_class"] = {str(k): v for k, v in self.accuracy.per_class.items()}
@@ -490,6 +499,7 @@ class Floor:
         out: dict[str, Any] = {"sources": list(self.sources), "num": self.num, "fid": self.distance.fid}
         if self.distance.kid is not None:
             out["kid"], out["kid_std"] = self.distance.kid
+            out["kid_subset_size"] = self.distance.kid_subset
         return out
 
 

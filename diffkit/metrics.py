@@ -51,8 +51,9 @@ def feature_statistics(features: npt.ArrayLike | Tensor) -> tuple[Array, Array]:
     """Mean (D,) and covariance (D, D) of (N, D) features, in float64 (sample covariance, as pytorch-fid)."""
     feats = _as_features(features)
     if feats.shape[0] < MIN_SAMPLES:
-        raise DiffkitError(f"need at least {MIN_SAMPLES} images to estimate feature statistics, got "
-                           f"{feats.shape[0]}: use more images")
+        raise DiffkitError(
+            f"need at least {MIN_SAMPLES} images to estimate feature statistics, got {feats.shape[0]}: use more images"
+        )
     return feats.mean(axis=0), np.atleast_2d(np.cov(feats, rowvar=False))
 
 
@@ -65,8 +66,9 @@ def _as_features(features: npt.ArrayLike | Tensor) -> Array:
     return feats
 
 
-def frechet_distance(mu1: npt.ArrayLike, sigma1: npt.ArrayLike, mu2: npt.ArrayLike, sigma2: npt.ArrayLike,
-                     eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: npt.ArrayLike, sigma1: npt.ArrayLike, mu2: npt.ArrayLike, sigma2: npt.ArrayLike, eps: float = 1e-6
+) -> float:
     """Fréchet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017).
 
     d² = |mu1 - mu2|² + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^½)
@@ -75,8 +77,10 @@ def frechet_distance(mu1: npt.ArrayLike, sigma1: npt.ArrayLike, mu2: npt.ArrayLi
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     d = m1.shape[0]
     if m1.shape != m2.shape or s1.shape != (d, d) or s2.shape != (d, d):
-        raise DiffkitError(f"statistics do not match: means {m1.shape} and {m2.shape}, covariances {s1.shape} and "
-                           f"{s2.shape}; compute both with the same feature net")
+        raise DiffkitError(
+            f"statistics do not match: means {m1.shape} and {m2.shape}, covariances {s1.shape} and "
+            f"{s2.shape}; compute both with the same feature net"
+        )
     root = _checked_sqrtm(s1 @ s2)
     if root is None:
         # As pytorch-fid: a singular product (e.g. fewer images than feature dimensions) has no stable
@@ -94,13 +98,17 @@ def frechet_distance(mu1: npt.ArrayLike, sigma1: npt.ArrayLike, mu2: npt.ArrayLi
 def _real_part(root: npt.NDArray[Any] | None) -> Array:
     """The root without the negligible imaginary part rounding leaves; an error when it is not negligible."""
     if root is None:
-        raise DiffkitError("the Fréchet distance is numerically unstable (no square root of the covariance "
-                           "product): use more images than feature dimensions")
+        raise DiffkitError(
+            "the Fréchet distance is numerically unstable (no square root of the covariance "
+            "product): use more images than feature dimensions"
+        )
     if np.iscomplexobj(root):
         imaginary = float(np.max(np.abs(np.diagonal(root).imag)))
         if imaginary > 1e-3:
-            raise DiffkitError(f"the Fréchet distance is numerically unstable (imaginary part {imaginary:.3g}): "
-                               "use more images than feature dimensions")
+            raise DiffkitError(
+                f"the Fréchet distance is numerically unstable (imaginary part {imaginary:.3g}): "
+                "use more images than feature dimensions"
+            )
         root = root.real
     return np.asarray(root, dtype=np.float64)
 
@@ -123,8 +131,13 @@ def _checked_sqrtm(a: Array) -> npt.NDArray[Any] | None:
 # ----------------------------------------------------------------------------- kernel distance
 
 
-def kernel_inception_distance(features1: npt.ArrayLike | Tensor, features2: npt.ArrayLike | Tensor,
-                              num_subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kernel_inception_distance(
+    features1: npt.ArrayLike | Tensor,
+    features2: npt.ArrayLike | Tensor,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
     """KID (Bińkowski et al. 2018): mean and std over random subsets of the unbiased MMD² estimate.
 
     Kernel k(x, y) = (x·y / d + 1)³. Subsets are drawn without replacement by a generator seeded with
@@ -132,17 +145,22 @@ def kernel_inception_distance(features1: npt.ArrayLike | Tensor, features2: npt.
     """
     f1, f2 = _as_features(features1), _as_features(features2)
     if f1.shape[1] != f2.shape[1]:
-        raise DiffkitError(f"features have different dimensions ({f1.shape[1]} and {f2.shape[1]}): compute both "
-                           "with the same feature net")
+        raise DiffkitError(
+            f"features have different dimensions ({f1.shape[1]} and {f2.shape[1]}): compute both "
+            "with the same feature net"
+        )
     m = min(subset_size, f1.shape[0], f2.shape[0])
     if m < MIN_SAMPLES:
-        raise DiffkitError(f"KID needs at least {MIN_SAMPLES} images per set, got {f1.shape[0]} and "
-                           f"{f2.shape[0]}: use more images")
+        raise DiffkitError(
+            f"KID needs at least {MIN_SAMPLES} images per set, got {f1.shape[0]} and {f2.shape[0]}: use more images"
+        )
     rng = np.random.default_rng(seed)
-    mmds = np.array([
-        _mmd2_unbiased(f1[rng.choice(f1.shape[0], m, replace=False)], f2[rng.choice(f2.shape[0], m, replace=False)])
-        for _ in range(max(1, num_subsets))
-    ])
+    mmds = np.array(
+        [
+            _mmd2_unbiased(f1[rng.choice(f1.shape[0], m, replace=False)], f2[rng.choice(f2.shape[0], m, replace=False)])
+            for _ in range(max(1, num_subsets))
+        ]
+    )
     return float(mmds.mean()), float(mmds.std())
 
 
@@ -161,8 +179,9 @@ def _mmd2_unbiased(x: Array, y: Array) -> float:
 # ------------------------------------------------------------------------------ statistics files
 
 
-def save_statistics(path: str | Path, mu: npt.ArrayLike, sigma: npt.ArrayLike,
-                    meta: dict[str, str] | None = None) -> None:
+def save_statistics(
+    path: str | Path, mu: npt.ArrayLike, sigma: npt.ArrayLike, meta: dict[str, str] | None = None
+) -> None:
     """Write `mu` and `sigma` as an .npz that pytorch-fid reads (`python -m pytorch_fid stats.npz ...`).
 
     `meta` (e.g. {"feature_net": name}) is stored as extra string arrays, which pytorch-fid ignores.
@@ -179,8 +198,11 @@ def statistics_metadata(path: str | Path) -> dict[str, str]:
     """The `meta` strings save_statistics stored in an .npz ({} for files from pytorch-fid or unreadable ones)."""
     try:
         with np.load(Path(path), allow_pickle=False) as data:
-            return {key.removeprefix("meta_"): str(data[key]) for key in data.files
-                    if key.startswith("meta_") and data[key].dtype.kind == "U"}
+            return {
+                key.removeprefix("meta_"): str(data[key])
+                for key in data.files
+                if key.startswith("meta_") and data[key].dtype.kind == "U"
+            }
     except (OSError, ValueError, AttributeError, TypeError):  # not an .npz: load_statistics says why
         return {}
 
@@ -195,20 +217,26 @@ def load_statistics(path: str | Path) -> tuple[Array, Array]:
     except (OSError, ValueError) as err:
         raise DiffkitError(f"{path} is not a readable .npz file ({err}): give an .npz with mu and sigma") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
-        raise DiffkitError(f"{path} holds a single array, not an .npz with mu and sigma: give an .npz written by "
-                           "diffkit or pytorch-fid")
+        raise DiffkitError(
+            f"{path} holds a single array, not an .npz with mu and sigma: give an .npz written by "
+            "diffkit or pytorch-fid"
+        )
     with data:
         missing = [key for key in ("mu", "sigma") if key not in data.files]
         if missing:
-            raise DiffkitError(f"{path} has no {' or '.join(missing)} array (it has "
-                               f"{', '.join(data.files) or 'nothing'}): give an .npz written by diffkit or pytorch-fid")
+            raise DiffkitError(
+                f"{path} has no {' or '.join(missing)} array (it has "
+                f"{', '.join(data.files) or 'nothing'}): give an .npz written by diffkit or pytorch-fid"
+            )
         try:
             mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
         except (OSError, ValueError, TypeError) as err:
             raise DiffkitError(f"{path} has unreadable mu/sigma arrays ({err}): give an .npz of numbers") from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise DiffkitError(f"{path} holds mu {mu.shape} and sigma {sigma.shape}, not (D,) and (D, D): "
-                           "give an .npz written by diffkit or pytorch-fid")
+        raise DiffkitError(
+            f"{path} holds mu {mu.shape} and sigma {sigma.shape}, not (D,) and (D, D): "
+            "give an .npz written by diffkit or pytorch-fid"
+        )
     return mu, sigma
 
 
@@ -235,8 +263,10 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 2.0, mask: Tensor | None = No
     """
     x, y, weights = _pair(x, y, mask)
     if min(x.shape[-2:]) <= _SSIM_RADIUS:
-        raise DiffkitError(f"SSIM needs images larger than {_SSIM_RADIUS}x{_SSIM_RADIUS}, got "
-                           f"{tuple(x.shape[-2:])}: score larger images")
+        raise DiffkitError(
+            f"SSIM needs images larger than {_SSIM_RADIUS}x{_SSIM_RADIUS}, got "
+            f"{tuple(x.shape[-2:])}: score larger images"
+        )
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
 
     def blur(t: Tensor) -> Tensor:
@@ -268,15 +298,19 @@ def _gaussian_blur(t: Tensor, sigma: float, radius: int) -> Tensor:
 def _pair(x: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Both image batches in float64 plus per-pixel weights (N, 1, H, W), after checking shapes."""
     if x.ndim != 4 or x.shape != y.shape:
-        raise DiffkitError(f"images to compare must both be (N, C, H, W) of one shape, got {tuple(x.shape)} and "
-                           f"{tuple(y.shape)}: convert them to the same size first")
+        raise DiffkitError(
+            f"images to compare must both be (N, C, H, W) of one shape, got {tuple(x.shape)} and "
+            f"{tuple(y.shape)}: convert them to the same size first"
+        )
     x, y = x.detach().double(), y.detach().double().to(x.device)
     n, _, h, w = x.shape
     if mask is None:
         return x, y, torch.ones(n, 1, h, w, dtype=x.dtype, device=x.device)
     if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[-2:] != (h, w) or mask.shape[0] not in (1, n):
-        raise DiffkitError(f"mask must be (N, 1, H, W) = ({n}, 1, {h}, {w}) (or (1, 1, H, W)), got "
-                           f"{tuple(mask.shape)}: give one single-channel mask per image")
+        raise DiffkitError(
+            f"mask must be (N, 1, H, W) = ({n}, 1, {h}, {w}) (or (1, 1, H, W)), got "
+            f"{tuple(mask.shape)}: give one single-channel mask per image"
+        )
     weights = mask.detach().double().to(x.device).expand(n, 1, h, w)
     if bool((weights.sum(dim=(1, 2, 3)) <= 0).any()):
         raise DiffkitError("a mask selects no pixels (all zeros) for some image: mark the region to score with 1")
@@ -300,7 +334,7 @@ class FeatureNet(Protocol):
 def _batches(images: Tensor, batch_size: int, progress: Progress | None, what: str) -> Iterator[Tensor]:
     n = images.shape[0]
     for start in range(0, n, max(1, batch_size)):
-        batch = images[start:start + batch_size]
+        batch = images[start : start + batch_size]
         yield to_float(batch) if batch.dtype == torch.uint8 else batch.float()
         if progress is not None:
             progress(min(start + batch_size, n), n, what)
@@ -311,8 +345,10 @@ def _check_batch(images: Tensor, name: str, expected: tuple[int, int, int], size
     channels_ok = shape[:1] == expected[:1] or (not sizes_fixed and shape[:1] in ((1,), (3,)))
     if images.ndim != 4 or not channels_ok or (sizes_fixed and shape != expected):
         want = f"(N, {', '.join(map(str, expected))})" if sizes_fixed else "(N, 1 or 3, H, W)"
-        raise DiffkitError(f"{name} expects images of shape {want}, got {tuple(images.shape)}: convert them "
-                           "(channels and size) first, e.g. with diffkit.data.resize_images")
+        raise DiffkitError(
+            f"{name} expects images of shape {want}, got {tuple(images.shape)}: convert them "
+            "(channels and size) first, e.g. with diffkit.data.resize_images"
+        )
 
 
 class ClassifierFeatureNet:
@@ -338,15 +374,21 @@ class ClassifierFeatureNet:
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
 
-def class_accuracy(classifier_net: ClassifierFeatureNet | SmallClassifier, images: Tensor,
-                   labels: Tensor | npt.ArrayLike) -> tuple[float, dict[int, float]]:
+def class_accuracy(
+    classifier_net: ClassifierFeatureNet | SmallClassifier, images: Tensor, labels: Tensor | npt.ArrayLike
+) -> tuple[float, dict[int, float]]:
     """Fraction of `images` the classifier puts in their `labels` class, overall and per class present."""
-    net = classifier_net if isinstance(classifier_net, ClassifierFeatureNet) else \
-        ClassifierFeatureNet(classifier_net, "classifier", {})
+    net = (
+        classifier_net
+        if isinstance(classifier_net, ClassifierFeatureNet)
+        else ClassifierFeatureNet(classifier_net, "classifier", {})
+    )
     target = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     if target.shape[0] != images.shape[0] or images.shape[0] == 0:
-        raise DiffkitError(f"need one label per image, got {target.shape[0]} labels for {images.shape[0]} images: "
-                           "pass matching images and labels")
+        raise DiffkitError(
+            f"need one label per image, got {target.shape[0]} labels for {images.shape[0]} images: "
+            "pass matching images and labels"
+        )
     if bool((target < 0).any()):
         raise DiffkitError("some images have no label (-1): class accuracy needs labelled images")
     correct = net.predict(images) == target
@@ -367,26 +409,45 @@ _HELD_OUT = 500  # validation images kept back when no test split can be found
 _TRAIN_IMAGES_SEEN = 40_000  # epochs = this / training-set size (clamped): same work for any set size
 
 
-def digit_feature_net(data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                      train_if_missing: bool = True, progress: Progress | None = None) -> ClassifierFeatureNet:
+def digit_feature_net(
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    train_if_missing: bool = True,
+    progress: Progress | None = None,
+) -> ClassifierFeatureNet:
     """The digit CNN feature net: loaded from the cache, else trained (full MNIST train when present, else
     mnist-5k) and cached. Trains in ~20-40 s on two CPU cores on mnist-5k."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     dataset = "mnist" if _has_mnist_train(data_dir) else "mnist-5k"
-    return classifier_feature_net(dataset, label="digits-cnn", data_dir=data_dir, cache_dir=cache_dir,
-                                  train_if_missing=train_if_missing, progress=progress)
+    return classifier_feature_net(
+        dataset,
+        label="digits-cnn",
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        train_if_missing=train_if_missing,
+        progress=progress,
+    )
 
 
 def _has_mnist_train(data_dir: Path) -> bool:
     raw = data_dir / "MNIST" / "raw"
-    return any((raw / f"train-images-idx3-ubyte{s}").is_file() and (raw / f"train-labels-idx1-ubyte{s}").is_file()
-               for s in ("", ".gz"))
+    return any(
+        (raw / f"train-images-idx3-ubyte{s}").is_file() and (raw / f"train-labels-idx1-ubyte{s}").is_file()
+        for s in ("", ".gz")
+    )
 
 
-def classifier_feature_net(dataset: str, *, label: str | None = None, data_dir: str | Path | None = None,
-                           cache_dir: str | Path | None = None, train_if_missing: bool = True,
-                           epochs: int | None = None, seed: int = 0,
-                           progress: Progress | None = None) -> ClassifierFeatureNet:
+def classifier_feature_net(
+    dataset: str,
+    *,
+    label: str | None = None,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    train_if_missing: bool = True,
+    epochs: int | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> ClassifierFeatureNet:
     """A SmallClassifier trained on `dataset`'s train split, cached under `cache_dir`/classifiers.
 
     It is tested on the matching test split when that can be loaded; otherwise it trains on all but
@@ -401,8 +462,10 @@ def classifier_feature_net(dataset: str, *, label: str | None = None, data_dir: 
     cached = _load_cached(weights_path, info_path, key)
     if cached is None:
         if not train_if_missing:
-            raise DiffkitError(f"no cached {label} feature net at {weights_path}: allow training it (about a "
-                               "minute on CPU) or copy the cache files there")
+            raise DiffkitError(
+                f"no cached {label} feature net at {weights_path}: allow training it (about a "
+                "minute on CPU) or copy the cache files there"
+            )
         model, info = _train_and_test(dataset, test, data_dir, epochs, seed, progress)
         info["key"] = key
         _save_cached(model, info, weights_path, info_path)
@@ -420,8 +483,9 @@ def _try_load(name: str, split: str, data_dir: Path) -> ImageSet | None:
         return None
 
 
-def _train_and_test(dataset: str, test: ImageSet | None, data_dir: Path, epochs: int | None, seed: int,
-                    progress: Progress | None) -> tuple[SmallClassifier, dict[str, Any]]:
+def _train_and_test(
+    dataset: str, test: ImageSet | None, data_dir: Path, epochs: int | None, seed: int, progress: Progress | None
+) -> tuple[SmallClassifier, dict[str, Any]]:
     train = load_images(dataset, "train", data_dir=data_dir)
     if test is None:  # hold out a fixed slice (chosen independently of the training seed)
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1234))
@@ -431,15 +495,28 @@ def _train_and_test(dataset: str, test: ImageSet | None, data_dir: Path, epochs:
         kind, source = "test", test.name
     epochs = epochs or int(np.clip(round(_TRAIN_IMAGES_SEEN / len(train)), 3, 8))
     start = time.perf_counter()
-    model = train_classifier(train.floats(), train.labels, num_classes=train.num_classes, epochs=epochs, seed=seed,
-                             progress=progress)
+    model = train_classifier(
+        train.floats(), train.labels, num_classes=train.num_classes, epochs=epochs, seed=seed, progress=progress
+    )
     seconds = time.perf_counter() - start
     net = ClassifierFeatureNet(model, dataset, {})
     accuracy, _ = class_accuracy(net, test.floats(), test.labels)
-    info = {"dataset": dataset, "version": DIGIT_NET_VERSION, "epochs": epochs, "seed": seed,
-            "train_images": len(train), "accuracy": accuracy, "validation": source, "validation_kind": kind,
-            "validation_images": len(test), "train_seconds": round(seconds, 1), "torch": torch.__version__,
-            "channels": model.channels, "image_size": model.image_size, "num_classes": model.num_classes}
+    info = {
+        "dataset": dataset,
+        "version": DIGIT_NET_VERSION,
+        "epochs": epochs,
+        "seed": seed,
+        "train_images": len(train),
+        "accuracy": accuracy,
+        "validation": source,
+        "validation_kind": kind,
+        "validation_images": len(test),
+        "train_seconds": round(seconds, 1),
+        "torch": torch.__version__,
+        "channels": model.channels,
+        "image_size": model.image_size,
+        "num_classes": model.num_classes,
+    }
     return model, info
 
 
@@ -453,8 +530,9 @@ def _load_cached(weights_path: Path, info_path: Path, key: str) -> tuple[SmallCl
         info = json.loads(info_path.read_text())
         if info.get("key") != key or info.get("version") != DIGIT_NET_VERSION:
             return None
-        model = SmallClassifier(channels=info["channels"], image_size=info["image_size"],
-                                num_classes=info["num_classes"])
+        model = SmallClassifier(
+            channels=info["channels"], image_size=info["image_size"], num_classes=info["num_classes"]
+        )
         model.load_state_dict(load_file(str(weights_path)))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError):
         return None
@@ -523,14 +601,18 @@ def inception_feature_net(weights: str | Path | None = None) -> InceptionFeature
     path = Path(weights).expanduser() if weights else hub_file
     if not path.is_file():
         where = f"{path} does not exist" if weights else f"{FID_WEIGHTS_NAME} is not in {hub_file.parent}"
-        raise DiffkitError(f"Inception FID weights not found ({where}): download {FID_WEIGHTS_URL} into "
-                           f"{hub_file.parent}, or pass --inception-weights PATH")
+        raise DiffkitError(
+            f"Inception FID weights not found ({where}): download {FID_WEIGHTS_URL} into "
+            f"{hub_file.parent}, or pass --inception-weights PATH"
+        )
     try:
         with _hub_cache_holding(path):
             model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as err:
-        raise DiffkitError(f"{path} is not pytorch-fid's Inception weights file ({type(err).__name__}): give "
-                           f"{FID_WEIGHTS_NAME} from {FID_WEIGHTS_URL}") from None
+        raise DiffkitError(
+            f"{path} is not pytorch-fid's Inception weights file ({type(err).__name__}): give "
+            f"{FID_WEIGHTS_NAME} from {FID_WEIGHTS_URL}"
+        ) from None
     return InceptionFeatureNet(model)
 
 
@@ -562,9 +644,14 @@ def _hub_cache_holding(weights: Path) -> Iterator[None]:
 # ---------------------------------------------------------------------------------- benchmark
 
 
-def benchmark_features_fid(n: int = 10_000, *, data_dir: str | Path | None = None,
-                           cache_dir: str | Path | None = None, net: ClassifierFeatureNet | None = None,
-                           progress: Progress | None = None) -> dict[str, Any]:
+def benchmark_features_fid(
+    n: int = 10_000,
+    *,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    net: ClassifierFeatureNet | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Time digit-CNN features of `n` 28x28 images plus the FID between two halves (even and odd images).
 
     Images: mnist:test when present, else mnist-5k, tiled to `n`. Getting the net (training it when not
@@ -583,10 +670,18 @@ def benchmark_features_fid(n: int = 10_000, *, data_dir: str | Path | None = Non
     fid = frechet_distance(*feature_statistics(feats[0::2]), *feature_statistics(feats[1::2]))
     fid_seconds = time.perf_counter() - start
     total = features_seconds + fid_seconds
-    return {"images": n, "source": source, "feature_net": net.name, "net_seconds": round(net_seconds, 3),
-            "features_seconds": round(features_seconds, 3), "fid_seconds": round(fid_seconds, 3),
-            "total_seconds": round(total, 3), "images_per_second": round(n / total, 1), "fid_even_odd": fid,
-            "threads": torch.get_num_threads()}
+    return {
+        "images": n,
+        "source": source,
+        "feature_net": net.name,
+        "net_seconds": round(net_seconds, 3),
+        "features_seconds": round(features_seconds, 3),
+        "fid_seconds": round(fid_seconds, 3),
+        "total_seconds": round(total, 3),
+        "images_per_second": round(n / total, 1),
+        "fid_even_odd": fid,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _benchmark_images(n: int, data_dir: Path) -> tuple[Tensor, str]:

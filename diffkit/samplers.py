@@ -51,8 +51,9 @@ class SamplerSpec:
 SAMPLERS: dict[str, SamplerSpec] = {}
 
 
-def register(name: str, *, stochastic: bool, summary: str,
-             options: tuple[str, ...] = ()) -> Callable[[SamplerFn], SamplerFn]:
+def register(
+    name: str, *, stochastic: bool, summary: str, options: tuple[str, ...] = ()
+) -> Callable[[SamplerFn], SamplerFn]:
     def add(fn: SamplerFn) -> SamplerFn:
         SAMPLERS[name] = SamplerSpec(name, fn, stochastic, summary, options)
         return fn
@@ -152,8 +153,15 @@ def _ddim_step(x0: Tensor, eps: Tensor, ab_next: float, sigma: float = 0.0) -> T
 DiscreteStep = Callable[[Tensor, Prediction, int, int], tuple[Tensor, Tensor]]
 
 
-def _run_discrete(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, spacing: str,
-                  callback: Callback | None, step: DiscreteStep) -> Tensor:
+def _run_discrete(
+    denoise: DenoiseFn,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    spacing: str,
+    callback: Callback | None,
+    step: DiscreteStep,
+) -> Tensor:
     """The loop shared by the discrete-timestep samplers: one denoiser call per step."""
     pairs = _timestep_pairs(schedule, steps, spacing)
     for i, (t, t_next) in enumerate(pairs):
@@ -167,8 +175,15 @@ def _sigma_to_t(schedule: NoiseSchedule, sigma: float) -> float:
     return float(schedule.sigma_to_t(torch.tensor(sigma, dtype=torch.float64)))
 
 
-def _run_karras(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, rho: float,
-                callback: Callback | None, heun: bool) -> Tensor:
+def _run_karras(
+    denoise: DenoiseFn,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    rho: float,
+    callback: Callback | None,
+    heun: bool,
+) -> Tensor:
     """Karras et al. 2022, Algorithm 1 without churn: dx/dσ = (x - x̂0(x; σ)) / σ on x_σ = x_0 + σ ε.
 
     The denoiser and the callback see the VP state x_t = x_σ / sqrt(1 + σ²) at the fractional t whose
@@ -199,11 +214,23 @@ def _run_karras(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: i
 # ------------------------------------------------------------------------------------ samplers
 
 
-@register("ddpm", stochastic=True, summary="ancestral sampling (Ho et al. 2020), strided when steps < T",
-          options=("variance", "spacing"))
-def ddpm(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
-         generator: torch.Generator | None = None, callback: Callback | None = None,
-         variance: str = "small", spacing: str = "leading") -> Tensor:
+@register(
+    "ddpm",
+    stochastic=True,
+    summary="ancestral sampling (Ho et al. 2020), strided when steps < T",
+    options=("variance", "spacing"),
+)
+def ddpm(
+    denoise: DenoiseFn,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    variance: str = "small",
+    spacing: str = "leading",
+) -> Tensor:
     """Sample q(x_{t'} | x_t, x̂0) step by step; `variance` is β̃ ("small") or β ("large").
 
     With fewer steps than T the chain is respaced (Nichol & Dhariwal 2021): β between two visited
@@ -222,11 +249,20 @@ def ddpm(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
     return _run_discrete(denoise, x, schedule, steps, spacing, callback, posterior_step)
 
 
-@register("ddim", stochastic=True, summary="DDIM (Song et al. 2021); deterministic at eta=0",
-          options=("eta", "spacing"))
-def ddim(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
-         generator: torch.Generator | None = None, callback: Callback | None = None,
-         eta: float = 0.0, spacing: str = "leading") -> Tensor:
+@register(
+    "ddim", stochastic=True, summary="DDIM (Song et al. 2021); deterministic at eta=0", options=("eta", "spacing")
+)
+def ddim(
+    denoise: DenoiseFn,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    eta: float = 0.0,
+    spacing: str = "leading",
+) -> Tensor:
     """x_{t'} = sqrt(ᾱ_t') x̂0 + sqrt(1 - ᾱ_t' - σ²) ε̂ + σ z, σ = eta · sqrt(β̃ of the jump)."""
     if not 0.0 <= eta <= 1.0:
         raise DiffkitError(f"--eta {eta} is out of range: use a value from 0 (deterministic) to 1")
@@ -242,15 +278,29 @@ def ddim(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
 
 # Adams–Bashforth weights on (ε̂ now, one step ago, ...) for orders 1 to 4, uniform steps assumed.
 ADAMS_BASHFORTH: tuple[tuple[float, ...], ...] = (
-    (1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+    (1.0,),
+    (3 / 2, -1 / 2),
+    (23 / 12, -16 / 12, 5 / 12),
+    (55 / 24, -59 / 24, 37 / 24, -9 / 24),
 )
 
 
-@register("pndm", stochastic=False, summary="PLMS (Liu et al. 2022): 4th-order linear multistep on ε̂, "
-          "DDIM transfer; one call per step", options=("spacing",))
-def pndm(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
-         generator: torch.Generator | None = None, callback: Callback | None = None,
-         spacing: str = "leading") -> Tensor:
+@register(
+    "pndm",
+    stochastic=False,
+    summary="PLMS (Liu et al. 2022): 4th-order linear multistep on ε̂, DDIM transfer; one call per step",
+    options=("spacing",),
+)
+def pndm(
+    denoise: DenoiseFn,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    spacing: str = "leading",
+) -> Tensor:
     """Pseudo linear multistep: ε' = Adams–Bashforth mix of the latest ε̂s, then φ(x_t, ε', t, t').
 
     The transfer φ (Liu et al. 2022, eq. 11) is algebraically a DDIM step with ε' and the x̂0 it
@@ -261,7 +311,7 @@ def pndm(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
 
     def plms_step(x: Tensor, pred: Prediction, t: int, t_next: int) -> tuple[Tensor, Tensor]:
         history.insert(0, pred.eps)
-        del history[len(ADAMS_BASHFORTH):]
+        del history[len(ADAMS_BASHFORTH) :]
         weights = ADAMS_BASHFORTH[len(history) - 1]
         eps = sum((w * e for w, e in zip(weights, history, strict=True)), torch.zeros_like(x))
         ab = _ab(schedule, t)
@@ -272,11 +322,22 @@ def pndm(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
     return _run_discrete(denoise, x, schedule, steps, spacing, callback, plms_step)
 
 
-@register("dpm++2m", stochastic=False, summary="DPM-Solver++(2M) (Lu et al. 2022): second-order multistep "
-          "on x̂0 in log-SNR time", options=("spacing",))
-def dpmpp_2m(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
-             generator: torch.Generator | None = None, callback: Callback | None = None,
-             spacing: str = "leading") -> Tensor:
+@register(
+    "dpm++2m",
+    stochastic=False,
+    summary="DPM-Solver++(2M) (Lu et al. 2022): second-order multistep on x̂0 in log-SNR time",
+    options=("spacing",),
+)
+def dpmpp_2m(
+    denoise: DenoiseFn,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    spacing: str = "leading",
+) -> Tensor:
     """Data-prediction multistep in λ = log(α/σ): with h = λ_t' - λ_t,
 
         x_t' = (σ_t'/σ_t) x_t + α_t' (1 - e^{-h}) D,   D = x̂0 + (h / 2h_prev) (x̂0 - x̂0_prev),
@@ -304,19 +365,41 @@ def dpmpp_2m(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int,
     return _run_discrete(denoise, x, schedule, steps, spacing, callback, multistep)
 
 
-@register("euler", stochastic=False, summary="Euler on the probability-flow ODE, Karras sigmas "
-          "(Karras et al. 2022)", options=("rho",))
-def euler(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
-          generator: torch.Generator | None = None, callback: Callback | None = None,
-          rho: float = 7.0) -> Tensor:
+@register(
+    "euler",
+    stochastic=False,
+    summary="Euler on the probability-flow ODE, Karras sigmas (Karras et al. 2022)",
+    options=("rho",),
+)
+def euler(
+    denoise: DenoiseFn,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    rho: float = 7.0,
+) -> Tensor:
     """First order, one call per step; `rho` bends the σ grid towards low noise."""
     return _run_karras(denoise, x, schedule, steps, rho, callback, heun=False)
 
 
-@register("heun", stochastic=False, summary="Heun (2nd order) on the probability-flow ODE, Karras sigmas "
-          "(Karras et al. 2022)", options=("rho",))
-def heun(denoise: DenoiseFn, x: Tensor, schedule: NoiseSchedule, steps: int, *,
-         generator: torch.Generator | None = None, callback: Callback | None = None,
-         rho: float = 7.0) -> Tensor:
+@register(
+    "heun",
+    stochastic=False,
+    summary="Heun (2nd order) on the probability-flow ODE, Karras sigmas (Karras et al. 2022)",
+    options=("rho",),
+)
+def heun(
+    denoise: DenoiseFn,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    rho: float = 7.0,
+) -> Tensor:
     """Second order, two calls per step except the last (Euler to σ = 0): NFE = 2 · steps - 1."""
     return _run_karras(denoise, x, schedule, steps, rho, callback, heun=True)

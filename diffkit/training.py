@@ -288,8 +288,14 @@ class Trainer:
         denoiser = make_denoiser(self.settings, self.ema, self.schedule)
         rows = []
         for scale in self.settings.model.sr_scales:
-            out = super_resolve(denoiser, degrade(images, scale), sampler=s.sampler,
-                                steps=min(s.steps, self.schedule.timesteps), seed=s.seed, batch_size=s.batch_size)
+            out = super_resolve(
+                denoiser,
+                degrade(images, scale),
+                sampler=s.sampler,
+                steps=min(s.steps, self.schedule.timesteps),
+                seed=s.seed,
+                batch_size=s.batch_size,
+            )
             rows += [out.bicubic, out.images]
         path = self.paths.samples / f"{name}.png"
         save_grid(torch.cat([*rows, images]), path, nrow=len(images), scale=2)

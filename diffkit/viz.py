@@ -139,8 +139,9 @@ def save_gif(frames: Tensor, path: str | Path, duration: float = 0.12, scale: in
 FIGURE_FRAME = 0.6  # light grey in [-1, 1]: the frame of labelled figures and their empty cells
 
 
-def save_labelled_rows(rows: Sequence[Tensor], labels: Sequence[str], path: str | Path, scale: int = 3,
-                       padding: int = 2) -> Path:
+def save_labelled_rows(
+    rows: Sequence[Tensor], labels: Sequence[str], path: str | Path, scale: int = 3, padding: int = 2
+) -> Path:
     """A figure with one row per tensor (N_i, C, H, W) in [-1, 1] and its label written to the left.
 
     Cells are framed in light grey, so white image borders (a mask's kept region) stay visible."""
@@ -240,8 +241,9 @@ def _save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_guidance_sweep(rows: Sequence[dict[str, Any]], path: str | Path, *, feature_net: str,
-                        floor_fid: float | None = None) -> Path:
+def plot_guidance_sweep(
+    rows: Sequence[dict[str, Any]], path: str | Path, *, feature_net: str, floor_fid: float | None = None
+) -> Path:
     """FID, KID (± std) and class accuracy against guidance scale, one panel each (those present).
 
     `rows` are records with "guidance" and any of "fid", "kid"/"kid_std", "class_accuracy"; the lowest
@@ -262,8 +264,15 @@ def plot_guidance_sweep(rows: Sequence[dict[str, Any]], path: str | Path, *, fea
         ax.errorbar(x, y, yerr=errors, fmt="o-", capsize=3)
         if key == "fid":
             best = min(present, key=lambda r: r["fid"])
-            ax.plot([best["guidance"]], [best["fid"]], "o", ms=12, mfc="none", mec="C3",
-                    label=f"best: {best['fid']:.3g} at {best['guidance']:g}")
+            ax.plot(
+                [best["guidance"]],
+                [best["fid"]],
+                "o",
+                ms=12,
+                mfc="none",
+                mec="C3",
+                label=f"best: {best['fid']:.3g} at {best['guidance']:g}",
+            )
             if floor_fid is not None:
                 ax.axhline(floor_fid, ls="--", color="grey", label=f"real vs real: {floor_fid:.3g}")
             ax.legend(fontsize=8)

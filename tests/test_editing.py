@@ -63,7 +63,7 @@ def digits(n: int = 3, seed: int = 0) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     for i in range(n):
         lo = int(torch.randint(2, 12, (1,), generator=g))
-        x[i, :, lo:lo + 12, lo:lo + 10] = 1.0
+        x[i, :, lo : lo + 12, lo : lo + 10] = 1.0
     return x
 
 
@@ -105,8 +105,9 @@ def gaussian() -> Denoiser:
 
 
 def test_mask_kinds_follow_the_convention() -> None:
-    masks = {kind: make_masks(kind, 4, 28, seed=1) for kind in
-             ("center", "box", "left", "right", "top", "bottom", "brush")}
+    masks = {
+        kind: make_masks(kind, 4, 28, seed=1) for kind in ("center", "box", "left", "right", "top", "bottom", "brush")
+    }
     for kind, m in masks.items():
         assert m.shape == (4, 1, 28, 28) and set(m.unique().tolist()) == {0.0, 1.0}, kind
     assert masks["center"][0, 0, 14, 14] == 0 and masks["center"][0, 0, 0, 0] == 1  # 0 = hole, 1 = keep
@@ -134,13 +135,16 @@ def test_png_masks_threshold_at_half_grey_and_check_the_size(tmp_path: Path) -> 
 # --------------------------------------------------------------------------------------- inpainting
 
 
-@pytest.mark.parametrize(("method", "options"), [
-    ("replace", {"sampler": "ddim", "steps": 4}),
-    ("replace", {"sampler": "ddpm", "steps": 4}),
-    ("replace", {"sampler": "heun", "steps": 3}),
-    ("repaint", {"steps": 6, "jump": 2, "resample": 3}),
-    ("sds", {"iterations": 5}),
-])
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("replace", {"sampler": "ddim", "steps": 4}),
+        ("replace", {"sampler": "ddpm", "steps": 4}),
+        ("replace", {"sampler": "heun", "steps": 3}),
+        ("repaint", {"steps": 6, "jump": 2, "resample": 3}),
+        ("sds", {"iterations": 5}),
+    ],
+)
 def test_known_pixels_are_preserved_exactly(gen: Denoiser, method: str, options: dict) -> None:
     x, masks = digits(3), make_masks("brush", 3, 28, seed=2)
     out = inpaint(gen, x, masks, method=method, classes=torch.tensor([0, 1, 2]), guidance=2.0, seed=3, **options)
@@ -244,8 +248,9 @@ def test_ddim_inversion_round_trips_with_an_exact_denoiser() -> None:
     for steps in (50, 100):
         latent = ddim_invert(den.conditioned(), x, SCHEDULE, steps)
         assert latent.std().item() == pytest.approx(1.0, abs=0.15)  # a noise-like start point
-        back = generate(den, num=3, classes=None, sampler="ddim", steps=steps, guidance=1.0, seed=0,
-                        noise=latent).images
+        back = generate(
+            den, num=3, classes=None, sampler="ddim", steps=steps, guidance=1.0, seed=0, noise=latent
+        ).images
         errors.append((back - x).abs().max().item())
     # ε̂(x_t', t) ≈ ε̂(x_t, t) is a first-order approximation: twice the steps, half the error
     assert errors[1] < 0.05 and errors[1] < 0.6 * errors[0]
@@ -281,8 +286,9 @@ def test_super_resolution_shape_range_and_determinism(runs: dict[str, Path]) -> 
     assert a.images.shape == (3, 1, 28, 28) and a.images.abs().max() <= 1 and a.bicubic.shape == (3, 1, 28, 28)
     assert torch.equal(a.images, super_resolve(den, low, steps=3, seed=1).images)
     # other batch sizes: the same noise per image, equal up to float rounding in batched convolutions
-    torch.testing.assert_close(a.images, super_resolve(den, low, steps=3, seed=1, batch_size=2).images,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        a.images, super_resolve(den, low, steps=3, seed=1, batch_size=2).images, atol=1e-5, rtol=0
+    )
     with pytest.raises(DiffkitError, match="super-resolution model"):
         generate(den, num=1, classes=None, sampler="ddim", steps=2, guidance=1.0, seed=0)
     with pytest.raises(DiffkitError, match="cannot do super-resolution"):
@@ -308,9 +314,27 @@ def test_initial_noise_is_what_the_methods_start_from() -> None:
 
 def test_inpaint_cli_writes_figure_scores_and_images(cli, runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "inp"
-    code, stdout, err = cli("inpaint", "--run", str(runs["gen"]), "--from", "synthetic:test:0..2", "--mask", "box",
-                            "--method", "replace,repaint,sds", "--steps", "3", "--jump", "1", "--resample", "2",
-                            "--iterations", "4", "--out", str(out))
+    code, stdout, err = cli(
+        "inpaint",
+        "--run",
+        str(runs["gen"]),
+        "--from",
+        "synthetic:test:0..2",
+        "--mask",
+        "box",
+        "--method",
+        "replace,repaint,sds",
+        "--steps",
+        "3",
+        "--jump",
+        "1",
+        "--resample",
+        "2",
+        "--iterations",
+        "4",
+        "--out",
+        str(out),
+    )
     assert code == 0, err
     assert "PSNR" in stdout and "SSIM" in stdout and str(out) in stdout
     record = json.loads((out / "scores.json").read_text())
@@ -324,21 +348,49 @@ def test_inpaint_cli_writes_figure_scores_and_images(cli, runs: dict[str, Path],
 
 def test_inpaint_cli_with_a_png_and_generated_originals(cli, runs: dict[str, Path], tmp_path: Path) -> None:
     Image.new("RGB", (56, 40), (200, 30, 30)).save(tmp_path / "photo.png")
-    code, stdout, err = cli("inpaint", "--run", str(runs["gen"]), "--image", str(tmp_path / "photo.png"),
-                            "--mask", "top", "--steps", "2", "--out", str(tmp_path / "a"))
+    code, stdout, err = cli(
+        "inpaint",
+        "--run",
+        str(runs["gen"]),
+        "--image",
+        str(tmp_path / "photo.png"),
+        "--mask",
+        "top",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "a"),
+    )
     assert code == 0, err
     assert "converted photo.png from 56x40 RGB to 28x28 L" in stdout
-    code, _, err = cli("inpaint", "--run", str(runs["gen"]), "--class", "1", "--num", "2", "--mask", "center",
-                       "--steps", "2", "--out", str(tmp_path / "b"))
+    code, _, err = cli(
+        "inpaint",
+        "--run",
+        str(runs["gen"]),
+        "--class",
+        "1",
+        "--num",
+        "2",
+        "--mask",
+        "center",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "b"),
+    )
     assert code == 0, err
 
 
 def test_interpolate_cli_writes_strip_and_gif(cli, runs: dict[str, Path], tmp_path: Path) -> None:
-    for args in (["--classes", "0", "2"], ["--seeds", "1", "2", "--class", "1"],
-                 ["--images", "synthetic:test:0", "synthetic:test:1"]):
+    for args in (
+        ["--classes", "0", "2"],
+        ["--seeds", "1", "2", "--class", "1"],
+        ["--images", "synthetic:test:0", "synthetic:test:1"],
+    ):
         out = tmp_path / args[0].strip("-")
-        code, _, err = cli("interpolate", "--run", str(runs["gen"]), *args, "--frames", "4", "--steps", "2",
-                                "--out", str(out))
+        code, _, err = cli(
+            "interpolate", "--run", str(runs["gen"]), *args, "--frames", "4", "--steps", "2", "--out", str(out)
+        )
         assert code == 0, err
         gif = Image.open(out / "interpolation.gif")
         assert gif.n_frames == 6  # forwards, then back without repeating the ends
@@ -348,15 +400,35 @@ def test_interpolate_cli_writes_strip_and_gif(cli, runs: dict[str, Path], tmp_pa
 
 def test_super_res_cli_compares_with_bicubic(cli, runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "sr"
-    code, stdout, err = cli("super-res", "--run", str(runs["sr"]), "--from", "synthetic:test:0..3", "--scale", "2",
-                            "--steps", "2", "--out", str(out))
+    code, stdout, err = cli(
+        "super-res",
+        "--run",
+        str(runs["sr"]),
+        "--from",
+        "synthetic:test:0..3",
+        "--scale",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+    )
     assert code == 0, err
     record = json.loads((out / "super-res.json").read_text())
     assert {"bicubic", "diffusion"} <= set(record) and "bicubic" in stdout and "diffusion" in stdout
     assert Image.open(out / "super-res.png").height == 3 * (4 * 30 + 2)  # low-res, bicubic, diffusion, truth
     Image.new("L", (7, 7), 40).save(tmp_path / "small.png")  # a low-resolution input: no ground truth
-    code, stdout, err = cli("super-res", "--run", str(runs["sr"]), "--image", str(tmp_path / "small.png"),
-                            "--steps", "2", "--out", str(tmp_path / "small"))
+    code, stdout, err = cli(
+        "super-res",
+        "--run",
+        str(runs["sr"]),
+        "--image",
+        str(tmp_path / "small.png"),
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "small"),
+    )
     assert code == 0, err
     assert "PSNR" not in stdout
 
@@ -382,8 +454,10 @@ def test_bad_inputs_give_one_line_errors(cli, runs: dict[str, Path], tmp_path: P
         (("interpolate", "--run", gen_run, "--classes", "0", "9"), ["class 9 is out of range"]),
         (("interpolate", "--run", gen_run, "--classes", "0", "1", "--seeds", "1", "2"), ["give exactly one of"]),
         (("interpolate", "--run", sr_run, "--seeds", "1", "2"), ["super-resolution model"]),
-        (("interpolate", "--run", gen_run, "--images", str(tmp_path / "notes.png"), "synthetic:test:0"),
-         ["not an image file"]),
+        (
+            ("interpolate", "--run", gen_run, "--images", str(tmp_path / "notes.png"), "synthetic:test:0"),
+            ["not an image file"],
+        ),
     ]
     for args, fragments in cases:
         one_line_error(cli(*args), *fragments)

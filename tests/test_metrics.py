@@ -112,8 +112,10 @@ def test_kid_matches_direct_formula_and_is_deterministic() -> None:
     x, y = rng.normal(size=(6, 3)), rng.normal(size=(6, 3)) + 0.3
     kernel = lambda a, b: (a @ b / 3 + 1) ** 3  # noqa: E731
     pairs = [(i, j) for i in range(6) for j in range(6) if i != j]
-    expected = (sum(kernel(x[i], x[j]) + kernel(y[i], y[j]) for i, j in pairs) / 30
-                - 2 * sum(kernel(x[i], y[j]) for i in range(6) for j in range(6)) / 36)
+    expected = (
+        sum(kernel(x[i], x[j]) + kernel(y[i], y[j]) for i, j in pairs) / 30
+        - 2 * sum(kernel(x[i], y[j]) for i in range(6) for j in range(6)) / 36
+    )
     mean, std = metrics.kernel_inception_distance(x, y, num_subsets=3, subset_size=1000)  # clipped to 6
     assert mean == pytest.approx(expected, rel=1e-9) and std == pytest.approx(0.0, abs=1e-12)
     a, b = rng.normal(size=(50, 3)), rng.normal(size=(60, 3))
@@ -189,8 +191,9 @@ def test_ssim_matches_reference_with_and_without_mask() -> None:
     mask = torch.zeros(2, 1, 24, 20)
     mask[0, :, 2:10, 3:15] = 1
     mask[1, :, 15:, 12:] = 1  # touches the border: still scored
-    np.testing.assert_allclose(metrics.ssim(x, y, mask=mask).numpy(),
-                               reference_ssim(x.numpy(), y.numpy(), 2.0, mask.numpy()), atol=1e-10)
+    np.testing.assert_allclose(
+        metrics.ssim(x, y, mask=mask).numpy(), reference_ssim(x.numpy(), y.numpy(), 2.0, mask.numpy()), atol=1e-10
+    )
 
 
 def test_ssim_constant_shift_closed_form() -> None:
@@ -206,14 +209,16 @@ def test_ssim_constant_shift_closed_form() -> None:
 
 def test_psnr_closed_form_and_mask() -> None:
     x = torch.rand(2, 3, 8, 8) * 1.6 - 0.8
-    torch.testing.assert_close(metrics.psnr(x, x + 0.1), torch.full((2,), 10 * math.log10(4 / 0.01),
-                                                                     dtype=torch.float64))
+    torch.testing.assert_close(
+        metrics.psnr(x, x + 0.1), torch.full((2,), 10 * math.log10(4 / 0.01), dtype=torch.float64)
+    )
     y = x.clone()
     y[:, :, :4] += 0.5  # top half off by 0.5, bottom half exact
     mask = torch.zeros(2, 1, 8, 8)
     mask[:, :, :4] = 1
-    torch.testing.assert_close(metrics.psnr(x, y, mask=mask), torch.full((2,), 10 * math.log10(4 / 0.25),
-                                                                          dtype=torch.float64))
+    torch.testing.assert_close(
+        metrics.psnr(x, y, mask=mask), torch.full((2,), 10 * math.log10(4 / 0.25), dtype=torch.float64)
+    )
     assert bool(torch.isinf(metrics.psnr(x, y, mask=1 - mask)).all())  # the unchanged half
     assert metrics.psnr(x, x + 0.1, data_range=1.0)[0].item() == pytest.approx(20.0)
 
@@ -263,8 +268,14 @@ def test_training_is_bit_identical_and_restores_global_state() -> None:
     torch.manual_seed(123)
     rng_before = torch.get_rng_state()
     steps: list[tuple[int, int]] = []
-    first = train_classifier(train.floats(), train.labels, num_classes=4, epochs=1, seed=7,
-                             progress=lambda done, total, _: steps.append((done, total)))
+    first = train_classifier(
+        train.floats(),
+        train.labels,
+        num_classes=4,
+        epochs=1,
+        seed=7,
+        progress=lambda done, total, _: steps.append((done, total)),
+    )
     second = train_classifier(train.floats(), train.labels, num_classes=4, epochs=1, seed=7)
     for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -311,8 +322,9 @@ def random_fid_inception_state() -> dict[str, torch.Tensor]:
     mp = pytest.MonkeyPatch()
     try:
         mp.setattr(fid_inception, "load_state_dict_from_url", lambda *_, **__: {})
-        mp.setattr(torchvision.models.Inception3, "load_state_dict",
-                   lambda self, *_, **__: captured.update(self.state_dict()))
+        mp.setattr(
+            torchvision.models.Inception3, "load_state_dict", lambda self, *_, **__: captured.update(self.state_dict())
+        )
         fid_inception.fid_inception_v3()
     finally:
         mp.undo()

@@ -97,16 +97,19 @@ def assert_gaussian(x: Tensor, mean_tol: float = 0.04, var_tol: float = 0.1) -> 
 # 4000 samples: the standard error of a coordinate's mean is 0.008 and of its variance 2.2 %, so the
 # tolerances (0.04 and 10 %) are 5 and 4.5 standard errors. Steps are chosen so that each sampler's own
 # bias stays near 2 % (DDPM with β̃ is -1.5 % at T steps; compute it from the recursion if in doubt).
-@pytest.mark.parametrize(("name", "steps", "options"), [
-    ("ddpm", 1000, {}),
-    ("ddpm", 1000, {"variance": "large"}),
-    ("ddim", 200, {"spacing": "linspace"}),
-    ("ddim", 500, {"spacing": "linspace", "eta": 1.0}),
-    ("pndm", 20, {"spacing": "linspace"}),
-    ("dpm++2m", 100, {"spacing": "linspace"}),
-    ("euler", 200, {}),
-    ("heun", 50, {}),
-])
+@pytest.mark.parametrize(
+    ("name", "steps", "options"),
+    [
+        ("ddpm", 1000, {}),
+        ("ddpm", 1000, {"variance": "large"}),
+        ("ddim", 200, {"spacing": "linspace"}),
+        ("ddim", 500, {"spacing": "linspace", "eta": 1.0}),
+        ("pndm", 20, {"spacing": "linspace"}),
+        ("dpm++2m", 100, {"spacing": "linspace"}),
+        ("euler", 200, {}),
+        ("heun", 50, {}),
+    ],
+)
 def test_samplers_reproduce_data_mean_and_variance(name: str, steps: int, options: dict[str, Any]) -> None:
     gen = torch.Generator().manual_seed(1)
     out = sample(name, gaussian_denoiser(LINEAR), noise(4000), LINEAR, steps, generator=gen, **options)
@@ -131,10 +134,16 @@ def test_v_objective_is_finite_at_zero_terminal_snr() -> None:
 
 # Trailing spacing starts the discrete samplers at t = T - 1 itself, where x_T is pure noise, so the
 # exact ODE answer is μ + s x_T; the Karras samplers start at the largest finite σ (ᾱ = 4e-9).
-@pytest.mark.parametrize(("name", "steps", "tolerance"), [
-    ("ddim", 100, 0.03), ("pndm", 20, 0.002), ("dpm++2m", 50, 0.002),
-    ("euler", 100, 0.05), ("heun", 50, 0.03),
-])
+@pytest.mark.parametrize(
+    ("name", "steps", "tolerance"),
+    [
+        ("ddim", 100, 0.03),
+        ("pndm", 20, 0.002),
+        ("dpm++2m", 50, 0.002),
+        ("euler", 100, 0.05),
+        ("heun", 50, 0.03),
+    ],
+)
 def test_zero_terminal_snr_with_v_objective(name: str, steps: int, tolerance: float) -> None:
     x = noise(256, 0, 4, 1, 1)
     options: dict[str, Any] = {"spacing": "trailing"} if name in DISCRETE else {}
@@ -144,8 +153,15 @@ def test_zero_terminal_snr_with_v_objective(name: str, steps: int, tolerance: fl
 
 def test_zero_terminal_snr_ddpm() -> None:
     gen = torch.Generator().manual_seed(1)
-    out = sample("ddpm", v_denoiser(ZERO_SNR).conditioned(), noise(2000, 0, 4, 1, 1), ZERO_SNR, 1000,
-                 generator=gen, spacing="trailing")
+    out = sample(
+        "ddpm",
+        v_denoiser(ZERO_SNR).conditioned(),
+        noise(2000, 0, 4, 1, 1),
+        ZERO_SNR,
+        1000,
+        generator=gen,
+        spacing="trailing",
+    )
     # 2000 samples: standard errors 0.011 (mean) and 3.2 % (variance)
     assert_gaussian(out.images, mean_tol=0.05, var_tol=0.13)
 
@@ -171,8 +187,10 @@ def test_denoiser_objectives_give_the_exact_denoiser(objective: Objective) -> No
 @pytest.mark.parametrize("name", list(DETERMINISTIC))
 def test_deterministic_samplers_depend_only_on_the_noise(name: str) -> None:
     den, x = gaussian_denoiser(LINEAR), noise(64)
-    runs = [sample(name, den, x, LINEAR, 8, generator=torch.Generator().manual_seed(seed),
-                   **DETERMINISTIC[name]).images for seed in (1, 1, 2)]
+    runs = [
+        sample(name, den, x, LINEAR, 8, generator=torch.Generator().manual_seed(seed), **DETERMINISTIC[name]).images
+        for seed in (1, 1, 2)
+    ]
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
     assert SAMPLERS[name].stochastic == (name == "ddim")  # ddim is stochastic for eta > 0
 
@@ -221,12 +239,16 @@ def test_error_falls_as_steps_grow(name: str, error_table: dict[str, list[tuple[
         assert fine < coarse / 1.5, errors  # each doubling of steps cuts the error by at least 1.5
 
 
-@pytest.mark.parametrize(("name", "low", "high"), [
-    ("ddim", 1.8, 2.2), ("euler", 1.8, 2.2),  # first order: doubling the steps halves the error
-    ("heun", 3.5, 4.5), ("dpm++2m", 3.5, 4.5),  # second order: a quarter
-])
-def test_observed_order(name: str, low: float, high: float,
-                        error_table: dict[str, list[tuple[int, float]]]) -> None:
+@pytest.mark.parametrize(
+    ("name", "low", "high"),
+    [
+        ("ddim", 1.8, 2.2),
+        ("euler", 1.8, 2.2),  # first order: doubling the steps halves the error
+        ("heun", 3.5, 4.5),
+        ("dpm++2m", 3.5, 4.5),  # second order: a quarter
+    ],
+)
+def test_observed_order(name: str, low: float, high: float, error_table: dict[str, list[tuple[int, float]]]) -> None:
     (_, at_40), (_, at_80) = error_table[name][-2:]
     assert low < at_40 / at_80 < high, (at_40, at_80)
 
@@ -250,14 +272,25 @@ def test_higher_order_samplers_win_at_equal_nfe(error_table: dict[str, list[tupl
 # ---------------------------------------------------------------------------------------- NFE
 
 
-@pytest.mark.parametrize(("name", "steps", "nfe"), [
-    ("ddpm", 50, 50), ("ddpm", 7, 7), ("ddim", 7, 7), ("pndm", 7, 7), ("pndm", 2, 2), ("dpm++2m", 7, 7),
-    ("euler", 7, 7), ("heun", 7, 13), ("heun", 1, 1),
-])
+@pytest.mark.parametrize(
+    ("name", "steps", "nfe"),
+    [
+        ("ddpm", 50, 50),
+        ("ddpm", 7, 7),
+        ("ddim", 7, 7),
+        ("pndm", 7, 7),
+        ("pndm", 2, 2),
+        ("dpm++2m", 7, 7),
+        ("euler", 7, 7),
+        ("heun", 7, 13),
+        ("heun", 1, 1),
+    ],
+)
 def test_nfe_is_counted_exactly(name: str, steps: int, nfe: int) -> None:
     schedule = NoiseSchedule.create("cosine", 50)
-    out = sample(name, gaussian_denoiser(schedule), noise(8), schedule, steps,
-                 generator=torch.Generator().manual_seed(0))
+    out = sample(
+        name, gaussian_denoiser(schedule), noise(8), schedule, steps, generator=torch.Generator().manual_seed(0)
+    )
     assert out.nfe == nfe
 
 
@@ -282,8 +315,7 @@ def test_callback_sees_vp_states_and_may_replace_them(name: str) -> None:
         return step.x.clone()  # an identity replacement must not change the result
 
     def run(callback: Callable[[Step], Tensor | None] | None) -> Tensor:
-        return sample(name, den, x, LINEAR, steps, generator=torch.Generator().manual_seed(1),
-                      callback=callback).images
+        return sample(name, den, x, LINEAR, steps, generator=torch.Generator().manual_seed(1), callback=callback).images
 
     plain, recorded = run(None), run(record)
     torch.testing.assert_close(recorded, plain)
@@ -360,16 +392,19 @@ def test_unknown_sampler_lists_the_known_ones() -> None:
     assert all(name in str(err.value) for name in ("ddpm", "ddim", "pndm", "dpm++2m", "euler", "heun"))
 
 
-@pytest.mark.parametrize(("name", "steps", "options", "message"), [
-    ("ddim", 0, {}, "steps"),
-    ("euler", 1001, {}, "steps"),
-    ("ddim", 10, {"eta": -0.1}, "eta"),
-    ("ddim", 10, {"eta": 1.5}, "eta"),
-    ("ddim", 10, {"spacing": "uniform"}, "spacing"),
-    ("pndm", 10, {"eta": 0.5}, "eta"),
-    ("heun", 10, {"rho": 0.0}, "rho"),
-    ("ddpm", 10, {"variance": "medium"}, "variance"),
-])
+@pytest.mark.parametrize(
+    ("name", "steps", "options", "message"),
+    [
+        ("ddim", 0, {}, "steps"),
+        ("euler", 1001, {}, "steps"),
+        ("ddim", 10, {"eta": -0.1}, "eta"),
+        ("ddim", 10, {"eta": 1.5}, "eta"),
+        ("ddim", 10, {"spacing": "uniform"}, "spacing"),
+        ("pndm", 10, {"eta": 0.5}, "eta"),
+        ("heun", 10, {"rho": 0.0}, "rho"),
+        ("ddpm", 10, {"variance": "medium"}, "variance"),
+    ],
+)
 def test_bad_input_is_a_diffkit_error(name: str, steps: int, options: dict[str, Any], message: str) -> None:
     with pytest.raises(DiffkitError, match=message):
         sample(name, gaussian_denoiser(LINEAR), noise(2), LINEAR, steps, **options)

@@ -57,9 +57,9 @@ def test_sigmoid_alpha_bar_is_the_sigmoid_formula(start: float, end: float, tau:
         return 1 / (1 + math.exp(-v))
 
     top, bottom = sig(end / tau), sig(start / tau)
-    expected = torch.tensor([
-        (top - sig(((t + 1) / T * (end - start) + start) / tau)) / (top - bottom) for t in range(T)
-    ], dtype=F64)
+    expected = torch.tensor(
+        [(top - sig(((t + 1) / T * (end - start) + start) / tau)) / (top - bottom) for t in range(T)], dtype=F64
+    )
     n = _unclipped(schedule)
     assert n >= T - 3
     torch.testing.assert_close(schedule.alpha_bar[:n], expected[:n], rtol=1e-9, atol=1e-12)
@@ -87,16 +87,19 @@ def test_zero_terminal_snr(kind: str) -> None:
 # ------------------------------------------------------------------------------------ spacing
 
 
-@pytest.mark.parametrize(("T", "steps", "spacing", "expected"), [
-    (10, 5, "leading", [8, 6, 4, 2, 0]),
-    (10, 5, "trailing", [9, 7, 5, 3, 1]),
-    (10, 5, "linspace", [9, 7, 4, 2, 0]),  # round(2.25, 4.5, 6.75) with halves to even, as numpy does
-    (10, 4, "trailing", [9, 7, 4, 1]),  # 10 - k·2.5 = 10, 7.5, 5, 2.5, rounded, minus one
-    (1000, 10, "leading", [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]),
-    (1000, 10, "trailing", [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]),
-    (1000, 10, "linspace", [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]),
-    (10, 10, "leading", list(range(9, -1, -1))),
-])
+@pytest.mark.parametrize(
+    ("T", "steps", "spacing", "expected"),
+    [
+        (10, 5, "leading", [8, 6, 4, 2, 0]),
+        (10, 5, "trailing", [9, 7, 5, 3, 1]),
+        (10, 5, "linspace", [9, 7, 4, 2, 0]),  # round(2.25, 4.5, 6.75) with halves to even, as numpy does
+        (10, 4, "trailing", [9, 7, 4, 1]),  # 10 - k·2.5 = 10, 7.5, 5, 2.5, rounded, minus one
+        (1000, 10, "leading", [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]),
+        (1000, 10, "trailing", [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]),
+        (1000, 10, "linspace", [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]),
+        (10, 10, "leading", list(range(9, -1, -1))),
+    ],
+)
 def test_spaced_timesteps(T: int, steps: int, spacing: str, expected: list[int]) -> None:
     schedule = NoiseSchedule.create("linear", T)
     assert schedule.spaced_timesteps(steps, spacing).tolist() == expected  # type: ignore[arg-type]

@@ -45,7 +45,9 @@ def fid_command(
     save_stats: Annotated[
         Path | None, typer.Option("--save-stats", help="Write the source's statistics as a pytorch-fid .npz.")
     ] = None,
-    kid: Annotated[bool, typer.Option("--kid", help="Also KID (mean ± std over 100 subsets).")] = False,
+    kid: Annotated[
+        bool, typer.Option("--kid", help="Also KID: mean ± std over 100 subsets of min(1000, N/2) images.")
+    ] = False,
     class_accuracy: Annotated[
         bool, typer.Option("--class-accuracy", help="A classifier's accuracy on a conditional run's samples.")
     ] = False,

@@ -17,19 +17,24 @@ from diffkit.runs import LoadedRun
 from diffkit.samplers import SAMPLERS
 from diffkit.viz import save_images, save_labelled_rows
 
-MASK_HELP = (f"A hole shape ({', '.join(MASK_KINDS)}) or a PNG of the model's size: white (>= 50% grey) = keep, "
-             "black = hole to fill.")
+MASK_HELP = (
+    f"A hole shape ({', '.join(MASK_KINDS)}) or a PNG of the model's size: white (>= 50% grey) = keep, "
+    "black = hole to fill."
+)
 
 
 def inpaint_command(
     run: RunOption = None,
-    image: Annotated[Path | None, typer.Option("--image", help="A PNG/JPEG to repair (converted to the model's "
-                                                               "size and colours, with a note).")] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option("--image", help="A PNG/JPEG to repair (converted to the model's size and colours, with a note)."),
+    ] = None,
     source: Annotated[str | None, typer.Option("--from", help="Dataset images, e.g. mnist:test:0..7.")] = None,
     class_: Annotated[int | None, typer.Option("--class", help="Inpaint the model's samples of this class.")] = None,
     mask: Annotated[str, typer.Option("--mask", help=MASK_HELP)] = "center",
-    method: Annotated[str, typer.Option("--method", help="replace, repaint or sds; a comma-separated list "
-                                                         "compares them.")] = "replace",
+    method: Annotated[
+        str, typer.Option("--method", help="replace, repaint or sds; a comma-separated list compares them.")
+    ] = "replace",
     sampler: Annotated[str | None, typer.Option("--sampler", help=f"For replace: {', '.join(SAMPLERS)}.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampler steps, or RePaint's DDPM levels.")] = None,
     cfg: Annotated[float | None, typer.Option("--cfg", help="Guidance scale when the class is known.")] = None,
@@ -59,36 +64,77 @@ def inpaint_command(
     masks = mask_from_spec(mask, len(originals), size, seed)
     classes = labels if loaded.num_classes and labels is not None else None
     if cfg is not None and classes is None:
-        raise DiffkitError("--cfg needs class labels and this input has none (or the model is unconditional): "
-                           "drop --cfg, or use --from with a labelled dataset or --class")
+        raise DiffkitError(
+            "--cfg needs class labels and this input has none (or the model is unconditional): "
+            "drop --cfg, or use --from with a labelled dataset or --class"
+        )
     guidance = (s.cfg if cfg is None else cfg) if classes is not None else 1.0
-    console.print(f"inpainting {len(originals)} image(s) from {what} with mask {mask} by {', '.join(methods)} "
-                  f"(seed {seed}) from {loaded.checkpoint}")
+    console.print(
+        f"inpainting {len(originals)} image(s) from {what} with mask {mask} by {', '.join(methods)} "
+        f"(seed {seed}) from {loaded.checkpoint}"
+    )
     results: dict[str, InpaintResult] = {}
     for m in methods:
         with progress_task(m, 1) as advance:
-            results[m] = inpaint(loaded.denoiser(), originals, masks, method=m, classes=classes, guidance=guidance,
-                                 seed=seed, sampler=sampler or s.sampler, steps=s.steps if steps is None else steps,
-                                 jump=jump, resample=resample, iterations=iterations, lr=lr,
-                                 progress=lambda d, t: advance(d, t))
+            results[m] = inpaint(
+                loaded.denoiser(),
+                originals,
+                masks,
+                method=m,
+                classes=classes,
+                guidance=guidance,
+                seed=seed,
+                sampler=sampler or s.sampler,
+                steps=s.steps if steps is None else steps,
+                jump=jump,
+                resample=resample,
+                iterations=iterations,
+                lr=lr,
+                progress=lambda d, t: advance(d, t),
+            )
     _report(loaded, originals, masks, results, mask, what, seed, guidance, out)
 
 
-def _originals(loaded: LoadedRun, kind: str, image: Path | None, source: str | None, class_: int | None, num: int,
-               seed: int, cfg: float | None) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+def _originals(
+    loaded: LoadedRun,
+    kind: str,
+    image: Path | None,
+    source: str | None,
+    class_: int | None,
+    num: int,
+    seed: int,
+    cfg: float | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, str]:
     if kind != "--class":
         return read_images(image, source, loaded)
     s = loaded.settings.sample
     classes, total = class_layout(loaded.num_classes, class_, num)
     guidance = s.cfg if cfg is None else cfg
     with progress_task(f"sampling class {class_}", total) as advance:
-        made = generate(loaded.denoiser(), num=total, classes=classes, sampler=s.sampler, steps=s.steps,
-                        guidance=guidance, seed=seed, progress=advance)
+        made = generate(
+            loaded.denoiser(),
+            num=total,
+            classes=classes,
+            sampler=s.sampler,
+            steps=s.steps,
+            guidance=guidance,
+            seed=seed,
+            progress=advance,
+        )
     return made.images, classes, f"the model's samples of class {class_}"
 
 
-def _report(loaded: LoadedRun, originals: torch.Tensor, masks: torch.Tensor, results: dict[str, InpaintResult],
-            mask: str, what: str, seed: int, guidance: float, out: Path | None) -> None:
+def _report(
+    loaded: LoadedRun,
+    originals: torch.Tensor,
+    masks: torch.Tensor,
+    results: dict[str, InpaintResult],
+    mask: str,
+    what: str,
+    seed: int,
+    guidance: float,
+    out: Path | None,
+) -> None:
     hole = 1 - masks
     scores = {m: score(r.images, originals, hole) for m, r in results.items()}
     tag = f"{'+'.join(results)}-{Path(mask).stem}-seed{seed}"
@@ -96,11 +142,20 @@ def _report(loaded: LoadedRun, originals: torch.Tensor, masks: torch.Tensor, res
     mask_row = (masks * 2 - 1).expand_as(originals)
     figure = save_labelled_rows(
         [originals, mask_row, masked_view(originals, masks), *(r.images for r in results.values())],
-        ["original", "mask", "masked input", *results], folder / "inpaint.png", scale=3)
+        ["original", "mask", "masked input", *results],
+        folder / "inpaint.png",
+        scale=3,
+    )
     for m, r in results.items():
         save_images(r.images, folder / m)
-    record: dict[str, Any] = {"input": what, "mask": mask, "seed": seed, "guidance": guidance,
-                              "checkpoint": str(loaded.checkpoint), "scored_region": "hole (mask 0)"}
+    record: dict[str, Any] = {
+        "input": what,
+        "mask": mask,
+        "seed": seed,
+        "guidance": guidance,
+        "checkpoint": str(loaded.checkpoint),
+        "scored_region": "hole (mask 0)",
+    }
     for m, r in results.items():
         record[m] = {**scores[m].as_dict(), "nfe": r.nfe, "seconds": round(r.seconds, 2)}
         if r.initial_loss is not None:

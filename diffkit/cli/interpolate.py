@@ -18,18 +18,25 @@ from diffkit.viz import FIGURE_FRAME, save_gif, save_images, save_labelled_rows
 
 def interpolate(
     run: RunOption = None,
-    classes: Annotated[tuple[int, int] | None, typer.Option("--classes", help="Two classes: fixed noise, "
-                                                                              "class embedding interpolated.")] = None,
-    seeds: Annotated[tuple[int, int] | None, typer.Option("--seeds", help="Two seeds: slerp of their start "
-                                                                          "noise, deterministic DDIM.")] = None,
-    images: Annotated[tuple[str, str] | None, typer.Option("--images", help="Two PNGs (or sources such as "
-                                                                            "mnist:test:0): DDIM inversion, slerp, "
-                                                                            "decode.")] = None,
+    classes: Annotated[
+        tuple[int, int] | None,
+        typer.Option("--classes", help="Two classes: fixed noise, class embedding interpolated."),
+    ] = None,
+    seeds: Annotated[
+        tuple[int, int] | None,
+        typer.Option("--seeds", help="Two seeds: slerp of their start noise, deterministic DDIM."),
+    ] = None,
+    images: Annotated[
+        tuple[str, str] | None,
+        typer.Option("--images", help="Two PNGs (or sources such as mnist:test:0): DDIM inversion, slerp, decode."),
+    ] = None,
     frames: Annotated[int, typer.Option("--frames", min=2, help="Frames, the two end points included.")] = 10,
-    cfg: Annotated[float | None, typer.Option("--cfg", help="Guidance scale (--classes, or --seeds with "
-                                                            "--class).")] = None,
-    class_: Annotated[int | None, typer.Option("--class", help="With --seeds: the class to sample (default: "
-                                                               "unconditional).")] = None,
+    cfg: Annotated[
+        float | None, typer.Option("--cfg", help="Guidance scale (--classes, or --seeds with --class).")
+    ] = None,
+    class_: Annotated[
+        int | None, typer.Option("--class", help="With --seeds: the class to sample (default: unconditional).")
+    ] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="DDIM steps (default: the run's sample.steps).")] = None,
     seed: SeedOption = None,
     out: OutOption = None,
@@ -49,21 +56,35 @@ def interpolate(
     with progress_task("interpolating", n_steps) as advance:
         if classes is not None:
             tag = f"classes-{classes[0]}-{classes[1]}-seed{seed}"
-            result = interpolate_classes(loaded.denoiser(), *classes, frames=frames, guidance=guidance, steps=n_steps,
-                                         seed=seed, progress=advance)
+            result = interpolate_classes(
+                loaded.denoiser(),
+                *classes,
+                frames=frames,
+                guidance=guidance,
+                steps=n_steps,
+                seed=seed,
+                progress=advance,
+            )
         elif seeds is not None:
             tag = f"seeds-{seeds[0]}-{seeds[1]}" + (f"-class{class_}" if class_ is not None else "")
-            result = interpolate_seeds(loaded.denoiser(), *seeds, frames=frames, class_id=class_,
-                                       guidance=guidance if class_ is not None else 1.0, steps=n_steps,
-                                       progress=advance)
+            result = interpolate_seeds(
+                loaded.denoiser(),
+                *seeds,
+                frames=frames,
+                class_id=class_,
+                guidance=guidance if class_ is not None else 1.0,
+                steps=n_steps,
+                progress=advance,
+            )
         else:
             assert images is not None
             if cfg is not None:
                 raise DiffkitError("--cfg does not apply to --images (inversion uses the unconditional model)")
             inputs = torch.cat([_image(p, loaded) for p in images])
             tag = "images-" + "-".join(Path(p).stem.replace(":", "_") for p in images)
-            result = interpolate_images(loaded.denoiser(), inputs[:1], inputs[1:], frames=frames, steps=n_steps,
-                                        progress=advance)
+            result = interpolate_images(
+                loaded.denoiser(), inputs[:1], inputs[1:], frames=frames, steps=n_steps, progress=advance
+            )
     _report(loaded, result, inputs, tag, kind, out, n_steps)
 
 
@@ -79,13 +100,26 @@ def _image(path_or_source: str, loaded: LoadedRun) -> torch.Tensor:
     return x
 
 
-def _report(loaded: LoadedRun, result: Interpolation, inputs: torch.Tensor | None, tag: str, kind: str,
-            out: Path | None, steps: int) -> None:
+def _report(
+    loaded: LoadedRun,
+    result: Interpolation,
+    inputs: torch.Tensor | None,
+    tag: str,
+    kind: str,
+    out: Path | None,
+    steps: int,
+) -> None:
     folder = fresh_dir(out or loaded.root / "interpolate" / tag)
     rows, labels = [result.frames], ["frames"]
-    record: dict[str, Any] = {"mode": kind, "frames": len(result.frames), "positions": result.positions,
-                              "ddim_steps": steps, "nfe": result.nfe, "seconds": round(result.seconds, 2),
-                              "checkpoint": str(loaded.checkpoint)}
+    record: dict[str, Any] = {
+        "mode": kind,
+        "frames": len(result.frames),
+        "positions": result.positions,
+        "ddim_steps": steps,
+        "nfe": result.nfe,
+        "seconds": round(result.seconds, 2),
+        "checkpoint": str(loaded.checkpoint),
+    }
     if inputs is not None:  # real images: show them under the end frames and score the reconstructions
         blank = torch.full_like(inputs[:1], FIGURE_FRAME).expand(len(result.frames) - 2, -1, -1, -1)
         rows.append(torch.cat([inputs[:1], blank, inputs[1:]]))
@@ -93,8 +127,9 @@ def _report(loaded: LoadedRun, result: Interpolation, inputs: torch.Tensor | Non
         ends = result.frames[[0, -1]]
         recon = score(ends, inputs)
         record["reconstruction"] = recon.as_dict()
-        console.print(scores_table("end frames (DDIM inversion, then decoding) against the inputs",
-                                   {"reconstruction": recon}))
+        console.print(
+            scores_table("end frames (DDIM inversion, then decoding) against the inputs", {"reconstruction": recon})
+        )
     strip = save_labelled_rows(rows, labels, folder / "strip.png", scale=3)
     gif = save_gif(result.frames, folder / "interpolation.gif", scale=4)
     save_images(result.frames, folder / "frames")

@@ -19,11 +19,18 @@ from diffkit.viz import save_images, save_labelled_rows
 
 def super_res(
     run: RunOption = None,
-    image: Annotated[Path | None, typer.Option("--image", help="A PNG: at the model's size it is the ground truth "
-                                                               "and is shrunk by --scale; otherwise it is the "
-                                                               "low-resolution input.")] = None,
-    source: Annotated[str | None, typer.Option("--from", help="Dataset images (ground truth), e.g. "
-                                                              "mnist:test:0..7.")] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option(
+            "--image",
+            help="A PNG: at the model's size it is the ground truth "
+            "and is shrunk by --scale; otherwise it is the "
+            "low-resolution input.",
+        ),
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option("--from", help="Dataset images (ground truth), e.g. mnist:test:0..7.")
+    ] = None,
     scale: Annotated[int, typer.Option("--scale", help="Upsampling factor; one the run was trained for.")] = 4,
     sampler: Annotated[str | None, typer.Option("--sampler", help=f"One of: {', '.join(SAMPLERS)}.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampler steps.")] = None,
@@ -47,18 +54,27 @@ def super_res(
         truth, _, what = read_images(None, source, loaded)
         low = degrade(truth, scale)
     name, n_steps, seed = sampler or s.sampler, s.steps if steps is None else steps, s.seed if seed is None else seed
-    console.print(f"super-resolving {len(low)} image(s) from {what}, {low.shape[-1]}x{low.shape[-2]} -> "
-                  f"{d.image_size}x{d.image_size}, with {name} ({n_steps} steps, seed {seed}) "
-                  f"from {loaded.checkpoint}")
+    console.print(
+        f"super-resolving {len(low)} image(s) from {what}, {low.shape[-1]}x{low.shape[-2]} -> "
+        f"{d.image_size}x{d.image_size}, with {name} ({n_steps} steps, seed {seed}) "
+        f"from {loaded.checkpoint}"
+    )
     with progress_task("super-resolving", len(low)) as advance:
         result = super_resolve(loaded.denoiser(), low, sampler=name, steps=n_steps, seed=seed, progress=advance)
 
     folder = fresh_dir(out or loaded.root / "super-res" / f"x{scale}-{name}-{n_steps}-seed{seed}")
     shown_low = F.interpolate(result.low, size=d.image_size, mode="nearest")  # pixels as they are, enlarged
     rows, labels = [shown_low, result.bicubic, result.images], [f"low-res x1/{scale}", "bicubic", "diffusion"]
-    record: dict[str, Any] = {"input": what, "scale": scale, "sampler": name, "steps": n_steps, "seed": seed,
-                              "nfe": result.nfe, "seconds": round(result.seconds, 2),
-                              "checkpoint": str(loaded.checkpoint)}
+    record: dict[str, Any] = {
+        "input": what,
+        "scale": scale,
+        "sampler": name,
+        "steps": n_steps,
+        "seed": seed,
+        "nfe": result.nfe,
+        "seconds": round(result.seconds, 2),
+        "checkpoint": str(loaded.checkpoint),
+    }
     if truth is not None:
         rows.append(truth)
         labels.append("ground truth")

@@ -27,7 +27,25 @@ from diffkit.editing.masks import MASK_KINDS, make_masks, mask_from_spec, read_m
 from diffkit.editing.superres import SuperResolved, degrade, random_condition, super_resolve, upsample
 
 __all__ = [
-    "MASK_KINDS", "METHODS", "InpaintResult", "Interpolation", "Scores", "SuperResolved", "ddim_invert", "degrade",
-    "inpaint", "interpolate_classes", "interpolate_images", "interpolate_seeds", "make_masks", "mask_from_spec",
-    "masked_view", "random_condition", "read_mask", "score", "slerp", "super_resolve", "upsample",
+    "MASK_KINDS",
+    "METHODS",
+    "InpaintResult",
+    "Interpolation",
+    "Scores",
+    "SuperResolved",
+    "ddim_invert",
+    "degrade",
+    "inpaint",
+    "interpolate_classes",
+    "interpolate_images",
+    "interpolate_seeds",
+    "make_masks",
+    "mask_from_spec",
+    "masked_view",
+    "random_condition",
+    "read_mask",
+    "score",
+    "slerp",
+    "super_resolve",
+    "upsample",
 ]

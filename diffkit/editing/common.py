@@ -16,8 +16,11 @@ class Scores:
         return {"psnr": float(self.psnr.mean()), "ssim": float(self.ssim.mean())}
 
     def as_dict(self) -> dict[str, object]:
-        return {**self.mean(), "psnr_per_image": [round(float(v), 4) for v in self.psnr],
-                "ssim_per_image": [round(float(v), 5) for v in self.ssim]}
+        return {
+            **self.mean(),
+            "psnr_per_image": [round(float(v), 4) for v in self.psnr],
+            "ssim_per_image": [round(float(v), 5) for v in self.ssim],
+        }
 
 
 def score(images: Tensor, reference: Tensor, mask: Tensor | None = None) -> Scores:
@@ -26,5 +29,6 @@ def score(images: Tensor, reference: Tensor, mask: Tensor | None = None) -> Scor
 
     images, reference = images.float().cpu(), reference.float().cpu()
     region = None if mask is None else mask.float().cpu()
-    return Scores(psnr(images, reference, data_range=2.0, mask=region),
-                  ssim(images, reference, data_range=2.0, mask=region))
+    return Scores(
+        psnr(images, reference, data_range=2.0, mask=region), ssim(images, reference, data_range=2.0, mask=region)
+    )

@@ -90,13 +90,13 @@ def inpaint(
         raise DiffkitError(f"unknown inpainting method {method!r}: choose one of {', '.join(METHODS)}")
     require_images_input(denoiser)
     if guidance not in (0.0, 1.0) and denoiser.num_classes == 0:
-        raise DiffkitError(f"--cfg {guidance} needs a class-conditional model, and this one is unconditional: "
-                           "drop --cfg")
+        raise DiffkitError(
+            f"--cfg {guidance} needs a class-conditional model, and this one is unconditional: drop --cfg"
+        )
     mask = check_mask(mask, images)
     start = time.perf_counter()
     if method == "replace":
-        result = _replace(denoiser, images, mask, classes, guidance, seed, sampler, steps, progress,
-                          sampler_options)
+        result = _replace(denoiser, images, mask, classes, guidance, seed, sampler, steps, progress, sampler_options)
     else:
         if sampler_options:
             raise DiffkitError(f"sampler options ({', '.join(sampler_options)}) apply to --method replace only")
@@ -123,8 +123,9 @@ def _start_noise(images: Tensor, seed: int) -> Tensor:
 # ------------------------------------------------------------------------------------ replace
 
 
-def replacement(known: Tensor, keep: Tensor, schedule: NoiseSchedule, generator: torch.Generator,
-                progress: Progress | None = None) -> Callable[[Step], Tensor]:
+def replacement(
+    known: Tensor, keep: Tensor, schedule: NoiseSchedule, generator: torch.Generator, progress: Progress | None = None
+) -> Callable[[Step], Tensor]:
     """The sampler callback of `replace`: known pixels drawn from q(x_t | x0) at the step's level."""
 
     def constrain(step: Step) -> Tensor:
@@ -139,14 +140,34 @@ def replacement(known: Tensor, keep: Tensor, schedule: NoiseSchedule, generator:
     return constrain
 
 
-def _replace(denoiser: Denoiser, images: Tensor, mask: Tensor, classes: Tensor | None, guidance: float, seed: int,
-             sampler: str, steps: int, progress: Progress | None, options: dict[str, Any]) -> InpaintResult:
+def _replace(
+    denoiser: Denoiser,
+    images: Tensor,
+    mask: Tensor,
+    classes: Tensor | None,
+    guidance: float,
+    seed: int,
+    sampler: str,
+    steps: int,
+    progress: Progress | None,
+    options: dict[str, Any],
+) -> InpaintResult:
     device = next(denoiser.model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed + 1)  # the known pixels' noise, apart from x_T's
     constrain = replacement(images.to(device), mask.to(device).bool(), denoiser.schedule, gen, progress)
-    out = generate(denoiser, num=len(images), classes=classes, sampler=sampler, steps=steps, guidance=guidance,
-                   seed=seed, batch_size=len(images), callback=constrain,
-                   noise=_start_noise(images, seed), **options)
+    out = generate(
+        denoiser,
+        num=len(images),
+        classes=classes,
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        batch_size=len(images),
+        callback=constrain,
+        noise=_start_noise(images, seed),
+        **options,
+    )
     return InpaintResult(out.images, "replace", out.nfe, out.seconds)
 
 
@@ -179,8 +200,18 @@ def respaced(schedule: NoiseSchedule, timesteps: list[int]) -> NoiseSchedule:
     return NoiseSchedule(1 - ab / prev)
 
 
-def _repaint(denoise: DenoiseFn, schedule: NoiseSchedule, known: Tensor, keep: Tensor, x: Tensor, steps: int,
-             jump: int, resample: int, gen: torch.Generator, progress: Progress | None) -> InpaintResult:
+def _repaint(
+    denoise: DenoiseFn,
+    schedule: NoiseSchedule,
+    known: Tensor,
+    keep: Tensor,
+    x: Tensor,
+    steps: int,
+    jump: int,
+    resample: int,
+    gen: torch.Generator,
+    progress: Progress | None,
+) -> InpaintResult:
     if not 1 <= steps <= schedule.timesteps:
         raise DiffkitError(f"--steps {steps} is out of range: use 1 to {schedule.timesteps} (the model's T)")
     if not 1 <= jump <= steps:
@@ -234,8 +265,16 @@ def sds_loss(denoise: DenoiseFn, schedule: NoiseSchedule, x: Tensor, hole: Tenso
     return total / len(probes)
 
 
-def _sds(denoise: DenoiseFn, schedule: NoiseSchedule, known: Tensor, keep: Tensor, iterations: int, lr: float,
-         gen: torch.Generator, progress: Progress | None) -> InpaintResult:
+def _sds(
+    denoise: DenoiseFn,
+    schedule: NoiseSchedule,
+    known: Tensor,
+    keep: Tensor,
+    iterations: int,
+    lr: float,
+    gen: torch.Generator,
+    progress: Progress | None,
+) -> InpaintResult:
     if iterations < 1:
         raise DiffkitError(f"--iterations {iterations} is out of range: use 1 or more (e.g. 200)")
     if not 0 < lr <= 1:

@@ -64,8 +64,9 @@ def slerp(z0: Tensor, z1: Tensor, w: float) -> Tensor:
 def class_weights(num_classes: int, a: int, b: int, where: list[float]) -> Tensor:
     """Rows mixing the embeddings of classes a and b, (F, num_classes + 1); the last column is "no class"."""
     w = torch.tensor(where, dtype=torch.float32)[:, None]
-    return (1 - w) * F.one_hot(torch.tensor(a), num_classes + 1).float() + \
-        w * F.one_hot(torch.tensor(b), num_classes + 1).float()
+    return (1 - w) * F.one_hot(torch.tensor(a), num_classes + 1).float() + w * F.one_hot(
+        torch.tensor(b), num_classes + 1
+    ).float()
 
 
 def _shape(denoiser: Denoiser) -> tuple[int, int, int]:
@@ -73,27 +74,56 @@ def _shape(denoiser: Denoiser) -> tuple[int, int, int]:
     return int(model.in_channels), int(model.image_size), int(model.image_size)
 
 
-def _decode(denoiser: Denoiser, noise: Tensor, classes: Tensor | None, guidance: float, steps: int,
-            progress: Progress | None, done: int = 0, total: int | None = None) -> tuple[Tensor, int]:
+def _decode(
+    denoiser: Denoiser,
+    noise: Tensor,
+    classes: Tensor | None,
+    guidance: float,
+    steps: int,
+    progress: Progress | None,
+    done: int = 0,
+    total: int | None = None,
+) -> tuple[Tensor, int]:
     """Deterministic DDIM from `noise`: the same call `diffkit sample --sampler ddim --eta 0` makes."""
 
     def report(step: Step) -> None:
         if progress is not None:
             progress(done + step.index + 1, total or step.total)
 
-    out = generate(denoiser, num=len(noise), classes=classes, sampler="ddim", steps=steps, guidance=guidance,
-                   seed=0, batch_size=len(noise), noise=noise, callback=report, eta=0.0)
+    out = generate(
+        denoiser,
+        num=len(noise),
+        classes=classes,
+        sampler="ddim",
+        steps=steps,
+        guidance=guidance,
+        seed=0,
+        batch_size=len(noise),
+        noise=noise,
+        callback=report,
+        eta=0.0,
+    )
     return out.images, out.nfe
 
 
-def interpolate_classes(denoiser: Denoiser, a: int, b: int, *, frames: int = 10, guidance: float = 1.0,
-                        steps: int = 50, seed: int = 0, progress: Progress | None = None) -> Interpolation:
+def interpolate_classes(
+    denoiser: Denoiser,
+    a: int,
+    b: int,
+    *,
+    frames: int = 10,
+    guidance: float = 1.0,
+    steps: int = 50,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> Interpolation:
     """Fixed start noise (image 0 of `seed`), class embedding moving from class a to class b."""
     require_images_input(denoiser)
     k = denoiser.num_classes
     if k == 0:
-        raise DiffkitError("--classes needs a class-conditional model and this one is unconditional: "
-                           "use --seeds or --images")
+        raise DiffkitError(
+            "--classes needs a class-conditional model and this one is unconditional: use --seeds or --images"
+        )
     for c in (a, b):
         if not 0 <= c < k:
             raise DiffkitError(f"class {c} is out of range: this model knows classes 0 to {k - 1}")
@@ -103,9 +133,17 @@ def interpolate_classes(denoiser: Denoiser, a: int, b: int, *, frames: int = 10,
     return Interpolation(images, where, nfe, time.perf_counter() - start)
 
 
-def interpolate_seeds(denoiser: Denoiser, seed_a: int, seed_b: int, *, frames: int = 10,
-                      class_id: int | None = None, guidance: float = 1.0, steps: int = 50,
-                      progress: Progress | None = None) -> Interpolation:
+def interpolate_seeds(
+    denoiser: Denoiser,
+    seed_a: int,
+    seed_b: int,
+    *,
+    frames: int = 10,
+    class_id: int | None = None,
+    guidance: float = 1.0,
+    steps: int = 50,
+    progress: Progress | None = None,
+) -> Interpolation:
     """Slerp between the start noises of two seeds (image 0 of each); one class or unconditional."""
     require_images_input(denoiser)
     if class_id is not None and not 0 <= class_id < denoiser.num_classes:
@@ -121,8 +159,14 @@ def interpolate_seeds(denoiser: Denoiser, seed_a: int, seed_b: int, *, frames: i
 
 
 @torch.no_grad()
-def ddim_invert(denoise: DenoiseFn, images: Tensor, schedule: NoiseSchedule, steps: int,
-                spacing: str = "leading", progress: Progress | None = None) -> Tensor:
+def ddim_invert(
+    denoise: DenoiseFn,
+    images: Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    spacing: str = "leading",
+    progress: Progress | None = None,
+) -> Tensor:
     """The start noise x_T that deterministic DDIM (same steps and spacing) maps back to about `images`.
 
     Each step runs DDIM's update from t' to the next noisier t, with ε̂ taken at the current, less
@@ -144,8 +188,15 @@ def ddim_invert(denoise: DenoiseFn, images: Tensor, schedule: NoiseSchedule, ste
     return x
 
 
-def interpolate_images(denoiser: Denoiser, image_a: Tensor, image_b: Tensor, *, frames: int = 10,
-                       steps: int = 50, progress: Progress | None = None) -> Interpolation:
+def interpolate_images(
+    denoiser: Denoiser,
+    image_a: Tensor,
+    image_b: Tensor,
+    *,
+    frames: int = 10,
+    steps: int = 50,
+    progress: Progress | None = None,
+) -> Interpolation:
     """Invert both images (1, C, H, W) with the unconditional model, slerp the latents, decode."""
     require_images_input(denoiser)
     where, start = positions(frames), time.perf_counter()

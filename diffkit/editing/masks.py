@@ -32,17 +32,19 @@ def _center(size: int, _: torch.Generator) -> Tensor:
     hole = torch.zeros(size, size, dtype=torch.bool)
     side = size // 2
     lo = (size - side) // 2
-    hole[lo:lo + side, lo:lo + side] = True
+    hole[lo : lo + side, lo : lo + side] = True
     return hole
 
 
 def _box(size: int, g: torch.Generator) -> Tensor:
     lo_side, hi_side = max(1, size // 4), max(1, size // 2)
     h, w = (int(torch.randint(lo_side, hi_side + 1, (1,), generator=g)) for _ in range(2))
-    top, left = int(torch.randint(0, size - h + 1, (1,), generator=g)), int(torch.randint(0, size - w + 1, (1,),
-                                                                                           generator=g))
+    top, left = (
+        int(torch.randint(0, size - h + 1, (1,), generator=g)),
+        int(torch.randint(0, size - w + 1, (1,), generator=g)),
+    )
     hole = torch.zeros(size, size, dtype=torch.bool)
-    hole[top:top + h, left:left + w] = True
+    hole[top : top + h, left : left + w] = True
     return hole
 
 
@@ -50,8 +52,12 @@ def _half(side: str) -> Holes:
     def holes(size: int, _: torch.Generator) -> Tensor:
         hole = torch.zeros(size, size, dtype=torch.bool)
         half = size // 2
-        region = {"left": (slice(None), slice(0, half)), "right": (slice(None), slice(size - half, size)),
-                  "top": (slice(0, half), slice(None)), "bottom": (slice(size - half, size), slice(None))}[side]
+        region = {
+            "left": (slice(None), slice(0, half)),
+            "right": (slice(None), slice(size - half, size)),
+            "top": (slice(0, half), slice(None)),
+            "bottom": (slice(size - half, size), slice(None)),
+        }[side]
         hole[region] = True
         return hole
 
@@ -60,8 +66,9 @@ def _half(side: str) -> Holes:
 
 def _brush(size: int, g: torch.Generator) -> Tensor:
     """1-3 strokes, each a polyline of 2-4 segments drawn with a round brush (as in LaMa-style masks)."""
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     hole = torch.zeros(size, size, dtype=torch.bool)
 
     def rand(lo: float, hi: float) -> float:
@@ -87,15 +94,23 @@ def _segment_distance(yy: Tensor, xx: Tensor, a: tuple[float, float], b: tuple[f
     return ((yy - a[0] - u * dy) ** 2 + (xx - a[1] - u * dx) ** 2).sqrt()
 
 
-HOLES: dict[str, Holes] = {"center": _center, "box": _box, "left": _half("left"), "right": _half("right"),
-                           "top": _half("top"), "bottom": _half("bottom"), "brush": _brush}
+HOLES: dict[str, Holes] = {
+    "center": _center,
+    "box": _box,
+    "left": _half("left"),
+    "right": _half("right"),
+    "top": _half("top"),
+    "bottom": _half("bottom"),
+    "brush": _brush,
+}
 
 
 def make_masks(kind: str, n: int, size: int, seed: int = 0) -> Tensor:
     """`n` masks of a named kind; mask i depends only on (kind, seed, i)."""
     if kind not in HOLES:
-        raise DiffkitError(f"unknown mask {kind!r}: choose one of {', '.join(HOLES)}, or give a PNG file "
-                           "(white = keep, black = hole)")
+        raise DiffkitError(
+            f"unknown mask {kind!r}: choose one of {', '.join(HOLES)}, or give a PNG file (white = keep, black = hole)"
+        )
     g = torch.Generator()
     masks = torch.empty(n, 1, size, size)
     for i in range(n):
@@ -115,11 +130,14 @@ def read_mask(path: str | Path, size: int) -> Tensor:
         with Image.open(path) as img:
             arr = np.asarray(img.convert("L"))
     except (UnidentifiedImageError, OSError):
-        raise DiffkitError(f"mask {path} is not an image file diffkit can read: give a PNG "
-                           "(white = keep, black = hole)") from None
+        raise DiffkitError(
+            f"mask {path} is not an image file diffkit can read: give a PNG (white = keep, black = hole)"
+        ) from None
     if arr.shape != (size, size):
-        raise DiffkitError(f"mask {path} is {arr.shape[1]}x{arr.shape[0]} but the model's images are "
-                           f"{size}x{size}: give a {size}x{size} mask (white = keep, black = hole)")
+        raise DiffkitError(
+            f"mask {path} is {arr.shape[1]}x{arr.shape[0]} but the model's images are "
+            f"{size}x{size}: give a {size}x{size} mask (white = keep, black = hole)"
+        )
     return torch.from_numpy(arr >= 128).float().reshape(1, 1, size, size)
 
 
@@ -138,8 +156,10 @@ def check_mask(mask: Tensor, images: Tensor) -> Tensor:
     """A library caller's mask, broadcast to the images' batch: (N or 1, 1, H, W) of 0s and 1s."""
     n, _, h, w = images.shape
     if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[-2:] != (h, w) or mask.shape[0] not in (1, n):
-        raise DiffkitError(f"mask of shape {tuple(mask.shape)} does not fit images {tuple(images.shape)}: "
-                           f"give (N or 1, 1, {h}, {w}) with 1 = keep, 0 = hole")
+        raise DiffkitError(
+            f"mask of shape {tuple(mask.shape)} does not fit images {tuple(images.shape)}: "
+            f"give (N or 1, 1, {h}, {w}) with 1 = keep, 0 = hole"
+        )
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise DiffkitError("mask values must be 0 (hole) or 1 (keep): threshold it first")
     return mask.expand(n, -1, -1, -1).to(images)

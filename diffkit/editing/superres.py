@@ -56,11 +56,14 @@ def require_superres(settings: Settings, root: Path | str, scale: int) -> None:
     """A run trained for super-resolution at `scale`, or a one-line error saying what to use instead."""
     m = settings.model
     if m.task != "super-res" or not m.cond_channels:
-        raise DiffkitError(f"run {root} is an image generator (model.task = {m.task}), not a super-resolution "
-                           "model: train one with `diffkit train --preset mnist-sr` and pass --run runs/mnist-sr")
+        raise DiffkitError(
+            f"run {root} is an image generator (model.task = {m.task}), not a super-resolution "
+            "model: train one with `diffkit train --preset mnist-sr` and pass --run runs/mnist-sr"
+        )
     if scale not in m.sr_scales:
-        raise DiffkitError(f"--scale {scale} was not trained in run {root}: use one of "
-                           f"{', '.join(map(str, m.sr_scales))}")
+        raise DiffkitError(
+            f"--scale {scale} was not trained in run {root}: use one of {', '.join(map(str, m.sr_scales))}"
+        )
 
 
 @dataclass
@@ -72,26 +75,50 @@ class SuperResolved:
     seconds: float
 
 
-def super_resolve(denoiser: Denoiser, low: Tensor, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
-                  batch_size: int = 250, progress: Progress | None = None, **options: Any) -> SuperResolved:
+def super_resolve(
+    denoiser: Denoiser,
+    low: Tensor,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    seed: int = 0,
+    batch_size: int = 250,
+    progress: Progress | None = None,
+    **options: Any,
+) -> SuperResolved:
     """Upsample low-resolution images (N, C, h, w) to the model's size with the conditional model."""
     model: Any = denoiser.model
     size = int(model.image_size)
     if not getattr(model, "cond_channels", 0):
-        raise DiffkitError("this model has no conditioning channels, so it cannot do super-resolution: "
-                           "use a run trained with --preset mnist-sr")
+        raise DiffkitError(
+            "this model has no conditioning channels, so it cannot do super-resolution: "
+            "use a run trained with --preset mnist-sr"
+        )
     if low.shape[1] != model.in_channels or low.shape[-1] > size or size % low.shape[-1]:
-        raise DiffkitError(f"low-resolution images of shape {tuple(low.shape[1:])} do not fit the model "
-                           f"({model.in_channels} channel(s), {size}x{size}): give a size that divides {size}")
+        raise DiffkitError(
+            f"low-resolution images of shape {tuple(low.shape[1:])} do not fit the model "
+            f"({model.in_channels} channel(s), {size}x{size}): give a size that divides {size}"
+        )
     start = time.perf_counter()
     bicubic = upsample(low.float().cpu(), size)
-    out = generate(replace(denoiser, cond=bicubic), num=len(low), classes=None, sampler=sampler, steps=steps,
-                   guidance=1.0, seed=seed, batch_size=batch_size, progress=progress, **options)
+    out = generate(
+        replace(denoiser, cond=bicubic),
+        num=len(low),
+        classes=None,
+        sampler=sampler,
+        steps=steps,
+        guidance=1.0,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        **options,
+    )
     return SuperResolved(out.images, bicubic, low.cpu(), out.nfe, time.perf_counter() - start)
 
 
-def read_superres_input(path: str | Path, *, image_size: int, channels: int, scale: int
-                        ) -> tuple[Tensor | None, Tensor, str | None]:
+def read_superres_input(
+    path: str | Path, *, image_size: int, channels: int, scale: int
+) -> tuple[Tensor | None, Tensor, str | None]:
     """An image file as (ground truth or None, low-resolution image, conversion note).
 
     A file of the model's full size is ground truth and is degraded by `scale`; any other size is the

@@ -27,8 +27,15 @@ def _conv(in_ch: int, out_ch: int) -> nn.Sequential:
 class SmallClassifier(nn.Module):
     """Logits for images in [-1, 1], shape (N, channels, image_size, image_size)."""
 
-    def __init__(self, channels: int = 1, image_size: int = 28, num_classes: int = 10, width: int = 16,
-                 feature_dim: int = 128, dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        channels: int = 1,
+        image_size: int = 28,
+        num_classes: int = 10,
+        width: int = 16,
+        feature_dim: int = 128,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         self.channels, self.image_size, self.num_classes = channels, image_size, num_classes
         self.body = nn.Sequential(
@@ -84,8 +91,9 @@ def deterministic(seed: int) -> Iterator[None]:
             torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def augment(x: Tensor, generator: torch.Generator, degrees: float = 10.0, scale: float = 0.1,
-            shift_px: float = 2.0) -> Tensor:
+def augment(
+    x: Tensor, generator: torch.Generator, degrees: float = 10.0, scale: float = 0.1, shift_px: float = 2.0
+) -> Tensor:
     """Small random rotations, scalings and shifts of [-1, 1] images; uncovered pixels become -1 (black)."""
     n, size = x.shape[0], x.shape[-1]
     uniform = torch.rand(n, 4, generator=generator) * 2 - 1
@@ -98,8 +106,17 @@ def augment(x: Tensor, generator: torch.Generator, degrees: float = 10.0, scale:
     return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1  # zero padding = black
 
 
-def train_classifier(images: Tensor, labels: Tensor, *, num_classes: int, epochs: int, seed: int = 0,
-                     batch_size: int = 100, lr: float = 5e-3, progress: Progress | None = None) -> SmallClassifier:
+def train_classifier(
+    images: Tensor,
+    labels: Tensor,
+    *,
+    num_classes: int,
+    epochs: int,
+    seed: int = 0,
+    batch_size: int = 100,
+    lr: float = 5e-3,
+    progress: Progress | None = None,
+) -> SmallClassifier:
     """Train a SmallClassifier on float [-1, 1] images; the same seed gives bit-identical weights.
 
     Data order and augmentation come from one seeded generator in this process (no loader workers),
@@ -118,7 +135,7 @@ def train_classifier(images: Tensor, labels: Tensor, *, num_classes: int, epochs
         for epoch in range(epochs):
             order = torch.randperm(n, generator=generator)
             for step in range(steps_per_epoch):
-                idx = order[step * batch_size:(step + 1) * batch_size]
+                idx = order[step * batch_size : (step + 1) * batch_size]
                 loss = F.cross_entropy(model(augment(images[idx], generator)), labels[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

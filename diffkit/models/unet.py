@@ -119,8 +119,9 @@ class UNet(nn.Module):
         for level, mult in enumerate(channel_mults):
             for _ in range(num_res_blocks):
                 out = base_channels * mult
-                self.down.append(self._block(ch, out, emb_dim, dropout, norm_groups, size, attention_resolutions,
-                                             attention_heads))
+                self.down.append(
+                    self._block(ch, out, emb_dim, dropout, norm_groups, size, attention_resolutions, attention_heads)
+                )
                 ch = out
                 skip_channels.append(ch)
             if level < len(channel_mults) - 1:
@@ -135,18 +136,37 @@ class UNet(nn.Module):
         for level, mult in reversed(list(enumerate(channel_mults))):
             for _ in range(num_res_blocks + 1):
                 out = base_channels * mult
-                self.up.append(self._block(ch + skip_channels.pop(), out, emb_dim, dropout, norm_groups, size,
-                                           attention_resolutions, attention_heads))
+                self.up.append(
+                    self._block(
+                        ch + skip_channels.pop(),
+                        out,
+                        emb_dim,
+                        dropout,
+                        norm_groups,
+                        size,
+                        attention_resolutions,
+                        attention_heads,
+                    )
+                )
                 ch = out
             if level > 0:
                 self.up.append(Upsample(ch))
                 size = size * 2
-        self.out = nn.Sequential(nn.GroupNorm(norm_groups, ch), nn.SiLU(),
-                                 zero_init(nn.Conv2d(ch, in_channels, 3, padding=1)))
+        self.out = nn.Sequential(
+            nn.GroupNorm(norm_groups, ch), nn.SiLU(), zero_init(nn.Conv2d(ch, in_channels, 3, padding=1))
+        )
 
     @staticmethod
-    def _block(in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int, size: int,
-               attention_resolutions: tuple[int, ...] | list[int], heads: int) -> nn.Module:
+    def _block(
+        in_ch: int,
+        out_ch: int,
+        emb_dim: int,
+        dropout: float,
+        groups: int,
+        size: int,
+        attention_resolutions: tuple[int, ...] | list[int],
+        heads: int,
+    ) -> nn.Module:
         res = ResBlock(in_ch, out_ch, emb_dim, dropout, groups)
         if size in attention_resolutions:
             return nn.ModuleList([res, AttentionBlock(out_ch, heads, groups)])
