@@ -129,6 +129,7 @@ class TrainSettings(_Group):
     seed: int = 0
     log_every: int = Field(25, ge=1)
     sample_every_epochs: int = Field(1, ge=0)  # 0: only at the end
+    grid_steps: int = Field(25, ge=1, le=100_000)  # sampler steps for those grids (cheaper than sample.steps)
     checkpoint_every_steps: int | None = Field(None, ge=1)  # periodic checkpoints besides last / best
     threads: int | None = Field(None, ge=1, le=512)  # torch intra-op threads; unset = torch's default
     fid_every_epochs: int = Field(0, ge=0)  # small-sample FID of EMA samples into metrics.jsonl; 0: off

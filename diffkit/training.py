@@ -273,7 +273,7 @@ class Trainer:
             num=num,
             classes=classes,
             sampler=s.sampler,
-            steps=min(s.steps, self.schedule.timesteps),
+            steps=min(self.settings.train.grid_steps, self.schedule.timesteps),
             guidance=s.cfg if self.num_classes else 1.0,
             seed=s.seed,
             batch_size=s.batch_size,
@@ -292,7 +292,7 @@ class Trainer:
                 denoiser,
                 degrade(images, scale),
                 sampler=s.sampler,
-                steps=min(s.steps, self.schedule.timesteps),
+                steps=min(self.settings.train.grid_steps, self.schedule.timesteps),
                 seed=s.seed,
                 batch_size=s.batch_size,
             )
