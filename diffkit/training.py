@@ -316,6 +316,7 @@ class Trainer:
                 "train_images": len(self.train_set),
                 "val_images": len(self.val_set),
                 "steps_per_epoch": self.steps_per_epoch,
+                "batch_size": self.batch_size,
                 "device": str(self.device),
                 "classes": self.num_classes,
             },

@@ -19,6 +19,7 @@ class RichHooks(TrainHooks):
         self.bar = progress_bar(
             TextColumn("loss {task.fields[loss]:.4f}"),
             TextColumn("lr {task.fields[lr]:.2e}"),
+            TextColumn("{task.fields[its]:.2f} it/s"),
             TextColumn("{task.fields[ips]:.0f} img/s"),
         )
         self.task: Any = None
@@ -32,10 +33,13 @@ class RichHooks(TrainHooks):
         if start_step:
             console.print(f"resuming at step {start_step:,} of {total_steps:,}")
         self.bar.start()
-        self.task = self.bar.add_task("training", total=total_steps, completed=start_step, loss=0.0, lr=0.0, ips=0.0)
+        self.task = self.bar.add_task(
+            "training", total=total_steps, completed=start_step, loss=0.0, lr=0.0, ips=0.0, its=0.0
+        )
+        self.batch = max(1, info.get("batch_size", 1))
 
     def step(self, step: int, loss: float, lr: float, images_per_s: float) -> None:
-        self.bar.update(self.task, completed=step, loss=loss, lr=lr, ips=images_per_s)
+        self.bar.update(self.task, completed=step, loss=loss, lr=lr, ips=images_per_s, its=images_per_s / self.batch)
 
     def epoch(self, epoch: int, step: int, val_loss: float | None, grid: str | None) -> None:
         val = f"val loss {val_loss:.4f}" if val_loss is not None else "no validation split"
