@@ -8,6 +8,7 @@ classifier-free guidance and clipping never leak into them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffkit.precision import PrecisionChoice
 from diffkit.schedules import NoiseSchedule
 
 Objective = Literal["eps", "x0", "v"]
@@ -100,6 +102,7 @@ class Denoiser:
     clipping: Clipping = "none"
     rescale_phi: float = 0.0
     cond: Tensor | None = None  # extra input channels (super-resolution), one per batch item
+    precision: PrecisionChoice | None = None  # bf16 autocast for the network when chosen; maths stays fp32
 
     @torch.no_grad()
     def __call__(self, x_t: Tensor, t: Tensor, classes: Tensor | None = None, guidance: float = 1.0) -> Prediction:
@@ -135,9 +138,10 @@ class Denoiser:
         cond = self.cond
         if cond is not None and repeat_cond:
             cond = torch.cat([cond, cond])
-        if cond is not None:
-            return self.model(x, t, labels if self.num_classes else None, cond=cond)
-        return self.model(x, t, labels if self.num_classes else None)
+        extra = {"cond": cond} if cond is not None else {}
+        with self.precision.autocast(x.device) if self.precision else contextlib.nullcontext():
+            out = self.model(x, t, labels if self.num_classes else None, **extra)
+        return out.float()  # guidance and the objective algebra in fp32
 
     def conditioned(self, classes: Tensor | None = None, guidance: float = 1.0) -> DenoiseFn:
         """Fix classes and guidance: the (x_t, t) -> Prediction function that samplers take."""

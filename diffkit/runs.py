@@ -2,6 +2,7 @@
 
 runs/<name>/
   config.toml                    resolved settings (rebuilds the exact model and schedule)
+  plan.json                      what this machine chose: precision and why; with a time budget, the steps
   metrics.jsonl                  one JSON object per log line / validation
   curves.png                     training and validation loss, learning rate
   samples/epoch_0001.png ...     a grid per epoch
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch import nn
 from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.models import UNet
+from diffkit.precision import PrecisionChoice, choose_precision
 from diffkit.schedules import NoiseSchedule
 from diffkit.settings import Settings, load_saved_settings, save_settings
 
@@ -43,6 +45,10 @@ class RunPaths:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.json"
 
     @property
     def curves(self) -> Path:
@@ -231,12 +237,23 @@ class LoadedRun:
     checkpoint: Path
     meta: dict[str, Any]
     device: torch.device
+    _precision: PrecisionChoice | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
         return self.settings.model.num_classes or 0
 
+    @property
+    def precision(self) -> PrecisionChoice:
+        """sample.precision for this network here ("auto": timed once, then cached)."""
+        if self._precision is None:
+            self._precision = choose_precision(
+                self.settings.sample.precision, self.model, mode="sample", device=self.device
+            )
+        return self._precision
+
     def denoiser(self, **options: Any) -> Denoiser:
+        options.setdefault("precision", self.precision)
         return make_denoiser(self.settings, self.model, self.schedule, **options)
 
 

@@ -125,7 +125,9 @@ class TrainSettings(_Group):
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
     ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step))
     p_uncond: float = Field(0.1, ge=0.0, le=1.0)  # label dropout that teaches the unconditional model
-    bf16: bool = False  # bfloat16 autocast for the forward pass
+    # bf16 autocast or fp32; "auto" times both on this machine for this network (diffkit.precision)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    max_minutes: float | None = Field(None, gt=0.0, le=100_000.0)  # plan the run's length by the clock
     seed: int = 0
     log_every: int = Field(25, ge=1)
     sample_every_epochs: int = Field(1, ge=0)  # 0: only at the end
@@ -135,10 +137,24 @@ class TrainSettings(_Group):
     fid_every_epochs: int = Field(0, ge=0)  # small-sample FID of EMA samples into metrics.jsonl; 0: off
     fid_samples: int = Field(500, ge=2, le=100_000)  # images per such FID (it is biased upwards at small counts)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate_bf16(cls, data: Any) -> Any:
+        """Configs saved before train.precision said `bf16 = true|false`: read them as the same choice."""
+        if isinstance(data, dict) and "bf16" in data:
+            if "precision" in data:
+                raise ValueError("train.bf16 was replaced by train.precision: give only precision")
+            data = dict(data)
+            old = data.pop("bf16")
+            if not isinstance(old, bool):
+                raise ValueError("train.bf16 was replaced by train.precision = auto | fp32 | bf16")
+            data["precision"] = "bf16" if old else "fp32"
+        return data
+
     @model_validator(mode="after")
     def _length_given(self) -> TrainSettings:
-        if self.epochs is None and self.max_steps is None:
-            raise ValueError("set train.epochs or train.max_steps")
+        if self.epochs is None and self.max_steps is None and self.max_minutes is None:
+            raise ValueError("set train.epochs, train.max_steps or train.max_minutes")
         return self
 
 
@@ -157,6 +173,7 @@ class SampleSettings(_Group):
     # clip x̂0 to [-1, 1] at every step (as diffusers' and lucidrains' samplers do): without it, early
     # high-noise ε-predictions leave speckle in the background; "dynamic" is Imagen's thresholding
     clipping: Literal["none", "clip", "dynamic"] = "clip"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # as train.precision, timed for inference
 
 
 class Settings(BaseSettings):

@@ -1,8 +1,10 @@
-"""The training loop: AdamW, warm-up + cosine LR, gradient clipping, EMA, bf16 autocast, validation.
+"""The training loop: AdamW, warm-up + cosine LR, gradient clipping, EMA, measured precision, validation.
 
 Resuming is exact: the run's data order is a pure function of (seed, epoch), and the state saved
 with `last` holds the model, EMA, optimiser, LR schedule, both random generators and the step, so
-an interrupted run continues with the same losses as an uninterrupted one.
+an interrupted run continues with the same losses as an uninterrupted one. A run with a time budget
+(`train.max_minutes`) measures its speed over its first seconds and then fixes its length once
+(`plan.json`), so the LR schedule ends with the budget and a resumed run follows the same plan.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffkit.atomic import write_json
 from diffkit.data import ImageSet, load_images, train_val_split
 from diffkit.denoiser import min_snr_weight, training_target
 from diffkit.editing.superres import degrade, random_condition, super_resolve
 from diffkit.errors import DiffkitError
 from diffkit.generation import class_layout, generate
 from diffkit.models import count_parameters
+from diffkit.precision import FP32, PrecisionChoice, choose_precision, cpu_kind, machine_description
 from diffkit.runs import (
     RunPaths,
     build_model,
@@ -52,6 +56,8 @@ class TrainHooks:
 
     def epoch(self, epoch: int, step: int, val_loss: float | None, grid: str | None) -> None: ...
 
+    def plan(self, plan: ClockPlan) -> None: ...
+
 
 class TrainingInterrupted(Exception):
     def __init__(self, step: int) -> None:
@@ -68,6 +74,45 @@ class TrainResult:
     images_per_s: float
     seconds: float
     losses: list[float] = field(default_factory=list)  # every step's training loss, for checks
+
+
+@dataclass
+class ClockPlan:
+    """How a time-budgeted run fixed its length: measured seconds per step and the reserve for the rest."""
+
+    budget_s: float
+    planned_steps: int
+    planned_at_step: int
+    step_s: float
+    epoch_end_s: float  # validation, checkpoint and curves at each epoch end (grids amortised)
+    final_s: float  # the last epoch end and its grid
+    elapsed_s: float  # spent when the plan was made, start-up included
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+def plan_steps(
+    *,
+    budget_s: float,
+    elapsed_s: float,
+    step: int,
+    step_s: float,
+    epoch_end_s: float,
+    steps_per_epoch: int,
+    final_s: float,
+    cap: int | None,
+    margin: float = 0.97,
+) -> int:
+    """The total number of steps that ends the run, final epoch end included, within `margin` of the budget.
+
+    Each remaining step costs `step_s` plus its share of an epoch end; the final epoch end (grid
+    included) is reserved up front. Never fewer than `step` (already done), never more than `cap`.
+    """
+    per_step = step_s + epoch_end_s / max(1, steps_per_epoch)
+    left = budget_s * margin - elapsed_s - final_s
+    total = step + max(0, math.floor(left / per_step))
+    return min(total, cap) if cap is not None else total
 
 
 def resolve_data(settings: Settings) -> ImageSet:
@@ -135,9 +180,22 @@ def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
 
 
 class Trainer:
-    def __init__(self, settings: Settings, paths: RunPaths, hooks: TrainHooks | None = None) -> None:
-        """Load data and build everything; writes nothing (see `diffkit.runs.create_run_dir`)."""
+    def __init__(
+        self,
+        settings: Settings,
+        paths: RunPaths,
+        hooks: TrainHooks | None = None,
+        *,
+        clock_start: float | None = None,
+    ) -> None:
+        """Load data and build everything; writes nothing (see `diffkit.runs.create_run_dir`).
+
+        `clock_start` (a `time.perf_counter()` value) is when the time budget began: `train_run` passes
+        its own start, so loading and probing count against `train.max_minutes` too.
+        """
         self.settings, self.paths, self.hooks = settings, paths, hooks or TrainHooks()
+        self.clock_start = time.perf_counter() if clock_start is None else clock_start
+        self.spent_before = 0.0  # training seconds of earlier sessions of this run (resume)
         t = settings.train
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -148,7 +206,11 @@ class Trainer:
             raise DiffkitError("no training images left after the validation split: lower data.val_fraction")
         self.batch_size = min(t.batch_size, len(self.train_set))
         self.steps_per_epoch = max(1, len(self.train_set) // self.batch_size)
-        self.total_steps = t.max_steps or (t.epochs or 1) * self.steps_per_epoch
+        # with a budget, max_steps / epochs only cap the length that the clock plan will fix
+        self.step_cap = t.max_steps or (t.epochs * self.steps_per_epoch if t.epochs else None)
+        self.total_steps = self.step_cap or 10**9
+        self.clock_plan: ClockPlan | None = None
+        self.precision: PrecisionChoice = FP32  # set by choose_precision() or resume()
         self.num_classes = settings.model.num_classes or 0
 
         torch.manual_seed(t.seed)
@@ -175,6 +237,36 @@ class Trainer:
     def num_parameters(self) -> int:
         return count_parameters(self.model)
 
+    @property
+    def budget_s(self) -> float | None:
+        minutes = self.settings.train.max_minutes
+        return None if minutes is None else 60.0 * minutes
+
+    def choose_precision(self) -> PrecisionChoice:
+        """train.precision, with "auto" timed on this machine (cached), then saved in plan.json."""
+        self.precision = choose_precision(
+            self.settings.train.precision,
+            self.model,
+            mode="train",
+            device=self.device,
+            batch=min(self.batch_size, 32),
+        )
+        self._write_plan()
+        return self.precision
+
+    def _write_plan(self) -> None:
+        """plan.json: what this machine chose for the run (precision and, with a budget, the length)."""
+        record: dict[str, Any] = {
+            "cpu_kind": cpu_kind(),
+            "machine": machine_description(),
+            "precision": self.precision.to_dict(),
+            "total_steps": None if self.total_steps >= 10**9 else self.total_steps,
+        }
+        if self.budget_s is not None:
+            record["budget_minutes"] = self.settings.train.max_minutes
+            record["clock"] = self.clock_plan.to_dict() if self.clock_plan else None
+        write_json(self.paths.plan, record)
+
     # --- state -----------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         return {
@@ -184,6 +276,10 @@ class Trainer:
             "lr_schedule": self.lr_sched.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "gen_rng": self.gen.get_state(),
+            "total_steps": self.total_steps,
+            "planned": self.clock_plan is not None,
+            "precision": self.precision.name,
+            "train_seconds": self.spent_before + (time.perf_counter() - self.clock_start),
         }
 
     def resume(self) -> None:
@@ -201,6 +297,17 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.gen.set_state(state["gen_rng"])
         self.step, self.best_val = int(state["step"]), float(state["best_val"])
+        self.spent_before = float(state.get("train_seconds", 0.0))
+        plan = _read_plan(self.paths.plan)
+        if "precision" in plan:  # the format the run was trained in, not a fresh probe: resume stays exact
+            self.precision = PrecisionChoice.from_dict(plan["precision"])
+        elif "precision" in state:
+            self.precision = PrecisionChoice(state["precision"], "as saved in the run")
+        else:
+            self.choose_precision()
+        if state.get("planned") and isinstance(plan.get("clock"), dict):
+            self.clock_plan = ClockPlan(**plan["clock"])
+            self.total_steps = int(state["total_steps"])
 
     def _save(self, name: str, with_state: bool, val_loss: float | None = None) -> None:
         meta = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "val_loss": val_loss}
@@ -233,7 +340,7 @@ class Trainer:
         ab = gather(self.alpha_bar, t, x0)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         cond = self._sr_condition(x0, gen)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.train.bf16):
+        with self.precision.autocast(self.device):
             out = model(x_t, t, classes) if cond is None else model(x_t, t, classes, cond=cond)
         per_sample = F.mse_loss(out.float(), training_target(d.objective, x0, noise, ab), reduction="none")
         per_sample = per_sample.mean(dim=(1, 2, 3))
@@ -267,7 +374,7 @@ class Trainer:
         s = self.settings.sample
         per_class = 8
         classes, num = class_layout(self.num_classes, None, per_class if self.num_classes else 64)
-        denoiser = make_denoiser(self.settings, self.ema, self.schedule)
+        denoiser = make_denoiser(self.settings, self.ema, self.schedule, precision=self.precision)
         out = generate(
             denoiser,
             num=num,
@@ -285,7 +392,7 @@ class Trainer:
     def _draw_superres_grid(self, name: str) -> str:
         """Rows per trained scale: bicubic, then diffusion; the last row is the ground truth."""
         s, images = self.settings.sample, (self.val_set if len(self.val_set) else self.train_set).floats(slice(0, 8))
-        denoiser = make_denoiser(self.settings, self.ema, self.schedule)
+        denoiser = make_denoiser(self.settings, self.ema, self.schedule, precision=self.precision)
         rows = []
         for scale in self.settings.model.sr_scales:
             out = super_resolve(
@@ -307,7 +414,6 @@ class Trainer:
 
     def train(self, stop_after: int | None = None) -> TrainResult:
         t = self.settings.train
-        end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
         self.hooks.start(
             self.total_steps,
             self.step,
@@ -319,14 +425,21 @@ class Trainer:
                 "batch_size": self.batch_size,
                 "device": str(self.device),
                 "classes": self.num_classes,
+                "precision": self.precision.summary(),
+                "cpu": cpu_kind() if self.device.type == "cpu" else str(self.device),
+                "budget_minutes": t.max_minutes,
             },
         )
         self.model.train()
         losses: list[float] = []
         window, window_start, seen, run_start = [], time.perf_counter(), 0, time.perf_counter()
         images_per_s = 0.0
+        clock = _ClockWatch() if self.budget_s is not None and self.clock_plan is None else None
         try:
-            while self.step < end:
+            while self.step < min(self.total_steps, stop_after or self.total_steps):
+                if self._out_of_time():
+                    break
+                step_start = time.perf_counter()
                 x0, labels = self._batch(self.step)
                 loss = self.loss(self.model, x0, labels, self.gen, t.p_uncond)
                 self.opt.zero_grad(set_to_none=True)
@@ -339,9 +452,12 @@ class Trainer:
                 ema_update(self.ema, self.model, ema_decay_at(self.step, t.ema_decay, t.ema_warmup))
                 self.step += 1
                 value = loss.item()
+                if clock is not None:
+                    clock.add(time.perf_counter() - step_start)
                 losses.append(value)
                 window.append(value)
                 seen += x0.shape[0]
+                end = min(self.total_steps, stop_after or self.total_steps)
                 if self.step % t.log_every == 0 or self.step == end:
                     elapsed = time.perf_counter() - window_start
                     images_per_s = seen / max(elapsed, 1e-9)
@@ -356,6 +472,9 @@ class Trainer:
                     )
                     window, window_start, seen = [], time.perf_counter(), 0
                 self.hooks.step(self.step, value, lr, images_per_s)
+                if clock is not None and clock.ready(self.budget_s or 0.0):
+                    self._make_plan(clock.step_s)
+                    clock = None
                 if t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0:
                     self._save(f"step_{self.step:06d}", with_state=False)
                 if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
@@ -375,6 +494,68 @@ class Trainer:
             losses,
         )
 
+    # --- the clock -------------------------------------------------------------------------------
+    def elapsed_s(self) -> float:
+        """Seconds of this run's budget spent so far, earlier sessions (before a resume) included."""
+        return self.spent_before + time.perf_counter() - self.clock_start
+
+    def _out_of_time(self) -> bool:
+        """A planned run whose machine slowed down stops (resumable) rather than overrun its budget."""
+        if self.clock_plan is None or self.budget_s is None:
+            return False
+        return self.elapsed_s() + self.clock_plan.final_s + self.clock_plan.step_s > self.budget_s
+
+    @torch.no_grad()
+    def _forward_seconds_per_image(self) -> float:
+        """Inference cost of the network, for the grids and validation the plan must leave time for."""
+        n = min(self.batch_size, 64)
+        size, channels = self.settings.data.image_size, self.settings.data.channels
+        x = torch.zeros(n, channels, size, size, device=self.device)
+        steps = torch.zeros(n, dtype=torch.long, device=self.device)
+        classes = torch.zeros(n, dtype=torch.long, device=self.device) if self.num_classes else None
+        extra = {"cond": x} if self.settings.model.cond_channels else {}
+        best = math.inf
+        for _ in range(2):
+            start = time.perf_counter()
+            with self.precision.autocast(self.device):
+                self.ema(x, steps, classes, **extra)
+            best = min(best, time.perf_counter() - start)
+        return best / n
+
+    def _make_plan(self, step_s: float) -> None:
+        """Fix total_steps so that the rest of the run, its last epoch end and grid fit the budget."""
+        t, s = self.settings.train, self.settings.sample
+        per_image = self._forward_seconds_per_image()
+        guided = 2 if self.num_classes and s.cfg not in (0.0, 1.0) else 1
+        grid_images = 8 * self.num_classes if self.num_classes else 64
+        grid_s = min(t.grid_steps, self.schedule.timesteps) * grid_images * guided * per_image
+        fid_s = min(t.grid_steps, self.schedule.timesteps) * t.fid_samples * guided * per_image
+        save_s = 1.0  # checkpoint, curves.png, metrics: about a second on a laptop
+        val_s = len(self.val_set) * per_image + save_s
+        epoch_end_s = val_s
+        if t.sample_every_epochs:
+            epoch_end_s += grid_s / t.sample_every_epochs
+        if self.fid is not None:
+            epoch_end_s += fid_s / t.fid_every_epochs
+        final_s = val_s + grid_s + (fid_s if self.fid is not None else 0.0)
+        elapsed = self.elapsed_s()
+        total = plan_steps(
+            budget_s=self.budget_s or 0.0,
+            elapsed_s=elapsed,
+            step=self.step,
+            step_s=step_s,
+            epoch_end_s=epoch_end_s,
+            steps_per_epoch=self.steps_per_epoch,
+            final_s=final_s,
+            cap=self.step_cap,
+        )
+        self.total_steps = max(total, self.step)
+        self.clock_plan = ClockPlan(
+            self.budget_s or 0.0, self.total_steps, self.step, step_s, epoch_end_s, final_s, elapsed
+        )
+        self._write_plan()
+        self.hooks.plan(self.clock_plan)
+
     def _end_epoch(self) -> None:
         epoch = math.ceil(self.step / self.steps_per_epoch)
         val = self.validate()
@@ -382,7 +563,7 @@ class Trainer:
             self._log({"step": self.step, "epoch": epoch, "val_loss": val})
         fid_every = self.settings.train.fid_every_epochs
         if self.fid is not None and (epoch % fid_every == 0 or self.step == self.total_steps):
-            denoiser = make_denoiser(self.settings, self.ema, self.schedule)
+            denoiser = make_denoiser(self.settings, self.ema, self.schedule, precision=self.precision)
             self._log({"step": self.step, "epoch": epoch, **self.fid(denoiser)})
         every = self.settings.train.sample_every_epochs
         final = self.step == self.total_steps
@@ -401,6 +582,38 @@ class Trainer:
         self.hooks.epoch(epoch, self.step, val, grid)
 
 
+class _ClockWatch:
+    """Times training steps (epoch ends excluded) after a short warm-up, until there are enough to plan on."""
+
+    SKIP = 2  # the first steps build oneDNN kernels and fill caches: slower than the rest
+    MIN_STEPS = 3
+
+    def __init__(self) -> None:
+        self.skipped, self.count, self.seconds = 0, 0, 0.0
+
+    def add(self, seconds: float) -> None:
+        if self.skipped < self.SKIP:
+            self.skipped += 1
+        else:
+            self.count, self.seconds = self.count + 1, self.seconds + seconds
+
+    def ready(self, budget_s: float) -> bool:
+        # long enough to average out noise, short against the budget: 2 % of it, 3 to 20 seconds
+        return self.count >= self.MIN_STEPS and self.seconds >= min(max(0.02 * budget_s, 3.0), 20.0)
+
+    @property
+    def step_s(self) -> float:
+        return self.seconds / self.count
+
+
+def _read_plan(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def train_run(
     settings: Settings,
     run_dir: Path,
@@ -411,10 +624,12 @@ def train_run(
     stop_after: int | None = None,
 ) -> tuple[Trainer, TrainResult]:
     """What `diffkit train` does: check the run directory, load data, build, (re)start, train."""
+    clock_start = time.perf_counter()
     paths = check_run_dir(run_dir, resume=resume, force=force)
-    trainer = Trainer(settings, paths, hooks)
+    trainer = Trainer(settings, paths, hooks, clock_start=clock_start)
     if resume:
         trainer.resume()
     else:
         create_run_dir(paths, settings)
+        trainer.choose_precision()
     return trainer, trainer.train(stop_after)

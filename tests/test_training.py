@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ from torch import nn
 from diffkit.errors import DiffkitError
 from diffkit.runs import RunPaths, read_checkpoint, save_checkpoint, split_weights
 from diffkit.settings import Settings, load_settings, parse_overrides
-from diffkit.training import ema_decay_at, ema_update, lr_factor, param_groups, train_run
+from diffkit.training import ema_decay_at, ema_update, lr_factor, param_groups, plan_steps, train_run
 
 
 def tiny_settings(*extra: str) -> Settings:
@@ -125,3 +127,47 @@ def test_training_reduces_loss_and_writes_the_run(tmp_path: Path) -> None:
     lines = paths.metrics.read_text().splitlines()
     assert any('"val_loss"' in line for line in lines) and any('"images_per_s"' in line for line in lines)
     assert "num_classes = 4" in paths.config.read_text()  # settled from the dataset and saved
+
+
+def test_plan_steps_fits_the_budget_in_closed_form() -> None:
+    # 100 s budget, 10 s spent at step 20; steps cost 0.5 s, an epoch end (every 10 steps) 2 s, the end 5 s
+    args = dict(budget_s=100.0, elapsed_s=10.0, step=20, step_s=0.5, epoch_end_s=2.0, steps_per_epoch=10, final_s=5.0)
+    total = plan_steps(**args, cap=None, margin=1.0)  # type: ignore[arg-type]
+    assert total == 20 + math.floor(85 / 0.7)  # each step costs 0.5 s + 2 s / 10
+    assert 10 + (total - 20) * 0.7 + 5 <= 100 < 10 + (total - 20 + 1) * 0.7 + 5
+    assert plan_steps(**args, cap=50, margin=1.0) == 50  # type: ignore[arg-type]
+    assert plan_steps(**{**args, "elapsed_s": 99.0}, cap=None) == 20  # type: ignore[arg-type]  # nothing left
+
+
+def test_time_budget_plans_once_and_resume_follows_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import diffkit.training as training
+
+    budget = ["train.max_minutes=5", "train.max_steps=100", "train.precision=fp32"]
+    planned: list[int] = []
+
+    def fixed_plan(**kwargs: object) -> int:
+        planned.append(int(kwargs["step"]))  # type: ignore[call-overload]
+        return 12  # the clock is the one thing a test cannot repeat: fix what it decides
+
+    monkeypatch.setattr(training, "plan_steps", fixed_plan)
+    monkeypatch.setattr(training._ClockWatch, "ready", lambda self, budget_s: self.count >= 3)
+    trainer, straight = train_run(tiny_settings(*budget), tmp_path / "straight")
+    assert straight.steps == trainer.total_steps == 12 and planned == [5]  # 2 warm-up steps + 3 timed
+    plan = json.loads((tmp_path / "straight" / "plan.json").read_text())
+    assert plan["total_steps"] == 12 and plan["clock"]["planned_at_step"] == 5
+    assert plan["precision"]["name"] == "fp32" and plan["budget_minutes"] == 5
+
+    _, first = train_run(tiny_settings(*budget), tmp_path / "split", stop_after=8)
+    assert first.steps == 8 and planned == [5, 5]
+    _, second = train_run(tiny_settings(*budget), tmp_path / "split", resume=True)
+    assert planned == [5, 5]  # the resumed run kept its plan: no second measurement
+    assert second.steps == 12 and first.losses + second.losses == straight.losses
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_real_time_budget_run_ends_with_its_plan(tmp_path: Path) -> None:
+    trainer, result = train_run(tiny_settings("train.max_minutes=0.25", "train.max_steps=500"), tmp_path / "clock")
+    assert trainer.clock_plan is not None and result.steps == trainer.total_steps == trainer.clock_plan.planned_steps
+    assert trainer.clock_plan.planned_at_step < result.steps <= 500
+    assert trainer.paths.weights("last").is_file() and json.loads(trainer.paths.plan.read_text())["clock"]

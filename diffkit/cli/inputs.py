@@ -17,14 +17,16 @@ from diffkit.errors import DiffkitError
 from diffkit.runs import LoadedRun, latest_run, load_run
 
 
-def open_run(run: Path | None, checkpoint: str | None, device: str) -> LoadedRun:
-    """The run given, else the most recent one under the runs directory (saying which)."""
+def open_run(run: Path | None, checkpoint: str | None, device: str, *, use_ema: bool = True) -> LoadedRun:
+    """The run given, else the most recent one under the runs directory (saying which); prints its precision."""
     if run is None:
         from diffkit.settings import Settings
 
         run = latest_run(Path(Settings().runs_dir))
         console.print(f"using the most recent run: [bold]{run}[/bold]")
-    return load_run(run, checkpoint or "best", device=device)
+    loaded = load_run(run, checkpoint or "best", use_ema=use_ema, device=device)
+    console.print(f"precision {loaded.precision.summary()}")
+    return loaded
 
 
 def one_of(given: dict[str, object]) -> str:

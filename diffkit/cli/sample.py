@@ -23,12 +23,13 @@ from diffkit.cli.common import (
     fresh_dir,
     progress_task,
 )
+from diffkit.cli.inputs import open_run
 from diffkit.compare import Config, check_configs, with_options
 from diffkit.errors import DiffkitError
 from diffkit.export import export_samples
 from diffkit.generation import Generated, class_layout, cycled_classes, generate, grid_rows
 from diffkit.process import MAX_FRAMES, Process, record_process
-from diffkit.runs import LoadedRun, latest_run, load_run
+from diffkit.runs import LoadedRun
 from diffkit.samplers import SAMPLERS, get_sampler
 from diffkit.schedules import SPACINGS
 from diffkit.viz import save_grid, save_grid_gif, save_images
@@ -79,7 +80,7 @@ def sample(
 ) -> None:
     """Generate images from a trained run."""
     _check_flags(process=process, gif=gif, frames=frames, export_dir=export_dir, rgb=rgb, out=out)
-    loaded = _open(run, checkpoint, no_ema, device)
+    loaded = open_run(run, checkpoint, device, use_ema=not no_ema)
     s = loaded.settings.sample
     name = sampler or s.sampler
     n_steps = s.steps if steps is None else steps
@@ -136,15 +137,6 @@ def _check_flags(
         raise DiffkitError("--rgb goes with --export-dir: add --export-dir DIR or drop --rgb")
     if export_dir is not None and (process or gif or out is not None):
         raise DiffkitError("--export-dir writes only the numbered images: drop --process, --gif and --out")
-
-
-def _open(run: Path | None, checkpoint: str | None, no_ema: bool, device: str) -> LoadedRun:
-    if run is None:
-        from diffkit.settings import Settings
-
-        run = latest_run(Path(Settings().runs_dir))
-        console.print(f"using the most recent run: [bold]{run}[/bold]")
-    return load_run(run, checkpoint or "best", use_ema=not no_ema, device=device)
 
 
 def _sampler_options(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +12,7 @@ from rich.progress import TextColumn
 from diffkit.cli.common import DeviceOption, console, done, progress_bar
 from diffkit.errors import DiffkitError
 from diffkit.settings import Settings, load_saved_settings, load_settings, parse_overrides, set_nested
-from diffkit.training import TrainHooks, TrainingInterrupted, train_run
+from diffkit.training import ClockPlan, TrainHooks, TrainingInterrupted, train_run
 
 
 class RichHooks(TrainHooks):
@@ -21,25 +22,51 @@ class RichHooks(TrainHooks):
             TextColumn("lr {task.fields[lr]:.2e}"),
             TextColumn("{task.fields[its]:.2f} it/s"),
             TextColumn("{task.fields[ips]:.0f} img/s"),
+            TextColumn("{task.fields[budget]}"),
         )
         self.task: Any = None
+        self.deadline: float | None = None  # perf_counter() at which a time budget runs out
 
     def start(self, total_steps: int, start_step: int, info: dict[str, Any]) -> None:
         console.print(
             f"UNet with [bold]{info['parameters']:,}[/bold] parameters on {info['device']}; "
             f"{info['train_images']:,} training / {info['val_images']:,} validation images, "
-            f"{info['classes'] or 'no'} classes, {info['steps_per_epoch']} steps per epoch"
+            f"{info['classes'] or 'no'} classes, {info['steps_per_epoch']} steps per epoch, "
+            f"batch {info['batch_size']}"
         )
+        console.print(f"CPU: {info['cpu']}" if info["device"] == "cpu" else f"device: {info['cpu']}")
+        console.print(f"precision {info['precision']}")
+        if info.get("budget_minutes") and start_step == 0:
+            console.print(
+                f"time budget {info['budget_minutes']:g} min: the number of steps is planned after a few "
+                "seconds of timing"
+            )
         if start_step:
             console.print(f"resuming at step {start_step:,} of {total_steps:,}")
         self.bar.start()
         self.task = self.bar.add_task(
-            "training", total=total_steps, completed=start_step, loss=0.0, lr=0.0, ips=0.0, its=0.0
+            "training", total=total_steps, completed=start_step, loss=0.0, lr=0.0, ips=0.0, its=0.0, budget=""
         )
         self.batch = max(1, info.get("batch_size", 1))
 
     def step(self, step: int, loss: float, lr: float, images_per_s: float) -> None:
-        self.bar.update(self.task, completed=step, loss=loss, lr=lr, ips=images_per_s, its=images_per_s / self.batch)
+        budget = ""
+        if self.deadline is not None:
+            left = max(0, round(self.deadline - time.perf_counter()))
+            budget = f"budget left {left // 60}:{left % 60:02d}"
+        self.bar.update(
+            self.task, completed=step, loss=loss, lr=lr, ips=images_per_s, its=images_per_s / self.batch, budget=budget
+        )
+
+    def plan(self, plan: ClockPlan) -> None:
+        self.bar.update(self.task, total=plan.planned_steps)
+        left = plan.budget_s - plan.elapsed_s
+        self.deadline = time.perf_counter() + left
+        self.bar.console.print(
+            f"planned [bold]{plan.planned_steps:,}[/bold] steps at {plan.step_s:.3f} s/step to end within "
+            f"{plan.budget_s / 60:g} min ({left:.0f} s left, {plan.final_s:.0f} s kept for the final "
+            f"validation and grid)"
+        )
 
     def epoch(self, epoch: int, step: int, val_loss: float | None, grid: str | None) -> None:
         val = f"val loss {val_loss:.4f}" if val_loss is not None else "no validation split"
@@ -59,6 +86,15 @@ def train(
     ] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Train for this many steps.")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Train for this many epochs.")] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(
+            "--minutes",
+            min=0.1,
+            help="Train for this many minutes (start-up and the final grid included): the steps are planned "
+            "from the measured speed, so the LR schedule ends with the budget.",
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an existing run exactly where it stopped.")
     ] = False,
@@ -84,6 +120,16 @@ def train(
         set_nested(length, "train.epochs", epochs)
         if max_steps is None:
             set_nested(length, "train.max_steps", None)
+    if minutes is not None:
+        if resume:
+            raise DiffkitError("--minutes cannot change a resumed run: it follows the plan it made; drop --minutes")
+        set_nested(length, "train.max_minutes", minutes)
+        if max_steps is None:
+            set_nested(length, "train.max_steps", None)  # the clock decides; --max-steps would cap it
+        if epochs is None:
+            set_nested(length, "train.epochs", None)
+    elif max_steps is not None or epochs is not None:
+        set_nested(length, "train.max_minutes", None)  # an explicit length replaces a preset's budget
     settings = (
         _resume_settings(run_dir, preset, overrides, length, device)
         if resume
@@ -107,12 +153,15 @@ def train(
         f"trained {result.steps:,} of {trainer.total_steps:,} steps in {result.seconds:.0f}s "
         f"({result.images_per_s:.0f} img/s), last loss {result.final_loss:.4f}{best}"
     )
+    if trainer.budget_s is not None:
+        console.print(f"time used: {trainer.elapsed_s():.0f} s of the {trainer.budget_s:.0f} s budget")
     if result.steps < trainer.total_steps:
         console.print(f"continue with: diffkit train --run-dir {root} --resume")
     done("run", root)
     done("checkpoints", trainer.paths.checkpoints)
     done("samples", trainer.paths.samples)
     done("training curves", trainer.paths.curves)
+    done("precision and plan", trainer.paths.plan)
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
