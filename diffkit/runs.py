@@ -250,6 +250,7 @@ class LoadedRun:
             self._precision = choose_precision(
                 self.settings.sample.precision, self.model, mode="sample", device=self.device
             )
+            self._precision.prepare(self.model)
         return self._precision
 
     def denoiser(self, **options: Any) -> Denoiser:
