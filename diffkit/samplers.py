@@ -467,6 +467,46 @@ def dpmpp_2m(
 
 
 @register(
+    "euler",
+    stochastic=False,
+    summary="Euler on the probability-flow ODE, Karras sigmas (Karras et al. 2022)",
+    options=("rho",),
+)
+def euler(
+    denoise: DenoiseFn,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    rho: float = 7.0,
+) -> Tensor:
+    """First order, one call per step; `rho` bends the σ grid towards low noise."""
+    return _run_karras(denoise, x, schedule, steps, rho, callback, heun=False)
+
+
+@register(
+    "heun",
+    stochastic=False,
+    summary="Heun (2nd order) on the probability-flow ODE, Karras sigmas (Karras et al. 2022)",
+    options=("rho",),
+)
+def heun(
+    denoise: DenoiseFn,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    rho: float = 7.0,
+) -> Tensor:
+    """Second order, two calls per step except the last (Euler to σ = 0): NFE = 2 · steps - 1."""
+    return _run_karras(denoise, x, schedule, steps, rho, callback, heun=True)
+
+
+@register(
     "dpm++3m",
     stochastic=False,
     summary="DPM-Solver++(3M) (Lu et al. 2022): third-order multistep on x̂0 in log-SNR time",
@@ -506,43 +546,3 @@ def dpmpp_2m_sde(
     """Stochastic: x_t' = α_t' D + σ_t' (e^{-h} ε_D + sqrt(1 - e^{-2h}) z), D as in dpm++2m."""
     step = _exp_multistep(schedule, 2, generator=generator, sde=True)
     return _run_discrete(denoise, x, schedule, steps, spacing, callback, step)
-
-
-@register(
-    "euler",
-    stochastic=False,
-    summary="Euler on the probability-flow ODE, Karras sigmas (Karras et al. 2022)",
-    options=("rho",),
-)
-def euler(
-    denoise: DenoiseFn,
-    x: Tensor,
-    schedule: NoiseSchedule,
-    steps: int,
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    rho: float = 7.0,
-) -> Tensor:
-    """First order, one call per step; `rho` bends the σ grid towards low noise."""
-    return _run_karras(denoise, x, schedule, steps, rho, callback, heun=False)
-
-
-@register(
-    "heun",
-    stochastic=False,
-    summary="Heun (2nd order) on the probability-flow ODE, Karras sigmas (Karras et al. 2022)",
-    options=("rho",),
-)
-def heun(
-    denoise: DenoiseFn,
-    x: Tensor,
-    schedule: NoiseSchedule,
-    steps: int,
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    rho: float = 7.0,
-) -> Tensor:
-    """Second order, two calls per step except the last (Euler to σ = 0): NFE = 2 · steps - 1."""
-    return _run_karras(denoise, x, schedule, steps, rho, callback, heun=True)

@@ -97,6 +97,10 @@ class Cell:
     ode_error: float  # NaN for stochastic samplers
 
     @property
+    def is_default(self) -> bool:
+        return self.spacing == default_spacing(self.sampler)
+
+    @property
     def error(self) -> float:
         """The figure defaults are chosen by: the ODE error where there is one (no sampling noise)."""
         return self.std_error if math.isnan(self.ode_error) else self.ode_error
@@ -160,11 +164,11 @@ def to_markdown(cells: Sequence[Cell], n: int = 4096, seed: int = SEED) -> str:
         label = "karras" if spacing is None else f"**{spacing}**" if spacing == default_spacing(name) else spacing
         values = []
         for b in budgets:
-            c = by_budget.get(b)
-            if c is None:
+            cell = by_budget.get(b)
+            if cell is None:
                 values.append("")
                 continue
-            ode = "" if math.isnan(c.ode_error) else f" ({c.ode_error:.1e})"
-            values.append(f"{c.std_error:.4f}{ode}" + ("" if c.nfe == b else f" [{c.nfe}]"))
+            ode = "" if math.isnan(cell.ode_error) else f" ({cell.ode_error:.1e})"
+            values.append(f"{cell.std_error:.4f}{ode}" + ("" if cell.nfe == b else f" [{cell.nfe}]"))
         lines.append(f"| {name} | {label} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
