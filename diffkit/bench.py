@@ -4,7 +4,9 @@
 
 Timed unit tests are flaky on shared machines; targets live here instead. Every figure says how it
 was measured and names the CPU kind; comparisons (bf16 vs fp32, channels-last vs not, CFG vs no CFG)
-are interleaved in the same process.
+are interleaved in the same process. It also writes `samplers.md`: every sampler × spacing × NFE on
+exact Gaussian data (no timing, a few seconds; see `diffkit.samplers_accuracy`), the table the
+README's sampler defaults come from.
 """
 
 from __future__ import annotations
@@ -191,17 +193,32 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sampler_accuracy() -> tuple[dict[str, Any], str]:
+    """The Gaussian accuracy table (JSON rows and markdown), from the same harness the tests use."""
+    from dataclasses import asdict
+
+    from diffkit.samplers_accuracy import accuracy_table, to_markdown
+
+    cells = accuracy_table()
+    rows = [{**asdict(c), "default": c.is_default} for c in cells]
+    return {"rows": rows}, "# Sampler accuracy on exact Gaussian data\n\n" + to_markdown(cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("reports"))
     parser.add_argument("--quick", action="store_true", help="fewer repeats and images (a smoke run)")
     args = parser.parse_args()
-    report = run_benchmarks(args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
+    accuracy, accuracy_md = sampler_accuracy()
+    (args.out / "samplers.json").write_text(json.dumps(accuracy, indent=2) + "\n")
+    (args.out / "samplers.md").write_text(accuracy_md)
+    print(accuracy_md)
+    report = run_benchmarks(args.quick)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "bench.md").write_text(to_markdown(report))
     print(to_markdown(report))
-    print(f"reports: {args.out / 'bench.json'}, {args.out / 'bench.md'}")
+    print(f"reports: {args.out / 'bench.json'}, {args.out / 'bench.md'}, {args.out / 'samplers.md'}")
 
 
 if __name__ == "__main__":
