@@ -190,7 +190,7 @@ def test_ui_builds_and_guards(app: h.AppRun, tmp_path: Path) -> None:
 
     assert ui.build(app) is not None
     assert ui.build(h.open_app(None, workdir=tmp_path, runs_dir=tmp_path / "none")) is not None
-    skipped, message = ui._guard(1, lambda: (_ for _ in ()).throw(DiffkitError("bad\n  input")))
+    _, message = ui._guard(1, lambda: (_ for _ in ()).throw(DiffkitError("bad\n  input")))
     assert "bad input" in message and "Traceback" not in message
     _, message = ui._guard(1, lambda: (_ for _ in ()).throw(ZeroDivisionError("division by zero")))
     assert "unexpected error (ZeroDivisionError)" in message
@@ -201,7 +201,7 @@ def test_app_command_without_gradio(cli, monkeypatch: pytest.MonkeyPatch) -> Non
 
     real = webapp.importlib.util.find_spec
     monkeypatch.setattr(webapp.importlib.util, "find_spec", lambda name: None if name == "gradio" else real(name))
-    code, out, err = cli("app")
+    code, _, err = cli("app")
     assert code == 2 and err.strip() == webapp.INSTALL_HINT and "pip install 'diffkit[app]'" in err
 
 
