@@ -148,9 +148,10 @@ def wait_for(driver: Any, condition: Any, seconds: float = 180) -> Any:
 def open_tab(driver: Any, name: str) -> None:
     from selenium.webdriver.common.by import By
 
-    tab = wait_for(
-        driver, lambda d: next((b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == name), None)
-    )
+    def find(d: Any) -> Any:
+        return next((b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == name), None)
+
+    tab = wait_for(driver, find)
     tab.click()
 
 
