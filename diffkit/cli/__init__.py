@@ -49,6 +49,9 @@ def _register() -> None:
     from diffkit.cli import fid
 
     app.command("fid")(fid.fid_command)
+    from diffkit.cli import webapp  # not cli/app.py: a submodule named `app` would replace the Typer `app` here
+
+    app.command("app")(webapp.app_command)
     stubs.register(app)
 
 
