@@ -15,7 +15,7 @@ runs/<name>/
 from __future__ import annotations
 
 import json
-import os
+import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +26,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from diffkit.atomic import atomic_write
 from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.models import UNet
 from diffkit.precision import PrecisionChoice, choose_precision
+from diffkit.runlock import LOCK_NAME
 from diffkit.schedules import NoiseSchedule
 from diffkit.settings import Settings, load_saved_settings, save_settings
 
@@ -84,7 +86,9 @@ def check_run_dir(root: Path, *, resume: bool, force: bool) -> RunPaths:
         if not paths.state("last").is_file():
             raise DiffkitError(f"cannot resume: {paths.state('last')} is missing; start again with --force")
         return paths
-    if root.exists() and any(root.iterdir()):
+    if root.exists() and not root.is_dir():
+        raise DiffkitError(f"run directory {root} exists and is not a directory: choose another --run-dir")
+    if root.exists() and any(p.name != LOCK_NAME for p in root.iterdir()):
         if not force:
             raise DiffkitError(
                 f"run directory {root} already exists: continue it with --resume, replace it with "
@@ -98,9 +102,18 @@ def check_run_dir(root: Path, *, resume: bool, force: bool) -> RunPaths:
 
 
 def create_run_dir(paths: RunPaths, settings: Settings) -> None:
-    """Start a fresh run directory (replacing an old run only after `check_run_dir(force=True)`)."""
+    """Start a fresh run directory (replacing an old run only after `check_run_dir(force=True)`).
+
+    The run's lock file (held by the caller, see `diffkit.runlock`) is the one thing kept.
+    """
     if paths.root.exists():
-        shutil.rmtree(paths.root)
+        for child in paths.root.iterdir():
+            if child.name == LOCK_NAME:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     paths.checkpoints.mkdir(parents=True)
     paths.samples.mkdir(parents=True)
     save_settings(settings, paths.config)
@@ -153,8 +166,9 @@ def resolve_device(name: str) -> torch.device:
 # ---------------------------------------------------------------------------------- checkpoints
 
 
-def _atomic(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
+def nonfinite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in tensors.items() if v.dtype.is_floating_point and not bool(torch.isfinite(v).all())]
 
 
 def save_checkpoint(
@@ -169,13 +183,16 @@ def save_checkpoint(
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors |= {f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}
+    bad = nonfinite(tensors)
+    if bad:  # never replace a good checkpoint with broken weights
+        raise DiffkitError(
+            f"refusing to save checkpoint {name!r}: {len(bad)} weight tensors are not finite (first {bad[0]}); "
+            "the previous checkpoint is kept"
+        )
     target = paths.weights(name)
     if state is not None:  # state first: a crash between the two leaves the old weights, not new weights + old state
-        state_target = paths.state(name)
-        torch.save(state, _atomic(state_target))
-        os.replace(_atomic(state_target), state_target)
-    save_file(tensors, str(_atomic(target)), metadata={"diffkit": json.dumps(meta)})
-    os.replace(_atomic(target), target)
+        atomic_write(paths.state(name), lambda tmp: torch.save(state, tmp))
+    atomic_write(target, lambda tmp: save_file(tensors, str(tmp), metadata={"diffkit": json.dumps(meta)}))
     return target
 
 
@@ -194,6 +211,14 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             f"checkpoint {path} is corrupt or not a diffkit checkpoint ({exc}): "
             "use another checkpoint (--checkpoint last) or retrain"
         ) from None
+    if not isinstance(meta, dict):
+        raise DiffkitError(f"checkpoint {path} has malformed diffkit metadata: use another checkpoint or retrain")
+    bad = nonfinite(tensors)
+    if bad:
+        raise DiffkitError(
+            f"checkpoint {path} holds non-finite weights ({len(bad)} tensors with NaN or inf, first {bad[0]}): "
+            "the run diverged; use an earlier checkpoint or retrain with a lower train.lr"
+        )
     return tensors, meta
 
 
@@ -201,11 +226,27 @@ def split_weights(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, to
     return {k.removeprefix(f"{prefix}."): v for k, v in tensors.items() if k.startswith(f"{prefix}.")}
 
 
+STATE_KEYS = ("step", "best_val", "optimizer", "lr_schedule", "torch_rng", "gen_rng")
+
+
 def load_state(path: Path) -> dict[str, Any]:
+    """A resume state, loaded with `weights_only=True` (no code runs); anything else is one clear error."""
+    fix = "it is not a diffkit resume state (or is damaged); start again with --force"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise DiffkitError(f"resume state {path} is corrupt ({exc}): start again with --force") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc):  # refused: it would need to run code. It is never loaded unsafely.
+            raise DiffkitError(
+                f"resume state {path} was refused: it holds objects that would run code; {fix}"
+            ) from None
+        raise DiffkitError(f"resume state {path} cannot be read (not a torch file); {fix}") from None
+    except Exception as exc:  # any other decoding failure of an untrusted file
+        reason = " ".join(str(exc).split())[:120]
+        raise DiffkitError(f"resume state {path} cannot be read ({type(exc).__name__}: {reason}); {fix}") from None
+    missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
+    if missing:
+        raise DiffkitError(f"resume state {path} lacks {', '.join(missing)}: {fix}")
+    return state
 
 
 # -------------------------------------------------------------------------------------- loading

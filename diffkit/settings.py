@@ -25,7 +25,8 @@ from diffkit.errors import DiffkitError
 
 
 class _Group(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no setting may be NaN or infinite (a flag checked against these fields neither: `check_flag`)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSettings(_Group):
@@ -132,7 +133,8 @@ class TrainSettings(_Group):
     log_every: int = Field(25, ge=1)
     sample_every_epochs: int = Field(1, ge=0)  # 0: only at the end
     grid_steps: int = Field(25, ge=1, le=100_000)  # sampler steps for those grids (cheaper than sample.steps)
-    checkpoint_every_steps: int | None = Field(None, ge=1)  # periodic checkpoints besides last / best
+    checkpoint_every_steps: int | None = Field(None, ge=1)  # step_N snapshots besides last / best; also updates last
+    checkpoint_every_minutes: float = Field(5.0, ge=0.0, le=10_000.0)  # refresh `last` (resumable) this often; 0: off
     threads: int | None = Field(None, ge=1, le=512)  # torch intra-op threads; unset = torch's default
     fid_every_epochs: int = Field(0, ge=0)  # small-sample FID of EMA samples into metrics.jsonl; 0: off
     fid_samples: int = Field(500, ge=2, le=100_000)  # images per such FID (it is biased upwards at small counts)
@@ -273,6 +275,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomli.load(f)
     except tomli.TOMLDecodeError as exc:
         raise DiffkitError(f"{path} is not valid TOML ({exc}): fix the file") from None
+    except UnicodeDecodeError:
+        raise DiffkitError(f"{path} is not UTF-8 text, so not a TOML file: fix or replace the file") from None
+    except IsADirectoryError:
+        raise DiffkitError(f"{path} is a directory, not a TOML file: check the path") from None
     except OSError as exc:
         raise DiffkitError(f"cannot read {path} ({exc.strerror}): check the path") from None
 

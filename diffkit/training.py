@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffkit.atomic import write_json
+from diffkit.atomic import write_json, write_text
 from diffkit.data import ImageSet, load_images, train_val_split
 from diffkit.denoiser import min_snr_weight, training_target
 from diffkit.editing.superres import degrade, random_condition, super_resolve
 from diffkit.errors import DiffkitError
 from diffkit.generation import class_layout, generate
+from diffkit.interrupts import StopRequest, deferred_signals
 from diffkit.models import count_parameters
 from diffkit.precision import FP32, PrecisionChoice, choose_precision, cpu_kind, machine_description
+from diffkit.runlock import RunLock
 from diffkit.runs import (
     RunPaths,
     build_model,
@@ -60,10 +63,35 @@ class TrainHooks:
 
     def ran_out(self, step: int, planned: int) -> None: ...
 
+    def stale_lock(self, run_dir: Path, pid: int) -> None: ...
+
 
 class TrainingInterrupted(Exception):
-    def __init__(self, step: int) -> None:
+    """SIGINT / SIGTERM, acted on between steps: `last` holds the exact state after step `step`."""
+
+    def __init__(self, step: int, signum: int | None = None) -> None:
         super().__init__(f"interrupted at step {step}")
+        self.step, self.signum = step, signum
+
+    @property
+    def exit_code(self) -> int:
+        return StopRequest(self.signum).exit_code if self.signum else 130
+
+
+class TrainingDiverged(DiffkitError):
+    """A non-finite loss or gradient: the step is not applied and nothing is saved from it."""
+
+    def __init__(self, step: int, what: str, saved_step: int | None, run_dir: Path) -> None:
+        kept = (
+            f"the last good checkpoint (step {saved_step:,}) is kept"
+            if saved_step is not None
+            else "no checkpoint was saved yet"
+        )
+        super().__init__(
+            f"training diverged at step {step + 1:,}: the {what} is not finite, so the step was not applied and "
+            f"nothing was saved from it ({kept}); lower train.lr or set train.grad_clip, and start again "
+            f"(diffkit train --force --run-dir {run_dir})"
+        )
         self.step = step
 
 
@@ -231,6 +259,8 @@ class Trainer:
         )
         self.gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)  # noise, timesteps, label dropout
         self.step, self.best_val = 0, math.inf
+        self.stop = StopRequest()  # set by deferred_signals() in train(): stop at the next step boundary
+        self.saved_step: int | None = None  # the step of the newest `last` checkpoint
         self.alpha_bar = self.schedule.alpha_bar.float().to(self.device)
         self.snr = self.schedule.snr.float().to(self.device)
         self.fid = None  # built now, so a setting that cannot work fails before the first step
@@ -301,14 +331,23 @@ class Trainer:
                 f"{self.paths.checkpoints}: last.safetensors and last.state.pt are from different steps; "
                 "start again with --force"
             )
-        self.model.load_state_dict(split_weights(tensors, "model"))
-        self.ema.load_state_dict(split_weights(tensors, "ema"))
-        self.opt.load_state_dict(state["optimizer"])
-        self.lr_sched.load_state_dict(state["lr_schedule"])
-        torch.set_rng_state(state["torch_rng"])
-        self.gen.set_state(state["gen_rng"])
-        self.step, self.best_val = int(state["step"]), float(state["best_val"])
-        self.spent_before = float(state.get("train_seconds", 0.0))
+        try:
+            self.model.load_state_dict(split_weights(tensors, "model"))
+            self.ema.load_state_dict(split_weights(tensors, "ema"))
+            self.opt.load_state_dict(state["optimizer"])
+            self.lr_sched.load_state_dict(state["lr_schedule"])
+            torch.set_rng_state(state["torch_rng"])
+            self.gen.set_state(state["gen_rng"])
+            self.step, self.best_val = int(state["step"]), float(state["best_val"])
+            self.spent_before = float(state.get("train_seconds", 0.0))
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            reason = " ".join(str(exc).split())[:120]
+            raise DiffkitError(
+                f"{self.paths.checkpoints}: the last checkpoint does not fit this run ({type(exc).__name__}: "
+                f"{reason}); start again with --force"
+            ) from None
+        self.saved_step = self.step
+        truncate_metrics(self.paths.metrics, self.step)
         plan = _read_plan(self.paths.plan)
         if "precision" in plan:  # the format the run was trained in, not a fresh probe: resume stays exact
             self.precision = PrecisionChoice.from_dict(plan["precision"])
@@ -322,6 +361,23 @@ class Trainer:
     def _save(self, name: str, with_state: bool, val_loss: float | None = None) -> None:
         meta = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "val_loss": val_loss}
         save_checkpoint(self.paths, name, self.model, self.ema, meta, self._state() if with_state else None)
+        if name == "last":
+            self.saved_step, self.last_saved_at = self.step, time.perf_counter()
+
+    def _check_finite(self, loss: Tensor, grad_norm: Tensor | None) -> None:
+        """Finite or stop: a NaN / inf loss or gradient ends the run before the step is applied."""
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingDiverged(self.step, f"loss ({value})", self.saved_step, self.paths.root)
+        if grad_norm is not None and not math.isfinite(float(grad_norm)):
+            raise TrainingDiverged(self.step, f"gradient norm ({float(grad_norm)})", self.saved_step, self.paths.root)
+
+    def _periodic_save_due(self) -> bool:
+        t = self.settings.train
+        if t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0:
+            return True
+        minutes = t.checkpoint_every_minutes
+        return bool(minutes) and time.perf_counter() - self.last_saved_at >= 60.0 * minutes
 
     # --- the loop --------------------------------------------------------------------------------
     def _batch(self, step: int) -> tuple[Tensor, Tensor]:
@@ -445,8 +501,12 @@ class Trainer:
         window, window_start, seen, run_start = [], time.perf_counter(), 0, time.perf_counter()
         images_per_s = 0.0
         clock = _ClockWatch() if self.budget_s is not None and self.clock_plan is None else None
-        try:
+        self.last_saved_at = time.perf_counter()
+        with deferred_signals() as self.stop:
             while self.step < min(self.total_steps, stop_after or self.total_steps):
+                if self.stop:  # between steps: the state is exactly that after step `self.step`
+                    self._save("last", with_state=True)
+                    raise TrainingInterrupted(self.step, self.stop.signum)
                 if self._out_of_time():
                     self._finish_early()
                     break
@@ -455,8 +515,10 @@ class Trainer:
                 loss = self.loss(self.model, x0, labels, self.gen, t.p_uncond)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if t.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), t.grad_clip or math.inf, error_if_nonfinite=False
+                )
+                self._check_finite(loss, grad_norm)
                 lr = self.opt.param_groups[0]["lr"]
                 self.opt.step()
                 self.lr_sched.step()
@@ -489,10 +551,9 @@ class Trainer:
                 if t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0:
                     self._save(f"step_{self.step:06d}", with_state=False)
                 if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
-                    self._end_epoch()
-        except KeyboardInterrupt:
-            self._save("last", with_state=True)
-            raise TrainingInterrupted(self.step) from None
+                    self._end_epoch()  # saves `last`
+                elif self._periodic_save_due():  # so that kill -9 loses little
+                    self._save("last", with_state=True)
         if self.step < self.total_steps or self.step % self.steps_per_epoch:
             self._save("last", with_state=True)  # stopped early or mid-epoch: keep the exact place
         return TrainResult(
@@ -593,11 +654,10 @@ class Trainer:
             grid = self.draw_grid(f"epoch_{epoch:04d}")
             self.model.train()
         improved = val is not None and val < self.best_val
-        if improved:
+        if improved:  # best before last: killed in between, the resumed run redoes this epoch end
+            self._save("best", with_state=False, val_loss=val)
             self.best_val = val  # type: ignore[assignment]
         self._save("last", with_state=True, val_loss=val)
-        if improved:
-            self._save("best", with_state=False, val_loss=val)
         plot_training_curves(self.paths.metrics, self.paths.curves)
         self.hooks.epoch(epoch, self.step, val, grid)
 
@@ -634,6 +694,27 @@ def _read_plan(path: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metrics.jsonl records up to `step` (a resumed run logs the later ones again); a torn
+    last line (a kill mid-write) is dropped too. Written atomically."""
+    if not path.is_file():
+        return
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        raise DiffkitError(f"{path} cannot be read as text: move it away and --resume again") from None
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        write_text(path, "".join(f"{line}\n" for line in kept))
+
+
 def train_run(
     settings: Settings,
     run_dir: Path,
@@ -643,13 +724,27 @@ def train_run(
     hooks: TrainHooks | None = None,
     stop_after: int | None = None,
 ) -> tuple[Trainer, TrainResult]:
-    """What `diffkit train` does: check the run directory, load data, build, (re)start, train."""
+    """What `diffkit train` does: check the run directory, lock it, load data, build, (re)start, train.
+
+    The run directory's lock (`diffkit.runlock`) is held throughout: a second process, or a `--force`
+    from one, is refused. SIGINT / SIGTERM are deferred to the next step boundary (`TrainingInterrupted`).
+    """
     clock_start = time.perf_counter()
-    paths = check_run_dir(run_dir, resume=resume, force=force)
-    trainer = Trainer(settings, paths, hooks, clock_start=clock_start)
-    if resume:
-        trainer.resume()
-    else:
-        create_run_dir(paths, settings)
-        trainer.choose_precision()
-    return trainer, trainer.train(stop_after)
+    check_run_dir(run_dir, resume=resume, force=force)  # before the lock creates anything
+    with deferred_signals(), RunLock(run_dir) as lock:
+        if lock.stale_pid is not None:
+            (hooks or TrainHooks()).stale_lock(run_dir, lock.stale_pid)
+        try:
+            paths = check_run_dir(run_dir, resume=resume, force=force)  # again, now that it is ours
+            trainer = Trainer(settings, paths, hooks, clock_start=clock_start)
+        except BaseException:
+            if lock.created_root:
+                lock.release()
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        if resume:
+            trainer.resume()
+        else:
+            create_run_dir(paths, settings)
+            trainer.choose_precision()
+        return trainer, trainer.train(stop_after)

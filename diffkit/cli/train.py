@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -78,6 +79,12 @@ class RichHooks(TrainHooks):
         val = f"val loss {val_loss:.4f}" if val_loss is not None else "no validation split"
         self.bar.console.print(f"epoch {epoch} (step {step:,}): {val}" + (f", grid {grid}" if grid else ""))
 
+    def stale_lock(self, run_dir: Path, pid: int) -> None:
+        console.print(
+            f"[yellow]note:[/yellow] {run_dir} had a stale lock from process {pid}, which ended without "
+            "releasing it (killed or crashed): taking it over"
+        )
+
     def stop(self) -> None:
         self.bar.stop()
 
@@ -145,11 +152,12 @@ def train(
         trainer, result = train_run(settings, root, resume=resume, force=force, hooks=hooks, stop_after=stop_after)
     except TrainingInterrupted as stop:
         hooks.stop()
+        why = f" by {signal.Signals(stop.signum).name}" if stop.signum else ""
         console.print(
-            f"[yellow]interrupted at step {stop.step:,}[/yellow]; continue with: "
-            f"diffkit train --run-dir {root} --resume"
+            f"[yellow]interrupted{why} at step {stop.step:,}[/yellow]: saved the exact state after it as "
+            f"{root / 'checkpoints' / 'last.safetensors'}; continue with: diffkit train --run-dir {root} --resume"
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(stop.exit_code) from None
     finally:
         hooks.stop()
     best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""

@@ -1,0 +1,134 @@
+"""One owner per run directory: an advisory `fcntl.flock` on `<run>/.lock`, held while training.
+
+The operating system releases the lock when its process dies, however it dies, so a lock can never
+be left held by a dead process. The file records the owner's pid: a file left behind by a process
+that died without cleaning up (kill -9, a crash) is *stale*: it is reported and taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+from pathlib import Path
+from types import TracebackType
+
+from diffkit.errors import DiffkitError
+
+LOCK_NAME = ".lock"
+
+
+def lock_path(root: Path) -> Path:
+    return root / LOCK_NAME
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def read_owner(root: Path) -> int | None:
+    """The pid recorded in the lock file of `root`, if there is a readable one."""
+    try:
+        first = lock_path(root).read_text().split()
+        return int(first[0]) if first else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def is_locked(root: Path) -> bool:
+    """Whether a live process holds the lock of run directory `root` right now."""
+    path = lock_path(root)
+    if not path.is_file():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+class RunLock:
+    """`with RunLock(root) as lock:` holds the run's lock (creating `root` if needed) or raises DiffkitError.
+
+    `lock.stale_pid` is the pid of an earlier owner that ended without releasing (killed, crashed) and
+    whose lock file was taken over (else None); `lock.stale_alive` whether that pid runs again (reused);
+    `lock.created_root` says whether `root` was created here (so a failed start can remove it again).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.fd: int | None = None
+        self.stale_pid: int | None = None
+        self.stale_alive = False
+        self.created_root = False
+
+    def acquire(self) -> RunLock:
+        if self.root.exists() and not self.root.is_dir():
+            raise DiffkitError(f"run directory {self.root} exists and is not a directory: choose another --run-dir")
+        if not self.root.exists():
+            try:
+                self.root.mkdir(parents=True)
+                self.created_root = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise DiffkitError(
+                    f"cannot create run directory {self.root} ({exc.strerror}): choose another --run-dir"
+                ) from None
+        path = lock_path(self.root)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                owner = read_owner(self.root)
+                who = f" (pid {owner})" if owner else ""
+                raise DiffkitError(
+                    f"run directory {self.root} is in use by another diffkit process{who}: wait for it to "
+                    "finish or choose another --run-dir"
+                ) from None
+            try:  # the file we locked may have been removed and replaced by its owner's release: retry
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        owner = read_owner(self.root)
+        if owner is not None and owner != os.getpid():  # a clean release removes the file: this one was left
+            self.stale_pid, self.stale_alive = owner, _pid_alive(owner)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):  # unlink before unlock: a waiter then retries on a new file
+            lock_path(self.root).unlink(missing_ok=True)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
