@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -198,8 +199,9 @@ def _load_folder(split: str, path: str | None = None, channels: int = 1, **_: ob
     for f, _label in files:
         try:
             with Image.open(f) as img:
+                check_pixels(img, f)
                 arr = np.asarray(img.convert(mode))
-        except (OSError, ValueError):
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             raise DiffkitError(f"{f} is not a readable image: remove it or replace it") from None
         sizes.add(arr.shape[:2])
         arrays.append(arr)
@@ -342,6 +344,18 @@ def _parse_index(text: str, size: int, source: str) -> list[int]:
     return index
 
 
+MAX_INPUT_PIXELS = 4096 * 4096  # an input image larger than this is refused, not decoded (memory)
+
+
+def check_pixels(img: Any, path: Path) -> None:
+    """Refuse, before decoding, an image whose pixel count would take more memory than any use here needs."""
+    if img.width * img.height > MAX_INPUT_PIXELS:
+        raise DiffkitError(
+            f"{path} is {img.width}x{img.height}: larger than the {MAX_INPUT_PIXELS:,} pixels diffkit reads; "
+            "shrink it first"
+        )
+
+
 def read_image(path: str | Path, *, image_size: int, channels: int) -> tuple[Tensor, str | None]:
     """One image file as float (1, C, H, W) in [-1, 1], converted to the model's size and channels.
 
@@ -354,9 +368,10 @@ def read_image(path: str | Path, *, image_size: int, channels: int) -> tuple[Ten
         raise DiffkitError(f"image {path} does not exist: give the path of a PNG or JPEG file")
     try:
         with Image.open(path) as img:
+            check_pixels(img, path)
             original = f"{img.width}x{img.height} {img.mode}"
             arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise DiffkitError(f"{path} is not an image file diffkit can read: give a PNG or JPEG") from None
     t = torch.from_numpy(arr.copy())
     t = t.reshape(1, 1, *t.shape) if t.ndim == 2 else t.permute(2, 0, 1).unsqueeze(0)

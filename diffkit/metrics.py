@@ -20,6 +20,7 @@ import pickle
 import tempfile
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffkit.atomic import atomic_write
 from diffkit.data import ImageSet, default_data_dir, load_images, to_float
 from diffkit.errors import DiffkitError
 from diffkit.models.classifier import SmallClassifier, train_classifier
@@ -187,11 +189,14 @@ def save_statistics(
     `meta` (e.g. {"feature_net": name}) is stored as extra string arrays, which pytorch-fid ignores.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64)}
     arrays |= {f"meta_{key}": np.asarray(str(value)) for key, value in (meta or {}).items()}
-    with path.open("wb") as out:  # a file object, so numpy does not append a second ".npz"
-        np.savez(out, **arrays)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as out:  # a file object, so numpy does not append a second ".npz"
+            np.savez(out, **arrays)
+
+    atomic_write(path, write)
 
 
 def statistics_metadata(path: str | Path) -> dict[str, str]:
@@ -203,7 +208,14 @@ def statistics_metadata(path: str | Path) -> dict[str, str]:
                 for key in data.files
                 if key.startswith("meta_") and data[key].dtype.kind == "U"
             }
-    except (OSError, ValueError, AttributeError, TypeError):  # not an .npz: load_statistics says why
+    except (
+        OSError,
+        ValueError,
+        AttributeError,
+        TypeError,
+        zipfile.BadZipFile,
+        EOFError,
+    ):  # not an .npz: load_statistics says why
         return {}
 
 
@@ -214,7 +226,7 @@ def load_statistics(path: str | Path) -> tuple[Array, Array]:
         raise DiffkitError(f"statistics file {path} does not exist: give the path of an .npz with mu and sigma")
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DiffkitError(f"{path} is not a readable .npz file ({err}): give an .npz with mu and sigma") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise DiffkitError(
@@ -230,7 +242,7 @@ def load_statistics(path: str | Path) -> tuple[Array, Array]:
             )
         try:
             mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
-        except (OSError, ValueError, TypeError) as err:
+        except (OSError, ValueError, TypeError, zipfile.BadZipFile, EOFError) as err:
             raise DiffkitError(f"{path} has unreadable mu/sigma arrays ({err}): give an .npz of numbers") from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise DiffkitError(

@@ -52,7 +52,7 @@ def progress_task(description: str, total: int) -> Iterator[Any]:
 def fresh_dir(path: Path) -> Path:
     """`path`, or `path-2`, `path-3`, ... so earlier outputs are never overwritten."""
     candidate, n = path, 1
-    while candidate.exists() and any(candidate.iterdir()):
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
         n += 1
         candidate = path.with_name(f"{path.name}-{n}")
     candidate.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from diffkit.cli.common import (
     parse_csv,
     progress_task,
 )
+from diffkit.cli.flags import check_output_dir, check_sample_flags
 from diffkit.cli.inputs import open_run
 from diffkit.compare import DEFAULT_SPREAD, Comparison, QualityFn, compare_samplers, grid_of, with_options
 from diffkit.generation import cycled_classes
@@ -77,6 +78,10 @@ def compare_samplers_command(
 
     With no --samplers and no --steps: a spread from DDPM 1000 to DPM++ 2M 10 (a few minutes on the demo model).
     """
+    check_sample_flags(cfg=cfg, eta=eta, num=num, batch_size=batch_size)
+    if steps:
+        check_sample_flags(steps=parse_csv(steps, int, "--steps"))
+    check_output_dir(out)
     loaded = open_run(run, checkpoint, device)
     s = loaded.settings.sample
     if samplers is None and steps is None:

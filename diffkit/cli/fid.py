@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from diffkit.cli.common import DeviceOption, OutOption, console, done, fresh_dir, parse_csv, progress_bar
+from diffkit.cli.flags import check_output_dir, check_output_file, check_sample_flags
 from diffkit.evaluation import FEATURE_CHOICES, Accuracy, FidReport, FidRequest, Progress, evaluate
 from diffkit.samplers import SAMPLERS
 
@@ -63,9 +64,14 @@ def fid_command(
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last or a .safetensors path.")] = "best",
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = None,
     out: OutOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --save-stats file (atomically).")] = False,
     device: DeviceOption = "auto",
 ) -> None:
     """FID (and KID, class accuracy) between two image sources, or one source's statistics."""
+    guidance = parse_csv(cfg, float, "--cfg") if cfg is not None else None
+    check_sample_flags(cfg=guidance, steps=steps, batch_size=batch_size)
+    check_output_dir(out)
+    check_output_file(save_stats, "--save-stats", force=force)
     request = FidRequest(
         sources,
         features=features,
@@ -76,7 +82,7 @@ def fid_command(
         save_stats=save_stats,
         sampler=sampler,
         steps=steps,
-        guidance=parse_csv(cfg, float, "--cfg") if cfg is not None else None,
+        guidance=guidance,
         seed=seed,
         checkpoint=checkpoint,
         device=device,

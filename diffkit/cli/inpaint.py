@@ -9,6 +9,7 @@ import torch
 import typer
 
 from diffkit.cli.common import DeviceOption, OutOption, RunOption, SeedOption, console, done, fresh_dir, progress_task
+from diffkit.cli.flags import check_output_dir, check_sample_flags
 from diffkit.cli.inputs import one_of, open_run, read_images, scores_table, write_json
 from diffkit.editing import MASK_KINDS, METHODS, InpaintResult, inpaint, mask_from_spec, masked_view, score
 from diffkit.errors import DiffkitError
@@ -50,6 +51,8 @@ def inpaint_command(
 ) -> None:
     """Fill a masked region (mask: 1/white = keep, 0/black = hole) with replace, RePaint or SDS."""
     kind = one_of({"--image": image, "--from": source, "--class": class_})
+    check_sample_flags(cfg=cfg, steps=steps, num=num)
+    check_output_dir(out)
     methods = [m.strip() for m in method.split(",") if m.strip()]
     for m in methods:
         if m not in METHODS:

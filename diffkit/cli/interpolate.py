@@ -9,6 +9,7 @@ import torch
 import typer
 
 from diffkit.cli.common import DeviceOption, OutOption, RunOption, SeedOption, console, done, fresh_dir, progress_task
+from diffkit.cli.flags import MAX_INTERPOLATION_FRAMES, check_bounded, check_output_dir, check_sample_flags
 from diffkit.cli.inputs import one_of, open_run, read_images, scores_table, write_json
 from diffkit.editing import Interpolation, interpolate_classes, interpolate_images, interpolate_seeds, score
 from diffkit.errors import DiffkitError
@@ -45,6 +46,9 @@ def interpolate(
 ) -> None:
     """Interpolate between two classes, two seeds or two images; the end frames are the plain samples."""
     kind = one_of({"--classes": classes, "--seeds": seeds, "--images": images}).removeprefix("--")
+    check_sample_flags(cfg=cfg, steps=steps)
+    check_bounded(frames, MAX_INTERPOLATION_FRAMES, "--frames", "each frame is a full sampling run")
+    check_output_dir(out)
     if class_ is not None and kind != "seeds":
         raise DiffkitError("--class goes with --seeds only: drop it")
     loaded = open_run(run, checkpoint, device)

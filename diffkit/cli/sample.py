@@ -23,6 +23,7 @@ from diffkit.cli.common import (
     fresh_dir,
     progress_task,
 )
+from diffkit.cli.flags import check_bounded, check_output_dir, check_sample_flags
 from diffkit.cli.inputs import open_run
 from diffkit.compare import Config, check_configs, with_options
 from diffkit.errors import DiffkitError
@@ -80,6 +81,9 @@ def sample(
 ) -> None:
     """Generate images from a trained run."""
     _check_flags(process=process, gif=gif, frames=frames, export_dir=export_dir, rgb=rgb, out=out)
+    check_sample_flags(cfg=cfg, eta=eta, steps=steps, num=num, batch_size=batch_size)
+    check_output_dir(out)
+    check_output_dir(export_dir, "--export-dir")
     loaded = open_run(run, checkpoint, device, use_ema=not no_ema)
     s = loaded.settings.sample
     name = sampler or s.sampler
@@ -105,6 +109,12 @@ def sample(
         return
     per_class = s.num if num is None else num
     classes, total = class_layout(loaded.num_classes, class_, per_class)
+    check_bounded(
+        total, MAX_IN_MEMORY, "images", "held in memory at once: write more with --export-dir, batch by batch"
+    )
+    if process or gif:
+        frames_k = min(n_steps + 1, 11) if frames is None else frames
+        check_bounded(total * frames_k, MAX_PROCESS_PICTURES, "images x frames", "lower --num or --frames")
     _say(loaded, total, name, n_steps, guidance, seed)
     recorded: Process | None = None
     with progress_task("sampling", total) as advance:
@@ -125,6 +135,10 @@ def sample(
     done("images", folder / "images")
     if recorded is not None:
         _write_process(recorded, folder, nrow, grids=process)
+
+
+MAX_IN_MEMORY = 20_000  # images a grid holds (--export-dir streams any number)
+MAX_PROCESS_PICTURES = 20_000  # images x frames of --process / --gif
 
 
 def _check_flags(

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from diffkit.cli.common import OutOption, console, done, fresh_dir, parse_csv
+from diffkit.cli.flags import check_output_dir
 from diffkit.runs import RunPaths, build_schedule
 from diffkit.schedules import SCHEDULE_KINDS, NoiseSchedule, named_schedules, schedule_curves, schedule_key_values
 from diffkit.settings import load_saved_settings
@@ -33,6 +34,7 @@ def plot_schedules_command(
     out: OutOption = None,
 ) -> None:
     """Plot noise schedules and print ᾱ at T/4, T/2, 3T/4 and the terminal SNR."""
+    check_output_dir(out)
     names = parse_csv(schedules, str, "--schedules") if schedules else ([] if run else list(SCHEDULE_KINDS))
     chosen = named_schedules(names, timesteps, zero_terminal_snr=zero_terminal_snr)
     if run is not None:

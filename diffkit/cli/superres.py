@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import typer
 
 from diffkit.cli.common import DeviceOption, OutOption, RunOption, SeedOption, console, done, fresh_dir, progress_task
+from diffkit.cli.flags import check_output_dir, check_sample_flags
 from diffkit.cli.inputs import one_of, open_run, read_images, scores_table, write_json
 from diffkit.editing import degrade, score, super_resolve
 from diffkit.editing.superres import read_superres_input, require_superres
@@ -41,6 +42,8 @@ def super_res(
 ) -> None:
     """Super-resolve with an SR3-style run (train one with --preset mnist-sr); compares with bicubic."""
     one_of({"--image": image, "--from": source})
+    check_sample_flags(steps=steps)
+    check_output_dir(out)
     loaded = open_run(run, checkpoint, device)
     require_superres(loaded.settings, loaded.root, scale)
     d, s = loaded.settings.data, loaded.settings.sample

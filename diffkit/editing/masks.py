@@ -123,13 +123,16 @@ def read_mask(path: str | Path, size: int) -> Tensor:
     """A mask PNG as (1, 1, size, size): white (>= 50% grey) = keep, black = hole; the size must match."""
     from PIL import Image, UnidentifiedImageError
 
+    from diffkit.data import check_pixels
+
     path = Path(path)
     if not path.is_file():
         raise DiffkitError(f"mask {path} does not exist: give one of {', '.join(HOLES)} or a PNG file")
     try:
         with Image.open(path) as img:
+            check_pixels(img, path)
             arr = np.asarray(img.convert("L"))
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise DiffkitError(
             f"mask {path} is not an image file diffkit can read: give a PNG (white = keep, black = hole)"
         ) from None

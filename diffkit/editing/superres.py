@@ -134,7 +134,7 @@ def read_superres_input(
             full = img.size == (image_size, image_size)
     except FileNotFoundError:
         raise DiffkitError(f"image {path} does not exist: give the path of a PNG or JPEG file") from None
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise DiffkitError(f"{path} is not an image file diffkit can read: give a PNG or JPEG") from None
     if full:
         truth, note = read_image(path, image_size=image_size, channels=channels)
