@@ -62,6 +62,21 @@ def is_locked(root: Path) -> bool:
         os.close(fd)
 
 
+def in_use_error(root: Path) -> DiffkitError:
+    owner = read_owner(root)
+    who = f" (pid {owner})" if owner else ""
+    return DiffkitError(
+        f"run directory {root} is in use by another diffkit process{who}: wait for it to finish or choose "
+        "another --run-dir"
+    )
+
+
+def check_not_in_use(root: Path) -> None:
+    """The one-line error for a run directory another live process holds (checked before anything else)."""
+    if is_locked(root):
+        raise in_use_error(root)
+
+
 class RunLock:
     """`with RunLock(root) as lock:` holds the run's lock (creating `root` if needed) or raises DiffkitError.
 
@@ -97,12 +112,7 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                owner = read_owner(self.root)
-                who = f" (pid {owner})" if owner else ""
-                raise DiffkitError(
-                    f"run directory {self.root} is in use by another diffkit process{who}: wait for it to "
-                    "finish or choose another --run-dir"
-                ) from None
+                raise in_use_error(self.root) from None
             try:  # the file we locked may have been removed and replaced by its owner's release: retry
                 same = os.fstat(fd).st_ino == os.stat(path).st_ino
             except FileNotFoundError:

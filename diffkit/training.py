@@ -31,7 +31,7 @@ from diffkit.generation import class_layout, generate
 from diffkit.interrupts import StopRequest, deferred_signals
 from diffkit.models import count_parameters
 from diffkit.precision import FP32, PrecisionChoice, choose_precision, cpu_kind, machine_description
-from diffkit.runlock import RunLock
+from diffkit.runlock import RunLock, check_not_in_use
 from diffkit.runs import (
     RunPaths,
     build_model,
@@ -730,6 +730,7 @@ def train_run(
     from one, is refused. SIGINT / SIGTERM are deferred to the next step boundary (`TrainingInterrupted`).
     """
     clock_start = time.perf_counter()
+    check_not_in_use(run_dir)
     check_run_dir(run_dir, resume=resume, force=force)  # before the lock creates anything
     with deferred_signals(), RunLock(run_dir) as lock:
         if lock.stale_pid is not None:
