@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,9 +234,11 @@ def load_state(path: Path) -> dict[str, Any]:
     """A resume state, loaded with `weights_only=True` (no code runs); anything else is one clear error."""
     fix = "it is not a diffkit resume state (or is damaged); start again with --force"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols would break the one-line error
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc):  # refused: it would need to run code. It is never loaded unsafely.
+        if "GLOBAL" in str(exc):  # refused: it would need to run code. It is never loaded unsafely.
             raise DiffkitError(
                 f"resume state {path} was refused: it holds objects that would run code; {fix}"
             ) from None

@@ -59,9 +59,25 @@ _register()
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+    """Console entry point: user errors (bad flags too) become one line on stderr and exit code 2."""
+    from typer._click import exceptions as click  # typer's own click (typer.BadParameter's module)
+
     try:
-        app()
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except click.NoArgsIsHelpError as exc:  # bare `diffkit` or `diffkit CMD`: the help, as before
+        exc.show()
+        sys.exit(2)
+    except click.ClickException as exc:  # typer's boxed usage errors, as one line naming the fix
+        ctx = getattr(exc, "ctx", None)
+        where = f"diffkit {ctx.info_name}" if ctx is not None and ctx.parent is not None else "diffkit"
+        message = " ".join(exc.format_message().split())
+        print(f"diffkit: error: {message} (see {where} --help)", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        print("diffkit: interrupted", file=sys.stderr)
+        sys.exit(130)
     except DiffkitError as exc:
         message = " ".join(str(exc).split())
         print(f"diffkit: error: {message}", file=sys.stderr)

@@ -1,0 +1,197 @@
+# ruff: noqa: E501  (the case table reads best one case a line)
+"""Hostile and mistaken input across every command: one line on stderr, exit 2, no traceback, nothing changed.
+
+Each case runs the real entry point in a working directory holding a copy of a tiny trained run and a
+few hostile files; the whole tree is hashed before and after, so a case that writes, replaces or
+deletes anything fails, as does one that succeeds, crashes or prints more than one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from diffkit.runlock import RunLock
+from diffkit.settings import load_settings, parse_overrides
+from diffkit.training import train_run
+
+TINY = ["--set", "data.limit=64", "--set", "train.batch_size=8", "--set", "train.threads=1"]
+PNG_HEADER = b"\x89PNG\r\n\x1a\n"
+
+
+class Payload:
+    """Unpickling this would run a command: a hostile resume state."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bad") / "tiny"
+    settings = load_settings(
+        "tiny",
+        parse_overrides(
+            ["data.limit=64", "train.batch_size=8", "train.max_steps=3", "train.threads=1", "sample.steps=2"]
+        ),
+    )
+    train_run(settings, root, stop_after=2)  # resumable: last.state.pt is there
+    return root
+
+
+def _files(here: Path) -> None:
+    """The hostile and ordinary files the cases point at."""
+    (here / "a-file").write_text("not a directory\n")
+    (here / "text.png").write_text("this is text, not a PNG\n")
+    (here / "truncated.png").write_bytes(PNG_HEADER + b"\x00\x00\x00\rIHDR" + b"\x00" * 5)
+    (here / "latin1.toml").write_bytes("description = 'caf\xe9'\n".encode("latin-1"))
+    (here / "bad.toml").write_text("[model\nbase_channels = 8\n")
+    (here / "stats.npz").write_bytes(b"PK\x03\x04" + b"\x00" * 40)  # a zip header, then nothing
+    (here / "text.npz").write_text("mu, sigma\n")
+    (here / "existing.npz").write_bytes(b"precious")
+    (here / "junk.safetensors").write_bytes(b"\x00" * 64)
+    (here / "notrun").mkdir()
+    (here / "notrun" / "keep.txt").write_text("precious\n")
+    bad = {"model.w": torch.tensor([float("nan")]), "ema.w": torch.tensor([1.0])}
+    save_file(bad, str(here / "nan.safetensors"))
+    raw = zlib.compress(b"\x00" * 8)
+    (here / "big.png").write_bytes(_png(5_000, 5_000, raw))  # 25 megapixels, in a few bytes
+
+
+def _png(width: int, height: int, data: bytes) -> bytes:
+    import struct
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return PNG_HEADER + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def _state(run: Path, value: object) -> None:
+    torch.save(value, run / "checkpoints" / "last.state.pt")
+
+
+def _nan_last(run: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run / "checkpoints" / "last.safetensors"))
+    first = next(k for k, v in tensors.items() if v.dtype.is_floating_point)
+    tensors[first] = tensors[first] * float("nan")
+    save_file(tensors, str(run / "checkpoints" / "last.safetensors"), metadata={"diffkit": '{"step": 2}'})
+
+
+def _config(run: Path, data: bytes) -> None:
+    (run / "config.toml").write_bytes(data)
+
+
+R = "tiny"  # the run's folder in the working directory
+S = ["sample", "--run", R, "--num", "1", "--steps", "2"]
+Setup = Callable[[Path], object] | None
+
+# (id, command line, fragments of the one error line, setup applied to the run copy first)
+CASES: list[tuple[str, list[str], list[str], Setup]] = [
+    # flags beyond the settings' own limits (finite numbers, ranges)
+    ("sample-cfg-negative", [*S, "--cfg", "-5"], ["--cfg -5.0", "sample.cfg"], None),
+    ("sample-cfg-nan", [*S, "--cfg", "nan"], ["--cfg nan"], None),
+    ("sample-cfg-inf", [*S, "--cfg", "inf"], ["--cfg inf"], None),
+    ("sample-eta-out-of-range", [*S, "--eta", "2"], ["--eta"], None),
+    ("sample-steps-zero", ["sample", "--run", R, "--steps", "0"], ["--steps 0"], None),
+    ("sample-batch-size-zero", [*S, "--batch-size", "0"], ["--batch-size"], None),
+    ("sample-rescale-nan", [*S, "--rescale", "nan"], ["--rescale"], None),
+    ("inpaint-cfg-negative", ["inpaint", "--run", R, "--class", "0", "--cfg", "-1"], ["--cfg -1.0"], None),
+    ("interpolate-cfg-nan", ["interpolate", "--run", R, "--classes", "0", "1", "--cfg", "nan"], ["--cfg"], None),
+    ("compare-cfg-inf", ["compare-samplers", "--run", R, "--cfg", "inf"], ["--cfg inf"], None),
+    ("compare-steps-zero", ["compare-samplers", "--run", R, "--steps", "0,10"], ["--steps 0"], None),
+    ("compare-eta-negative", ["compare-samplers", "--run", R, "--eta", "-1"], ["--eta"], None),
+    ("fid-cfg-nan-in-sweep", ["fid", f"run:{R}", "mnist:test", "--cfg", "1,nan"], ["--cfg nan"], None),
+    ("super-res-steps-zero", ["super-res", "--run", R, "--from", "synthetic:test:0..1", "--steps", "0"], ["--steps"], None),
+    ("train-lr-nan", ["train", "--preset", "tiny", "--run-dir", "new", "--set", "train.lr=nan", *TINY], ["train.lr"], None),
+    ("train-grad-clip-inf", ["train", "--preset", "tiny", "--run-dir", "new", "--set", "train.grad_clip=inf", *TINY], ["grad_clip"], None),
+    ("train-wrong-type", ["train", "--preset", "tiny", "--run-dir", "new", "--set", "train.batch_size='x'"], ["batch_size"], None),
+    # sizes that multiply memory
+    ("sample-too-many-images", ["sample", "--run", R, "--num", "6000", "--steps", "2"], ["too large", "--export-dir"], None),
+    ("sample-process-too-many", ["sample", "--run", R, "--num", "1000", "--steps", "20", "--process"], ["images x frames"], None),
+    ("interpolate-too-many-frames", ["interpolate", "--run", R, "--seeds", "1", "2", "--frames", "100000"], ["--frames"], None),
+    ("inpaint-huge-image", ["inpaint", "--run", R, "--image", "big.png"], ["larger than"], None),
+    # outputs that exist and are not folders, or would be replaced: checked before the work
+    ("sample-out-is-a-file", [*S, "--out", "a-file"], ["not a directory"], None),
+    ("sample-out-under-a-file", [*S, "--out", "a-file/sub"], ["not a directory"], None),
+    ("sample-export-dir-is-a-file", [*S, "--export-dir", "a-file"], ["--export-dir", "not a directory"], None),
+    ("inpaint-out-is-a-file", ["inpaint", "--run", R, "--class", "0", "--out", "a-file"], ["not a directory"], None),
+    ("interpolate-out-is-a-file", ["interpolate", "--run", R, "--seeds", "1", "2", "--out", "a-file"], ["not a directory"], None),
+    ("compare-out-is-a-file", ["compare-samplers", "--run", R, "--out", "a-file"], ["not a directory"], None),
+    ("schedules-out-is-a-file", ["plot-schedules", "--out", "a-file"], ["not a directory"], None),
+    ("fid-save-stats-exists", ["fid", "mnist:test", "--save-stats", "existing.npz"], ["already exists", "--force"], None),
+    ("fid-save-stats-is-a-dir", ["fid", "mnist:test", "--save-stats", "notrun"], ["is a directory"], None),
+    ("train-run-dir-is-a-file", ["train", "--preset", "tiny", "--run-dir", "a-file", *TINY], ["not a directory"], None),
+    ("train-force-on-non-run", ["train", "--preset", "tiny", "--run-dir", "notrun", "--force", *TINY], ["refusing to delete"], None),
+    ("train-exists", ["train", "--preset", "tiny", "--run-dir", R, *TINY], ["already exists"], None),
+    # files that are not what they claim
+    ("inpaint-text-as-png", ["inpaint", "--run", R, "--image", "text.png"], ["not an image file"], None),
+    ("inpaint-truncated-png", ["inpaint", "--run", R, "--image", "truncated.png"], ["not an image file"], None),
+    ("inpaint-mask-not-an-image", ["inpaint", "--run", R, "--class", "0", "--mask", "text.png"], ["mask"], None),
+    ("interpolate-images-text", ["interpolate", "--run", R, "--images", "text.png", "truncated.png"], ["not an image"], None),
+    ("preset-not-utf8", ["train", "--preset", "latin1.toml", "--run-dir", "new"], ["not UTF-8"], None),
+    ("preset-bad-toml", ["train", "--preset", "bad.toml", "--run-dir", "new"], ["not valid TOML"], None),
+    ("config-not-utf8", [*S], ["not UTF-8"], lambda run: _config(run, b"name = '\xff\xfe'\n")),
+    ("config-bad-toml", ["plot-schedules", "--run", R], ["not valid TOML"], lambda run: _config(run, b"[[[")),
+    ("checkpoint-junk", [*S, "--checkpoint", "junk.safetensors"], ["corrupt"], None),
+    ("checkpoint-nan-weights", [*S, "--checkpoint", "nan.safetensors"], ["non-finite"], None),
+    ("fid-broken-zip-npz", ["fid", "stats.npz", "text.npz"], ["npz"], None),
+    ("fid-text-npz", ["fid", "text.npz", "stats.npz"], ["npz"], None),
+    ("resume-pickle-payload", ["train", "--run-dir", R, "--resume"], ["refused", "would run code"], lambda run: _state(run, {"x": Payload()})),
+    ("resume-state-is-a-list", ["train", "--run-dir", R, "--resume"], ["lacks"], lambda run: _state(run, [1, 2, 3])),
+    ("resume-state-garbage", ["train", "--run-dir", R, "--resume"], ["cannot be read"], lambda run: (run / "checkpoints" / "last.state.pt").write_bytes(b"\x80\x05garbage")),
+    ("resume-state-wrong-optimizer", ["train", "--run-dir", R, "--resume"], ["does not fit"], lambda run: _state(run, {**torch.load(run / "checkpoints" / "last.state.pt", weights_only=True), "optimizer": {"state": {}, "param_groups": []}})),
+    ("resume-nan-weights", ["train", "--run-dir", R, "--resume"], ["non-finite"], _nan_last),
+    # a run directory another process owns
+    ("resume-locked-run", ["train", "--run-dir", R, "--resume"], ["in use by another diffkit process"], "lock"),
+    ("force-locked-run", ["train", "--preset", "tiny", "--run-dir", R, "--force", *TINY], ["in use"], "lock"),
+]  # fmt: skip
+
+
+def _tree(root: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != ".lock":
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+        elif p.is_dir():
+            out[str(p.relative_to(root))] = "dir"
+    return out
+
+
+def test_at_least_forty_cases() -> None:
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize(("args", "fragments", "setup"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(cli, workdir: Path, trained: Path, args: list[str], fragments: list[str], setup: Setup) -> None:
+    from test_cli import one_line_error
+
+    run = workdir / R
+    shutil.copytree(trained, run)
+    _files(workdir)
+    lock = None
+    if setup == "lock":
+        lock = RunLock(run).acquire()  # another owner (flock conflicts between open files, even in one process)
+    elif setup is not None:
+        setup(run)
+    before = _tree(workdir)
+    try:
+        result = cli(*args)
+    finally:
+        if lock is not None:
+            lock.release()
+    one_line_error(result, *fragments)
+    assert "weights_only=False" not in result[2]
+    assert _tree(workdir) == before  # nothing written, replaced or removed
+    assert not (workdir / "PWNED").exists()  # the hostile state ran no code
