@@ -91,14 +91,18 @@ class RunLock:
         self.stale_pid: int | None = None
         self.stale_alive = False
         self.created_root = False
+        self.created_top: Path | None = None  # the outermost folder created for `root` (to remove on a failed start)
 
     def acquire(self) -> RunLock:
         if self.root.exists() and not self.root.is_dir():
             raise DiffkitError(f"run directory {self.root} exists and is not a directory: choose another --run-dir")
         if not self.root.exists():
+            top = self.root
+            while not top.parent.exists() and top.parent != top:
+                top = top.parent
             try:
                 self.root.mkdir(parents=True)
-                self.created_root = True
+                self.created_root, self.created_top = True, top
             except FileExistsError:
                 pass
             except OSError as exc:

@@ -739,9 +739,9 @@ def train_run(
             paths = check_run_dir(run_dir, resume=resume, force=force)  # again, now that it is ours
             trainer = Trainer(settings, paths, hooks, clock_start=clock_start)
         except BaseException:
-            if lock.created_root:
+            if lock.created_top is not None:  # a failed start leaves nothing behind
                 lock.release()
-                shutil.rmtree(run_dir, ignore_errors=True)
+                shutil.rmtree(lock.created_top, ignore_errors=True)
             raise
         if resume:
             trainer.resume()

@@ -111,7 +111,7 @@ CASES: list[tuple[str, list[str], list[str], Setup]] = [
     ("interpolate-cfg-nan", ["interpolate", "--run", R, "--classes", "0", "1", "--cfg", "nan"], ["--cfg"], None),
     ("compare-cfg-inf", ["compare-samplers", "--run", R, "--cfg", "inf"], ["--cfg inf"], None),
     ("compare-steps-zero", ["compare-samplers", "--run", R, "--steps", "0,10"], ["--steps 0"], None),
-    ("compare-eta-negative", ["compare-samplers", "--run", R, "--eta", "-1"], ["--eta"], None),
+    ("compare-eta-negative", ["compare-samplers", "--run", R, "--samplers", "ddim", "--eta", "-1"], ["--eta"], None),
     ("fid-cfg-nan-in-sweep", ["fid", f"run:{R}", "mnist:test", "--cfg", "1,nan"], ["--cfg nan"], None),
     ("super-res-steps-zero", ["super-res", "--run", R, "--from", "synthetic:test:0..1", "--steps", "0"], ["--steps"], None),
     ("train-lr-nan", ["train", "--preset", "tiny", "--run-dir", "new", "--set", "train.lr=nan", *TINY], ["train.lr"], None),

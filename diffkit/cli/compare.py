@@ -78,9 +78,7 @@ def compare_samplers_command(
 
     With no --samplers and no --steps: a spread from DDPM 1000 to DPM++ 2M 10 (a few minutes on the demo model).
     """
-    check_sample_flags(cfg=cfg, eta=eta, num=num, batch_size=batch_size)
-    if steps:
-        check_sample_flags(steps=parse_csv(steps, int, "--steps"))
+    check_sample_flags(cfg=cfg, num=num, batch_size=batch_size)  # steps and eta: checked per sampler below
     check_output_dir(out)
     loaded = open_run(run, checkpoint, device)
     s = loaded.settings.sample
