@@ -23,6 +23,7 @@ from diffkit.denoiser import Denoiser
 from diffkit.generation import generate
 from diffkit.models import UNet, count_parameters
 from diffkit.runs import build_model
+from diffkit.sampling import SamplingPlan
 from diffkit.schedules import NoiseSchedule
 from diffkit.settings import load_settings
 
@@ -61,9 +62,10 @@ def sampling_throughput(model: UNet, num: int, steps: int, guidance: float, repe
     """Images per second for DDIM with `steps` steps, CFG batched when guidance is not 0 or 1."""
     den = Denoiser(model.eval(), NoiseSchedule.create("cosine", 1000), "eps", model.num_classes)
     classes = torch.arange(num) % model.num_classes if model.num_classes else None
+    plan = SamplingPlan(sampler="ddim", steps=steps, guidance=guidance, clipping="none", batch_size=num)
 
     def run() -> None:
-        generate(den, num=num, classes=classes, sampler="ddim", steps=steps, guidance=guidance, seed=0, batch_size=num)
+        generate(den, plan, num=num, classes=classes)
 
     run()
     return num / _best_of(run, repeats)

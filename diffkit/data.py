@@ -14,7 +14,6 @@ Images leave this module as float tensors in [-1, 1], shape (N, C, H, W).
 from __future__ import annotations
 
 import gzip
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffkit.errors import DiffkitError
+from diffkit.settings import resolve_data_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -267,7 +267,8 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("DIFFKIT_DATA_DIR", "data"))
+    """DIFFKIT_DATA_DIR, else data/ (see `settings.resolve_data_dir`)."""
+    return resolve_data_dir()
 
 
 def load_images(
@@ -364,3 +365,31 @@ def read_image(path: str | Path, *, image_size: int, channels: int) -> tuple[Ten
     target = f"{image_size}x{image_size} {'L' if channels == 1 else 'RGB'}"
     note = None if original == target else f"converted {path.name} from {original} to {target}"
     return to_float(converted), note
+
+
+# --------------------------------------------------------------------------- super-resolution inputs
+# The degradation SR3-style runs are trained on and evaluated with (see diffkit.editing.superres).
+
+
+def degrade(images: Tensor, scale: int) -> Tensor:
+    """(N, C, H, W) -> (N, C, H/scale, W/scale) by area averaging."""
+    h, w = images.shape[-2:]
+    if h % scale or w % scale:
+        raise DiffkitError(f"scale {scale} does not divide the image size {w}x{h}: use a scale that does")
+    return F.interpolate(images, size=(h // scale, w // scale), mode="area")
+
+
+def upsample(low: Tensor, size: int) -> Tensor:
+    """Bicubic upsampling to size x size, clipped to [-1, 1] (bicubic overshoots at edges)."""
+    return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def random_condition(images: Tensor, scales: list[int], generator: torch.Generator) -> Tensor:
+    """Training conditioning: each image degraded by a scale drawn uniformly from `scales`, upsampled back."""
+    pick = torch.randint(len(scales), (images.shape[0],), generator=generator, device=generator.device)
+    cond = torch.empty_like(images)
+    for i, scale in enumerate(scales):
+        chosen = pick.to(images.device) == i
+        if chosen.any():
+            cond[chosen] = upsample(degrade(images[chosen], scale), images.shape[-1])
+    return cond

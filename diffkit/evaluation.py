@@ -20,8 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,8 +29,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffkit.data import DATASETS, default_data_dir, load_images, parse_source, to_float
+from diffkit.atomic import atomic_write, write_json
+from diffkit.data import DATASETS, load_images, parse_source, to_float
+from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
+from diffkit.generation import cycled_classes, generate
 from diffkit.metrics import (
     MIN_SAMPLES,
     Array,
@@ -49,8 +51,12 @@ from diffkit.metrics import (
     save_statistics,
     statistics_metadata,
 )
+from diffkit.progress import Progress
+from diffkit.runs import LoadedRun, load_run
+from diffkit.sampling import SamplingPlan
+from diffkit.settings import Settings, resolve_data_dir
+from diffkit.viz import plot_guidance_sweep, save_grid
 
-Progress = Callable[[int, int, str], None]
 SourceKind = Literal["dataset", "folder", "stats", "run"]
 
 RUN_PREFIX = "run:"
@@ -189,7 +195,11 @@ def choose_feature_net(
 def _prefixed(progress: Progress | None, prefix: str) -> Progress | None:
     if progress is None:
         return None
-    return lambda done, total, message: progress(done, total, f"{prefix}: {message}")
+
+    def report(done: int, total: int, message: str = "", /) -> None:
+        progress(done, total, f"{prefix}: {message}")
+
+    return report
 
 
 def probe(net: FeatureNet, shape: tuple[int, ...], what: str) -> None:
@@ -253,12 +263,11 @@ def _cached_features(key: str, cache_dir: Path | None) -> Array | None:
 
 
 def _store_features(key: str, cache_dir: Path | None, feats: Array) -> None:
-    path = _features_path(key, cache_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as out:  # float32 holds the net's float32 outputs exactly, at half the size
-        np.save(out, feats.astype(np.float32))
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as out:  # float32 holds the net's float32 outputs exactly, at half the size
+            np.save(out, feats.astype(np.float32))
+
+    atomic_write(_features_path(key, cache_dir), write)
 
 
 def read_statistics(source: Source, net: FeatureNet | None) -> tuple[Measured, list[str]]:
@@ -339,29 +348,36 @@ class Accuracy:
 
 
 def class_judge(
-    run: Any, *, data_dir: Path | None = None, cache_dir: Path | None = None, progress: Progress | None = None
+    settings: Settings,
+    run: str = "this run",
+    *,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> ClassifierFeatureNet:
-    """A classifier trained on the run's own dataset (the digit CNN for MNIST digits) to judge its classes."""
-    if run.num_classes == 0:
+    """A classifier trained on the run's own dataset (the digit CNN for MNIST digits) to judge its classes;
+    `run` names the run in messages."""
+    num_classes = settings.model.num_classes or 0
+    if num_classes == 0:
         raise DiffkitError(
-            f"class accuracy needs a class-conditional run, and {run.root} is unconditional: drop --class-accuracy"
+            f"class accuracy needs a class-conditional run, and {run} is unconditional: drop --class-accuracy"
         )
-    dataset = run.settings.data.dataset
+    dataset = settings.data.dataset
     if dataset in _CLASSIFIER_DATASETS:
         net = digit_feature_net(data_dir=data_dir, cache_dir=cache_dir, progress=_prefixed(progress, "digit CNN"))
     elif dataset == "folder":
         raise DiffkitError(
-            f"{run.root} was trained on a folder of images, for which diffkit has no classifier: "
+            f"{run} was trained on a folder of images, for which diffkit has no classifier: "
             "drop --class-accuracy (it works for runs on named datasets such as mnist-5k)"
         )
     else:
         net = classifier_feature_net(
             dataset, data_dir=data_dir, cache_dir=cache_dir, progress=_prefixed(progress, f"{dataset} classifier")
         )
-    if net.model.num_classes != run.num_classes:
+    if net.model.num_classes != num_classes:
         raise DiffkitError(
-            f"the {dataset} classifier knows {net.model.num_classes} classes but {run.root} makes "
-            f"{run.num_classes}: class accuracy needs a run trained on the dataset's own classes"
+            f"the {dataset} classifier knows {net.model.num_classes} classes but {run} makes "
+            f"{num_classes}: class accuracy needs a run trained on the dataset's own classes"
         )
     return net
 
@@ -376,61 +392,16 @@ def accuracy_of(judge: ClassifierFeatureNet, images: Images) -> Accuracy:
 # -------------------------------------------------------------------------------------------- runs
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How images are generated from a run source."""
-
-    sampler: str
-    steps: int
-    guidance: float
-    seed: int
-    batch_size: int
-
-
-def sampling_for(
-    run: Any, sampler: str | None, steps: int | None, guidance: float | None, seed: int | None, batch_size: int | None
-) -> Sampling:
-    """The run's own [sample] defaults for whatever is not given; checked before anything is generated."""
-    from diffkit.compare import Config, check_configs
-
-    s = run.settings.sample
-    chosen = Sampling(
-        sampler or s.sampler,
-        s.steps if steps is None else steps,
-        (s.cfg if run.num_classes else 1.0) if guidance is None else guidance,
-        s.seed if seed is None else seed,
-        batch_size or s.batch_size,
-    )
-    check_configs([Config(chosen.sampler, chosen.steps)], run.schedule.timesteps)
-    if run.num_classes == 0 and chosen.guidance not in (0.0, 1.0):
-        raise DiffkitError(
-            f"--cfg {chosen.guidance:g} needs a class-conditional model, and {run.root} is unconditional: drop --cfg"
-        )
-    return chosen
-
-
-def run_images(run: Any, num: int, how: Sampling, progress: Progress | None = None) -> Images:
+def run_images(run: LoadedRun, num: int, plan: SamplingPlan, progress: Progress | None = None) -> Images:
     """`num` images from a run, classes in turn (so each class gets num / K of them), one seed for all."""
-    from diffkit.generation import cycled_classes, generate
-
     classes = cycled_classes(run.num_classes, None, num)
-    label = f"run:{run.root} ({how.sampler} {how.steps} steps)"  # guidance: a column of its own
+    label = f"run:{run.root} ({plan.sampler} {plan.steps} steps)"  # guidance: a column of its own
 
-    def tick(done: int, total: int) -> None:
+    def tick(done: int, total: int, message: str = "") -> None:
         if progress is not None:
-            progress(done, total, f"sampling, guidance {how.guidance:g}")
+            progress(done, total, f"sampling, guidance {plan.guidance:g}")
 
-    out = generate(
-        run.denoiser(),
-        num=num,
-        classes=classes,
-        sampler=how.sampler,
-        steps=how.steps,
-        guidance=how.guidance,
-        seed=how.seed,
-        batch_size=how.batch_size,
-        progress=tick,
-    )
+    out = generate(run.denoiser(plan), plan, num=num, classes=classes, progress=tick)
     return Images(out.images, classes, label)
 
 
@@ -512,7 +483,7 @@ class FidReport:
     floor: Floor | None = None
     statistics: Measured | None = None  # the one source's statistics, in one-source mode
     saved_statistics: Path | None = None
-    sampling: Sampling | None = None
+    sampling: SamplingPlan | None = None
     run: Path | None = None  # the run sampled, if any: reports go inside it by default
     num_classes: int = 0
     notes: list[str] = field(default_factory=list)
@@ -535,7 +506,9 @@ class FidReport:
             "rows": [r.record() for r in self.rows],
         }
         if self.sampling is not None:
-            out["sampling"] = {k: v for k, v in vars(self.sampling).items() if k != "guidance"}
+            p = self.sampling
+            out["sampling"] = {"sampler": p.sampler, "steps": p.steps, "seed": p.seed, "batch_size": p.batch_size}
+            out["sampling"] |= {"options": p.sampler_options} if p.options else {}
         if self.floor is not None:
             out["floor"] = self.floor.record()
         if self.best is not None:
@@ -553,13 +526,7 @@ class FidReport:
 
     def save(self, folder: Path) -> list[Path]:
         """fid.json, plus a guidance-sweep plot (several scales) and a preview grid per generated scale."""
-        from diffkit.viz import plot_guidance_sweep, save_grid
-
-        folder.mkdir(parents=True, exist_ok=True)
-        report = folder / "fid.json"
-        tmp = report.with_name(f".{report.name}.tmp")
-        tmp.write_text(json.dumps(self.record(), indent=2) + "\n")
-        os.replace(tmp, report)
+        report = write_json(folder / "fid.json", self.record())
         written = [report]
         if len(self.rows) > 1:
             floor = self.floor.distance.fid if self.floor is not None else None
@@ -664,7 +631,7 @@ class _Opened:
     """The sources of a request, with runs loaded and dataset / folder images read (cheap; no sampling)."""
 
     sources: list[Source]
-    runs: dict[int, Any]  # source index -> LoadedRun
+    runs: dict[int, LoadedRun]  # source index -> the loaded run
     images: dict[int, Images]  # source index -> images of a dataset or folder
     data_dir: Path
     notes: list[str]
@@ -679,8 +646,6 @@ class _Opened:
 
 
 def _open(request: FidRequest) -> _Opened:
-    from diffkit.runs import load_run
-
     sources = [parse_eval_source(t) for t in request.sources]
     check_request(request, sources)
     runs = {
@@ -719,7 +684,9 @@ def _nets(
     judge = None
     if request.class_accuracy:
         i, run = next(iter(opened.runs.items()))
-        judge = class_judge(run, data_dir=opened.data_dir, cache_dir=request.cache_dir, progress=progress)
+        judge = class_judge(
+            run.settings, str(run.root), data_dir=opened.data_dir, cache_dir=request.cache_dir, progress=progress
+        )
         probe(judge, shapes[i], str(run.root))
     return net, judge
 
@@ -741,15 +708,11 @@ def _measure_fixed(
     return fixed, notes
 
 
-def _data_dir(request: FidRequest, runs: Any) -> Path:
-    """--data-dir, else DIFFKIT_DATA_DIR, else the first run's data_dir, else diffkit's default."""
+def _data_dir(request: FidRequest, runs: Iterable[LoadedRun]) -> Path:
+    """The request's data_dir, else `resolve_data_dir` (DIFFKIT_DATA_DIR, else the first run's data_dir)."""
     if request.data_dir is not None:
         return request.data_dir
-    if os.environ.get("DIFFKIT_DATA_DIR"):
-        return default_data_dir()
-    for run in runs:
-        return Path(run.settings.data_dir)
-    return default_data_dir()
+    return resolve_data_dir(next((run.settings.data_dir for run in runs), None))
 
 
 def _rows(
@@ -759,7 +722,7 @@ def _rows(
     net: FeatureNet | None,
     judge: ClassifierFeatureNet | None,
     progress: Progress | None,
-) -> tuple[list[Row], Sampling | None, list[Measured]]:
+) -> tuple[list[Row], SamplingPlan | None, list[Measured]]:
     """One row per guidance scale: generate from each run source, measure, compare, judge classes."""
     count = len(opened.sources)
     if not opened.runs:
@@ -770,7 +733,9 @@ def _rows(
     scales: list[float | None] = list(request.guidance) if request.guidance else [None]
     # every scale checked before the first image is generated (e.g. --cfg 2 on an unconditional run)
     plans = {
-        (i, scale): sampling_for(run, request.sampler, request.steps, scale, request.seed, request.batch_size)
+        (i, scale): run.plan(
+            sampler=request.sampler, steps=request.steps, cfg=scale, seed=request.seed, batch_size=request.batch_size
+        )
         for i, run in opened.runs.items()
         for scale in scales
     }
@@ -861,7 +826,7 @@ class SampleQuality:
         return text + ("; class_acc: the classifier agrees with the requested class" if self.judge else "")
 
 
-def default_reference(settings: Any, data_dir: Path) -> str:
+def default_reference(settings: Settings, data_dir: Path) -> str:
     """mnist:test for digit runs when it is there, else the run's own training data."""
     d = settings.data
     if d.dataset in _CLASSIFIER_DATASETS and _loadable("mnist:test", data_dir):
@@ -870,7 +835,7 @@ def default_reference(settings: Any, data_dir: Path) -> str:
 
 
 def sample_quality(
-    settings: Any,
+    settings: Settings,
     reference: str | None = None,
     *,
     features: str = "auto",
@@ -880,7 +845,7 @@ def sample_quality(
     progress: Progress | None = None,
 ) -> SampleQuality:
     """A SampleQuality for images from a run with these settings; the reference's features are cached."""
-    data_dir = data_dir or _data_dir(FidRequest([]), [_SettingsOnly(settings)])
+    data_dir = data_dir or resolve_data_dir(settings.data_dir)
     shape = (settings.data.channels, settings.data.image_size, settings.data.image_size)
     net = choose_feature_net(features, [shape], data_dir=data_dir, cache_dir=cache_dir, progress=progress)
     probe(net, shape, "generated images")
@@ -895,20 +860,8 @@ def sample_quality(
         ref = measure(images, net, cache_key=key, cache_dir=cache_dir, progress=progress)
     judge = None
     if with_accuracy and settings.model.num_classes:
-        judge = class_judge(_SettingsOnly(settings), data_dir=data_dir, cache_dir=cache_dir, progress=progress)
+        judge = class_judge(settings, data_dir=data_dir, cache_dir=cache_dir, progress=progress)
     return SampleQuality(net, ref, judge)
-
-
-@dataclass
-class _SettingsOnly:
-    """The parts of a LoadedRun that choosing a data dir and a class judge read, for callers holding settings."""
-
-    settings: Any
-    root: str = "this run"
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.settings.model.num_classes or 0)
 
 
 # ------------------------------------------------------------------------------- during training
@@ -918,28 +871,18 @@ TRAIN_FID_SAMPLER, TRAIN_FID_STEPS = "ddim", 20  # fast settings: the curve's tr
 
 @dataclass
 class TrainingFid:
-    """The small-sample FID logged during training (train.fid_every_epochs): `fid_samples` EMA samples,
-    classes in turn, the run's guidance and seed, DDIM 20 steps, against fixed reference statistics."""
+    """The small-sample FID logged during training (train.fid_every_epochs): `num` EMA samples, classes
+    in turn, with the run's [sample] plan (guidance, seed, clipping) at DDIM 20 steps, against fixed
+    reference statistics."""
 
     quality: SampleQuality
     num: int
-    guidance: float
-    seed: int
+    plan: SamplingPlan
 
-    def __call__(self, denoiser: Any) -> dict[str, Any]:
-        from diffkit.generation import cycled_classes, generate
-
+    def __call__(self, denoiser: Denoiser) -> dict[str, Any]:
         classes = cycled_classes(denoiser.num_classes, None, self.num)
-        steps = min(TRAIN_FID_STEPS, denoiser.schedule.timesteps)
-        out = generate(
-            denoiser,
-            num=self.num,
-            classes=classes,
-            sampler=TRAIN_FID_SAMPLER,
-            steps=steps,
-            guidance=self.guidance,
-            seed=self.seed,
-        )
+        plan = self.plan.with_sampler(TRAIN_FID_SAMPLER, min(TRAIN_FID_STEPS, denoiser.schedule.timesteps))
+        out = generate(denoiser, plan, num=self.num, classes=classes)
         fid = self.quality(out.images, None)["fid"]
         # the sample count and feature space travel with the number: a 500-image FID is not a 10k one
         return {
@@ -950,7 +893,7 @@ class TrainingFid:
         }
 
 
-def training_fid(settings: Any, *, progress: Progress | None = None) -> TrainingFid:
+def training_fid(settings: Settings, *, progress: Progress | None = None) -> TrainingFid:
     """Built when training starts, so a bad combination fails before the first step, not after an epoch.
 
     The reference is mnist:test for digit runs when it is present, else the training data itself.
@@ -960,6 +903,7 @@ def training_fid(settings: Any, *, progress: Progress | None = None) -> Training
             "train.fid_every_epochs needs a model that generates from noise, not a super-resolution "
             "model: set train.fid_every_epochs=0"
         )
-    quality = sample_quality(settings, None, with_accuracy=False, data_dir=Path(settings.data_dir), progress=progress)
-    guidance = settings.sample.cfg if settings.model.num_classes else 1.0
-    return TrainingFid(quality, settings.train.fid_samples, guidance, settings.sample.seed)
+    data_dir = resolve_data_dir(settings.data_dir)
+    quality = sample_quality(settings, None, with_accuracy=False, data_dir=data_dir, progress=progress)
+    plan = SamplingPlan.from_settings(settings.sample, settings.model.num_classes or 0)
+    return TrainingFid(quality, settings.train.fid_samples, plan)

@@ -20,7 +20,7 @@ import pickle
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from diffkit.data import ImageSet, default_data_dir, load_images, to_float
 from diffkit.errors import DiffkitError
 from diffkit.models.classifier import SmallClassifier, train_classifier
+from diffkit.progress import Progress
 
 Array = npt.NDArray[np.float64]
-Progress = Callable[[int, int, str], None]
 
 MIN_SAMPLES = 2  # a covariance (and the unbiased MMD) needs two samples
 DIGIT_NET_VERSION = 1  # bump when the architecture or the training recipe changes: invalidates caches

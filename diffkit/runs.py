@@ -15,23 +15,24 @@ runs/<name>/
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
+from diffkit.atomic import atomic_write
 from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.models import UNet
 from diffkit.precision import PrecisionChoice, choose_precision
+from diffkit.sampling import SamplingPlan
 from diffkit.schedules import NoiseSchedule
-from diffkit.settings import Settings, load_saved_settings, save_settings
+from diffkit.settings import Settings, load_saved_settings, resolve_runs_dir, save_settings
 
 
 @dataclass(frozen=True)
@@ -153,10 +154,6 @@ def resolve_device(name: str) -> torch.device:
 # ---------------------------------------------------------------------------------- checkpoints
 
 
-def _atomic(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
 def save_checkpoint(
     paths: RunPaths,
     name: str,
@@ -171,11 +168,8 @@ def save_checkpoint(
     tensors |= {f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}
     target = paths.weights(name)
     if state is not None:  # state first: a crash between the two leaves the old weights, not new weights + old state
-        state_target = paths.state(name)
-        torch.save(state, _atomic(state_target))
-        os.replace(_atomic(state_target), state_target)
-    save_file(tensors, str(_atomic(target)), metadata={"diffkit": json.dumps(meta)})
-    os.replace(_atomic(target), target)
+        atomic_write(paths.state(name), lambda tmp: torch.save(state, tmp))
+    atomic_write(target, lambda tmp: save_file(tensors, str(tmp), metadata={"diffkit": json.dumps(meta)}))
     return target
 
 
@@ -184,10 +178,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     if not path.is_file():
         raise DiffkitError(f"checkpoint {path} does not exist: train the run first or pick --checkpoint best|last|PATH")
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:  # one opening: the tensors and the metadata
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (a safetensors handle)
             meta = json.loads((f.metadata() or {}).get("diffkit", "{}"))
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
         raise DiffkitError(
@@ -211,8 +203,9 @@ def load_state(path: Path) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------- loading
 
 
-def latest_run(runs_dir: Path) -> Path:
-    """The run whose last checkpoint was written most recently."""
+def latest_run(runs_dir: Path | None = None) -> Path:
+    """The run whose last checkpoint was written most recently (under `resolve_runs_dir()` by default)."""
+    runs_dir = runs_dir or resolve_runs_dir()
     candidates = [p.parent.parent for p in runs_dir.glob("*/checkpoints/last.safetensors")]
     if not candidates:
         raise DiffkitError(f"no trained run in {runs_dir}/: train one (diffkit train --preset demo) or pass --run DIR")
@@ -237,7 +230,7 @@ class LoadedRun:
     checkpoint: Path
     meta: dict[str, Any]
     device: torch.device
-    _precision: PrecisionChoice | None = field(default=None, repr=False)
+    _precisions: dict[str, PrecisionChoice] = field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -246,21 +239,47 @@ class LoadedRun:
     @property
     def precision(self) -> PrecisionChoice:
         """sample.precision for this network here ("auto": timed once, then cached)."""
-        if self._precision is None:
-            self._precision = choose_precision(
-                self.settings.sample.precision, self.model, mode="sample", device=self.device
-            )
-        return self._precision
+        return self.precision_for(self.settings.sample.precision)
 
-    def denoiser(self, **options: Any) -> Denoiser:
-        options.setdefault("precision", self.precision)
-        return make_denoiser(self.settings, self.model, self.schedule, **options)
+    def precision_for(self, name: str) -> PrecisionChoice:
+        if name not in self._precisions:
+            self._precisions[name] = choose_precision(name, self.model, mode="sample", device=self.device)  # type: ignore[arg-type]
+        return self._precisions[name]
+
+    def plan(self, **flags: Any) -> SamplingPlan:
+        """This run's [sample] settings < `flags` (see `SamplingPlan.from_settings`), checked against the model."""
+        plan = SamplingPlan.from_settings(self.settings.sample, self.num_classes, **flags)
+        return plan.check(self.schedule.timesteps, self.num_classes)
+
+    def denoiser(self, plan: SamplingPlan | None = None) -> Denoiser:
+        """The network as a Denoiser, in the plan's precision, clipping and CFG-rescale (the run's by default)."""
+        plan = plan or self.plan()
+        return make_denoiser(
+            self.settings, self.model, self.schedule, plan, precision=self.precision_for(plan.precision)
+        )
 
 
-def make_denoiser(settings: Settings, model: nn.Module, schedule: NoiseSchedule, **options: Any) -> Denoiser:
-    """The run's model as a Denoiser: its objective, classes and the sampling defaults (clipping)."""
-    options.setdefault("clipping", settings.sample.clipping)
-    return Denoiser(model, schedule, settings.diffusion.objective, settings.model.num_classes or 0, **options)
+def make_denoiser(
+    settings: Settings,
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    plan: SamplingPlan | None = None,
+    *,
+    precision: PrecisionChoice | None = None,
+) -> Denoiser:
+    """The run's model as a Denoiser: its objective and classes; clipping and CFG-rescale from `plan`
+    (the run's [sample] settings when none is given)."""
+    num_classes = settings.model.num_classes or 0
+    plan = plan or SamplingPlan.from_settings(settings.sample, num_classes)
+    return Denoiser(
+        model,
+        schedule,
+        settings.diffusion.objective,
+        num_classes,
+        clipping=plan.clipping,
+        rescale_phi=plan.rescale,
+        precision=precision,
+    )
 
 
 def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, device: str = "auto") -> LoadedRun:

@@ -18,17 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffkit.atomic import write_json
-from diffkit.data import ImageSet, load_images, train_val_split
-from diffkit.denoiser import min_snr_weight, training_target
-from diffkit.editing.superres import degrade, random_condition, super_resolve
+from diffkit.data import ImageSet, load_images, random_condition, train_val_split
+from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
-from diffkit.generation import class_layout, generate
+from diffkit.evaluation import training_fid
+from diffkit.loss import diffusion_loss
 from diffkit.models import count_parameters
 from diffkit.precision import FP32, PrecisionChoice, choose_precision, cpu_kind, machine_description
+from diffkit.previews import class_grid, preview_images, superres_grid
 from diffkit.runs import (
     RunPaths,
     build_model,
@@ -42,9 +42,9 @@ from diffkit.runs import (
     save_checkpoint,
     split_weights,
 )
-from diffkit.schedules import gather
+from diffkit.sampling import SamplingPlan
 from diffkit.settings import Settings
-from diffkit.viz import plot_training_curves, save_grid
+from diffkit.viz import plot_training_curves
 
 
 class TrainHooks:
@@ -225,12 +225,8 @@ class Trainer:
         )
         self.gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)  # noise, timesteps, label dropout
         self.step, self.best_val = 0, math.inf
-        self.alpha_bar = self.schedule.alpha_bar.float().to(self.device)
-        self.snr = self.schedule.snr.float().to(self.device)
         self.fid = None  # built now, so a setting that cannot work fails before the first step
         if t.fid_every_epochs:
-            from diffkit.evaluation import training_fid
-
             self.fid = training_fid(settings)
 
     @property
@@ -329,29 +325,21 @@ class Trainer:
         return x0, self.train_set.labels[idx].to(self.device)
 
     def loss(self, model: nn.Module, x0: Tensor, labels: Tensor, gen: torch.Generator, p_uncond: float) -> Tensor:
-        """The weighted denoising loss of one batch (per-sample MSE, optional min-SNR-γ weights)."""
-        n, d = x0.shape[0], self.settings.diffusion
-        t = torch.randint(0, self.schedule.timesteps, (n,), generator=gen, device=self.device)
-        noise = torch.randn(x0.shape, generator=gen, device=self.device)
-        classes = None
-        if self.num_classes:
-            drop = torch.rand(n, generator=gen, device=self.device) < p_uncond
-            classes = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-        ab = gather(self.alpha_bar, t, x0)
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        cond = self._sr_condition(x0, gen)
-        with self.precision.autocast(self.device):
-            out = model(x_t, t, classes) if cond is None else model(x_t, t, classes, cond=cond)
-        per_sample = F.mse_loss(out.float(), training_target(d.objective, x0, noise, ab), reduction="none")
-        per_sample = per_sample.mean(dim=(1, 2, 3))
-        if d.min_snr_gamma:
-            per_sample = per_sample * min_snr_weight(d.objective, self.snr[t], d.min_snr_gamma)
-        return per_sample.mean()
-
-    def _sr_condition(self, x0: Tensor, gen: torch.Generator) -> Tensor | None:
-        """Super-resolution runs (SR3) see x0 shrunk by a random trained scale and upsampled back."""
-        m = self.settings.model
-        return random_condition(x0, m.sr_scales, gen) if m.task == "super-res" else None
+        """The weighted denoising loss of one batch (`diffkit.loss.diffusion_loss` with this run's settings)."""
+        d, m = self.settings.diffusion, self.settings.model
+        return diffusion_loss(
+            model,
+            self.schedule,
+            x0,
+            labels,
+            gen,
+            objective=d.objective,
+            min_snr_gamma=d.min_snr_gamma,
+            num_classes=self.num_classes,
+            p_uncond=p_uncond,
+            condition=(lambda x, g: random_condition(x, m.sr_scales, g)) if m.task == "super-res" else None,
+            precision=self.precision,
+        )
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -367,45 +355,23 @@ class Trainer:
             count += len(idx)
         return total / count
 
+    @property
+    def grid_plan(self) -> SamplingPlan:
+        """The run's [sample] settings at train.grid_steps: how the grids during training are drawn."""
+        plan = SamplingPlan.from_settings(self.settings.sample, self.num_classes)
+        return plan.but(steps=min(self.settings.train.grid_steps, self.schedule.timesteps))
+
+    def ema_denoiser(self) -> Denoiser:
+        return make_denoiser(self.settings, self.ema, self.schedule, precision=self.precision)
+
     def draw_grid(self, name: str) -> str:
         """A fixed-seed grid from the EMA weights (a row per class for conditional models)."""
+        path = self.paths.samples / f"{name}.png"
         if self.settings.model.task == "super-res":
-            return self._draw_superres_grid(name)
-        s = self.settings.sample
-        per_class = 8
-        classes, num = class_layout(self.num_classes, None, per_class if self.num_classes else 64)
-        denoiser = make_denoiser(self.settings, self.ema, self.schedule, precision=self.precision)
-        out = generate(
-            denoiser,
-            num=num,
-            classes=classes,
-            sampler=s.sampler,
-            steps=min(self.settings.train.grid_steps, self.schedule.timesteps),
-            guidance=s.cfg if self.num_classes else 1.0,
-            seed=s.seed,
-            batch_size=s.batch_size,
-        )
-        path = self.paths.samples / f"{name}.png"
-        save_grid(out.images, path, nrow=per_class, scale=2)
-        return str(path)
-
-    def _draw_superres_grid(self, name: str) -> str:
-        """Rows per trained scale: bicubic, then diffusion; the last row is the ground truth."""
-        s, images = self.settings.sample, (self.val_set if len(self.val_set) else self.train_set).floats(slice(0, 8))
-        denoiser = make_denoiser(self.settings, self.ema, self.schedule, precision=self.precision)
-        rows = []
-        for scale in self.settings.model.sr_scales:
-            out = super_resolve(
-                denoiser,
-                degrade(images, scale),
-                sampler=s.sampler,
-                steps=min(self.settings.train.grid_steps, self.schedule.timesteps),
-                seed=s.seed,
-                batch_size=s.batch_size,
-            )
-            rows += [out.bicubic, out.images]
-        path = self.paths.samples / f"{name}.png"
-        save_grid(torch.cat([*rows, images]), path, nrow=len(images), scale=2)
+            truth = (self.val_set if len(self.val_set) else self.train_set).floats(slice(0, 8))
+            superres_grid(self.ema_denoiser(), self.grid_plan, truth, self.settings.model.sr_scales, path)
+        else:
+            class_grid(self.ema_denoiser(), self.grid_plan, path)
         return str(path)
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -527,7 +493,7 @@ class Trainer:
         t, s = self.settings.train, self.settings.sample
         per_image = self._forward_seconds_per_image()
         guided = 2 if self.num_classes and s.cfg not in (0.0, 1.0) else 1
-        grid_images = 8 * self.num_classes if self.num_classes else 64
+        grid_images = preview_images(self.num_classes)
         grid_s = min(t.grid_steps, self.schedule.timesteps) * grid_images * guided * per_image
         fid_s = min(t.grid_steps, self.schedule.timesteps) * t.fid_samples * guided * per_image
         save_s = 1.0  # checkpoint, curves.png, metrics: about a second on a laptop
@@ -563,8 +529,7 @@ class Trainer:
             self._log({"step": self.step, "epoch": epoch, "val_loss": val})
         fid_every = self.settings.train.fid_every_epochs
         if self.fid is not None and (epoch % fid_every == 0 or self.step == self.total_steps):
-            denoiser = make_denoiser(self.settings, self.ema, self.schedule, precision=self.precision)
-            self._log({"step": self.step, "epoch": epoch, **self.fid(denoiser)})
+            self._log({"step": self.step, "epoch": epoch, **self.fid(self.ema_denoiser())})
         every = self.settings.train.sample_every_epochs
         final = self.step == self.total_steps
         grid = None

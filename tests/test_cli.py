@@ -161,3 +161,16 @@ def test_bad_sampler_options(cli, trained: Path) -> None:
 
 def test_no_run_yet(cli, workdir: Path) -> None:
     one_line_error(cli("sample"), "no trained run", "diffkit train")
+
+
+def test_sample_without_run_looks_in_diffkit_runs_dir(
+    cli, workdir: Path, trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train` writes under DIFFKIT_RUNS_DIR, so `sample` without --run must look there too (not ./runs)."""
+    monkeypatch.setenv("DIFFKIT_RUNS_DIR", str(trained.parent))
+    code, out, err = cli("sample", "--num", "1", "--steps", "1", "--out", str(workdir / "o"))
+    assert code == 0, err
+    assert f"using the most recent run: {trained}" in " ".join(out.split())
+    assert len(list((workdir / "o" / "images").iterdir())) == 4  # one per class of the tiny run
+    monkeypatch.setenv("DIFFKIT_RUNS_DIR", str(workdir / "elsewhere"))
+    one_line_error(cli("sample"), "no trained run in", "elsewhere")

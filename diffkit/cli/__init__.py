@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import typer
 
 from diffkit import __version__
+from diffkit.cli import compare, fid, inpaint, interpolate, presets, sample, schedules, superres, train
 from diffkit.errors import DiffkitError
 
 app = typer.Typer(
@@ -33,26 +35,20 @@ def _root(
     """diffkit: image diffusion models for learning, teaching and research."""
 
 
-def _register() -> None:
-    from diffkit.cli import inpaint, interpolate, presets, sample, stubs, superres, train
-
-    app.command()(train.train)
-    app.command()(sample.sample)
-    app.command()(presets.presets)
-    app.command("inpaint")(inpaint.inpaint_command)
-    app.command("interpolate")(interpolate.interpolate)
-    app.command("super-res")(superres.super_res)
-    from diffkit.cli import compare, schedules
-
-    app.command("compare-samplers")(compare.compare_samplers_command)
-    app.command("plot-schedules")(schedules.plot_schedules_command)
-    from diffkit.cli import fid
-
-    app.command("fid")(fid.fid_command)
-    stubs.register(app)
-
-
-_register()
+# every command, registered once, under the name users type (function names: <name>_command)
+COMMANDS: dict[str, Callable[..., None]] = {
+    "train": train.train_command,
+    "sample": sample.sample_command,
+    "compare-samplers": compare.compare_samplers_command,
+    "plot-schedules": schedules.plot_schedules_command,
+    "inpaint": inpaint.inpaint_command,
+    "interpolate": interpolate.interpolate_command,
+    "super-res": superres.super_res_command,
+    "fid": fid.fid_command,
+    "presets": presets.presets_command,
+}
+for _name, _command in COMMANDS.items():
+    app.command(_name)(_command)
 
 
 def main() -> None:
