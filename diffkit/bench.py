@@ -3,7 +3,8 @@
     python -m diffkit.bench --out reports [--quick]
 
 Timed unit tests are flaky on shared machines; targets live here instead. Every figure says how it
-was measured; comparisons (bf16 vs fp32, CFG vs no CFG) are interleaved in the same process.
+was measured and names the CPU kind; comparisons (bf16 vs fp32, channels-last vs not, CFG vs no CFG)
+are interleaved in the same process.
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ import argparse
 import json
 import platform
 import resource
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from diffkit.denoiser import Denoiser
 from diffkit.generation import generate
 from diffkit.models import UNet, count_parameters
+from diffkit.precision import choose_precision, cpu_kind, machine_description
 from diffkit.runs import build_model
 from diffkit.sampling import SamplingPlan
 from diffkit.schedules import NoiseSchedule
@@ -38,24 +42,66 @@ def _best_of(fn: Callable[[], Any], repeats: int) -> float:
     return best
 
 
-def train_step_throughput(model: UNet, batch: int, bf16: bool, steps: int = 3, repeats: int = 3) -> float:
-    """Training images per second for the demo UNet (forward, backward, AdamW step)."""
+def _train_step(model: UNet, batch: int, bf16: bool, channels_last: bool) -> Callable[[], None]:
+    """One training step of `model` (forward, backward, AdamW) on a fixed random batch."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, model.in_channels, model.image_size, model.image_size)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     t = torch.randint(0, 1000, (batch,))
     classes = torch.randint(0, max(model.num_classes, 1), (batch,)) if model.num_classes else None
 
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x, t, classes)
+        loss = (out.float() - x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def train_step_throughput(
+    model: UNet, batch: int, bf16: bool, steps: int = 3, repeats: int = 3, channels_last: bool = False
+) -> float:
+    """Training images per second for the demo UNet (forward, backward, AdamW step)."""
+    step = _train_step(model, batch, bf16, channels_last)
+
     def run() -> None:
         for _ in range(steps):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = model(x, t, classes)
-            loss = (out.float() - x).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            step()
 
     run()  # warm-up (oneDNN picks kernels on first use)
     return batch * steps / _best_of(run, repeats)
+
+
+def training_flops(model: UNet, batch: int) -> int:
+    """FLOPs of one training step (forward + backward), counted by torch's own FLOP counter."""
+    step = _train_step(model, batch, bf16=False, channels_last=False)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def peak_gflops(repeats: int) -> dict[str, float]:
+    """Measured GFLOP/s of a large matmul and a 3x3 convolution, fp32 and bf16: the roofline the network sees."""
+    out: dict[str, float] = {}
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    x, w = torch.randn(64, 64, 28, 28), torch.randn(64, 64, 3, 3)
+    conv_flops = 2 * 64 * 64 * 28 * 28 * 64 * 9
+    for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        a_, b_, x_, w_ = a.to(dtype), b.to(dtype), x.to(dtype), w.to(dtype)
+        torch.mm(a_, b_)
+        out[f"matmul_{name}"] = round(2 * n**3 / _best_of(lambda: torch.mm(a_, b_), repeats) / 1e9, 1)  # noqa: B023
+        torch.conv2d(x_, w_, padding=1)
+        out[f"conv3x3_{name}"] = round(
+            conv_flops / _best_of(lambda: torch.conv2d(x_, w_, padding=1), repeats) / 1e9,  # noqa: B023
+            1,
+        )
+    return out
 
 
 def sampling_throughput(model: UNet, num: int, steps: int, guidance: float, repeats: int = 2) -> float:
@@ -78,27 +124,40 @@ def run_benchmarks(quick: bool = False) -> dict[str, Any]:
     model = build_model(settings)
     report: dict[str, Any] = {
         "machine": {
+            "cpu_kind": cpu_kind(),
+            **machine_description(),
             "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine(),
         },
         "model": {"preset": "demo", "parameters": count_parameters(model)},
     }
     repeats = 1 if quick else 3
-    fp32 = train_step_throughput(model, 128, bf16=False, repeats=repeats)
-    bf16 = train_step_throughput(model, 128, bf16=True, repeats=repeats)
-    report["training"] = {
-        "images_per_s_fp32": round(fp32, 1),
-        "images_per_s_bf16": round(bf16, 1),
-        "bf16_speedup": round(bf16 / fp32, 2),
-        "batch": 128,
-    }
+    with tempfile.TemporaryDirectory() as fresh:  # a fresh probe, not a cached answer
+        device = torch.device("cpu")
+        for mode in ("train", "sample"):
+            choice = choose_precision("auto", model, mode=mode, device=device, cache=Path(fresh))
+            report[f"auto_precision_{mode}"] = {
+                "chosen": choice.name + (" channels-last" if choice.channels_last else ""),
+                "reason": choice.reason,
+            }
+    report["peak_gflops"] = peak_gflops(repeats)
+    batch = 128
+    flops = training_flops(model, batch)
+    train: dict[str, Any] = {"batch": batch, "gflop_per_step": round(flops / 1e9, 2)}
+    for bf16 in (False, True):
+        for channels_last in (False, True):
+            name = ("bf16" if bf16 else "fp32") + ("_channels_last" if channels_last else "")
+            ips = train_step_throughput(
+                build_model(settings), batch, bf16, repeats=repeats, channels_last=channels_last
+            )
+            train[f"images_per_s_{name}"] = round(ips, 1)
+            train[f"achieved_gflops_{name}"] = round(flops * ips / batch / 1e9, 1)
+    train["bf16_speedup"] = round(train["images_per_s_bf16"] / train["images_per_s_fp32"], 2)
+    report["training"] = train
     steps = 10 if quick else 50
     plain = sampling_throughput(model, 100, steps, guidance=1.0, repeats=repeats)
     cfg = sampling_throughput(model, 100, steps, guidance=2.0, repeats=repeats)
     report["sampling"] = {
-        "sampler": f"ddim {steps} steps",
+        "sampler": f"ddim {steps} steps, fp32",
         "images_per_s_conditional": round(plain, 2),
         "images_per_s_cfg": round(cfg, 2),
         "cfg_cost_ratio": round(plain / cfg, 2),
@@ -117,6 +176,8 @@ def run_benchmarks(quick: bool = False) -> dict[str, Any]:
 def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# diffkit benchmark",
+        "",
+        f"CPU kind: **{report['machine']['cpu_kind']}**",
         "",
         f"Machine: `{json.dumps(report['machine'])}`",
         "",

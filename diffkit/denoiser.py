@@ -8,7 +8,6 @@ classifier-free guidance and clipping never leak into them.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -149,8 +148,11 @@ class Denoiser:
         if cond is not None and repeat_cond:
             cond = torch.cat([cond, cond])
         extra = {"cond": cond} if cond is not None else {}
-        with self.precision.autocast(x.device) if self.precision else contextlib.nullcontext():
+        if self.precision is None:
             out = self.model(x, t, labels if self.num_classes else None, **extra)
+        else:
+            with self.precision.autocast(x.device):
+                out = self.model(self.precision.layout(x), t, labels if self.num_classes else None, **extra)
         return out.float()  # guidance and the objective algebra in fp32
 
     def conditioned(self, classes: Tensor | None = None, guidance: float = 1.0) -> DenoiseFn:

@@ -47,7 +47,7 @@ def diffusion_loss(
     if num_classes:
         drop = torch.rand(n, generator=generator, device=device) < p_uncond
         classes = torch.where(drop, torch.full_like(labels, num_classes), labels)
-    x_t = schedule.q_sample(x0, t, noise)
+    x_t = precision.layout(schedule.q_sample(x0, t, noise))  # the memory format the probe chose
     cond = condition(x0, generator) if condition is not None else None
     with precision.autocast(device):
         out = model(x_t, t, classes) if cond is None else model(x_t, t, classes, cond=cond)

@@ -1,18 +1,22 @@
-"""Which number format to run a network in, measured on the machine at hand rather than assumed.
+"""Which number format and memory layout to run a network in, measured on the machine at hand.
 
 bf16 autocast is 1.7-2.6x faster than fp32 on CPUs with AVX-512 bf16 instructions, and 8x (training)
-to 17x (inference) *slower* on AVX2-only CPUs, where it is emulated. So `precision = "auto"` times a
-few steps of the run's own network in each format (a probe of a few seconds), keeps the faster, and
-caches the answer under the cache dir, keyed by the CPU, torch and the network's shape. On CUDA it
-uses bf16 where the GPU supports it. Explicit "fp32" / "bf16" are taken as given.
+to 17x (inference) *slower* on AVX2-only CPUs, where it is emulated; channels-last tensors speed up
+fp32 convolutions on some CPUs and slow down bf16 ones on others. So `precision = "auto"` times a few
+steps of the run's own network in each combination (a probe of a few seconds), keeps the fastest,
+and caches the answer under the cache dir, keyed by the CPU, torch and the network's shape. On CUDA
+it uses bf16 where the GPU supports it. Explicit "fp32" / "bf16" are taken as given (with the
+default layout). The layout never changes the maths, only the speed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -31,7 +35,9 @@ Mode = Literal["train", "sample"]
 
 # bf16 must win by this much to be chosen: a tie is not worth its rounding error
 BF16_MARGIN = 1.1
-_PROBE_ROUNDS = 2  # timed steps per format, after one warm-up step each
+CHANNELS_LAST_MARGIN = 1.05
+_PROBE_ROUNDS = 2  # timed steps per variant, after one warm-up step each
+_CLEARLY_SLOWER = 3.0  # a variant whose warm-up step is this much slower than the best is not timed further
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -46,8 +52,17 @@ class PrecisionChoice:
 
     name: Literal["fp32", "bf16"]
     reason: str
-    fp32_s: float | None = None
+    fp32_s: float | None = None  # seconds per probe step in the best layout of each format
     bf16_s: float | None = None
+    channels_last: bool = False
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A 4-d input in the chosen memory layout."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The network's weights in the chosen layout (in place; values unchanged)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -60,26 +75,46 @@ class PrecisionChoice:
         return torch.autocast(device.type, dtype=self.dtype)
 
     def summary(self) -> str:
-        return f"{self.name}: {self.reason}"
+        return f"{self.name}{', channels-last' if self.channels_last else ''}: {self.reason}"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrecisionChoice:
-        return cls(data["name"], data["reason"], data.get("fp32_s"), data.get("bf16_s"))
+        return cls(
+            data["name"], data["reason"], data.get("fp32_s"), data.get("bf16_s"), bool(data.get("channels_last"))
+        )
 
 
 FP32 = PrecisionChoice("fp32", "plain fp32")
 
 
-def decide(fp32_s: float, bf16_s: float, where: str = "on this CPU") -> PrecisionChoice:
-    """The faster of the two measured formats; bf16 only when it wins by BF16_MARGIN."""
+Variant = tuple[bool, bool]  # (bf16, channels-last)
+
+
+def decide(times: dict[Variant, float], where: str = "on this CPU") -> PrecisionChoice:
+    """The fastest measured variant: bf16 only when it wins by BF16_MARGIN, channels-last by its margin.
+
+    `times` maps (bf16, channels_last) to seconds per step; variants left out were not measured.
+    """
+
+    def best(bf16: bool) -> tuple[float, bool]:
+        plain, cl = times.get((bf16, False), math.inf), times.get((bf16, True), math.inf)
+        return (cl, True) if cl * CHANNELS_LAST_MARGIN < plain else (plain, False)
+
+    (fp32_s, fp32_cl), (bf16_s, bf16_cl) = best(False), best(True)
     if bf16_s * BF16_MARGIN < fp32_s:
-        return PrecisionChoice("bf16", f"bf16 measured {fp32_s / bf16_s:.1f}x faster than fp32 {where}", fp32_s, bf16_s)
-    if bf16_s > fp32_s:
-        return PrecisionChoice("fp32", f"bf16 measured {bf16_s / fp32_s:.1f}x slower {where}", fp32_s, bf16_s)
-    return PrecisionChoice("fp32", f"bf16 measured only {fp32_s / bf16_s:.2f}x faster {where}", fp32_s, bf16_s)
+        name, reason, cl = "bf16", f"bf16 measured {fp32_s / bf16_s:.1f}x faster than fp32 {where}", bf16_cl
+    elif bf16_s > fp32_s:
+        name, reason, cl = "fp32", f"bf16 measured {bf16_s / fp32_s:.1f}x slower {where}", fp32_cl
+    else:
+        name, reason, cl = "fp32", f"bf16 measured only {fp32_s / bf16_s:.2f}x faster {where}", fp32_cl
+    use_bf16 = name == "bf16"
+    if cl:
+        reason += f"; channels-last {times[(use_bf16, False)] / times[(use_bf16, True)]:.2f}x faster"
+    finite = {k: v for k, v in (("fp32_s", fp32_s), ("bf16_s", bf16_s)) if math.isfinite(v)}
+    return PrecisionChoice(name, reason, channels_last=cl, **finite)  # type: ignore[arg-type]
 
 
 def machine_description() -> dict[str, Any]:
@@ -110,52 +145,73 @@ def cpu_kind() -> str:
     return f"{m['cpu']} — kernels {m['capability']}, {bf16}, {m['threads']} threads"
 
 
-StepFn = Callable[[bool], None]  # one probe step, in bf16 or not
+StepFn = Callable[[bool, bool], None]  # one probe step: (bf16, channels_last)
+VARIANTS: tuple[Variant, ...] = ((False, False), (False, True), (True, False), (True, True))
 
 
-def time_formats(step: StepFn, rounds: int = _PROBE_ROUNDS) -> tuple[float, float]:
-    """Seconds per step in fp32 and bf16: one warm-up each, then the fastest of `rounds`, interleaved."""
-    best = {False: float("inf"), True: float("inf")}
-    for use_bf16 in (False, True):
-        step(use_bf16)  # warm-up: oneDNN picks and builds its kernels on first use
+def time_variants(step: StepFn, rounds: int = _PROBE_ROUNDS) -> dict[Variant, float]:
+    """Seconds per step of each variant: one warm-up each, then the fastest of `rounds`, interleaved.
+
+    Variants whose warm-up is already _CLEARLY_SLOWER than the best (emulated bf16 on AVX2, 8-17x)
+    are not timed again: their warm-up time stands, and the probe stays a few seconds long.
+    """
+    warm: dict[Variant, float] = {}
+    for variant in VARIANTS:  # warm-up: oneDNN picks and builds its kernels on first use
+        start = time.perf_counter()
+        step(*variant)
+        warm[variant] = time.perf_counter() - start
+    fastest = min(warm.values())
+    best = dict(warm)
+    timed = [v for v in VARIANTS if warm[v] <= _CLEARLY_SLOWER * fastest]
     for _ in range(rounds):
-        for use_bf16 in (False, True):
+        for variant in timed:
             start = time.perf_counter()
-            step(use_bf16)
-            best[use_bf16] = min(best[use_bf16], time.perf_counter() - start)
-    return best[False], best[True]
+            step(*variant)
+            best[variant] = min(best[variant], time.perf_counter() - start)
+    return best
 
 
 def probe_step(model: nn.Module, mode: Mode, batch: int, device: torch.device) -> StepFn:
     """One step of the network as the run uses it, on a private copy (the run's weights stay untouched)."""
-    net = copy.deepcopy(model).to(device)
-    size = int(getattr(net, "image_size", 28))
-    channels = int(getattr(net, "in_channels", 1))
-    num_classes = int(getattr(net, "num_classes", 0))
-    cond_channels = int(getattr(net, "cond_channels", 0))
+    plain = copy.deepcopy(model).to(device)
+    nets = {False: plain, True: copy.deepcopy(plain).to(memory_format=torch.channels_last)}
+    size = int(getattr(plain, "image_size", 28))
+    channels = int(getattr(plain, "in_channels", 1))
+    num_classes = int(getattr(plain, "num_classes", 0))
+    cond_channels = int(getattr(plain, "cond_channels", 0))
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, channels, size, size, generator=gen).to(device)
     t = torch.randint(0, 1000, (batch,), generator=gen).to(device)
     classes = torch.randint(0, num_classes, (batch,), generator=gen).to(device) if num_classes else None
-    extra = {"cond": torch.randn(batch, cond_channels, size, size, generator=gen).to(device)} if cond_channels else {}
-    if mode == "train":
-        net.train()
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-6)
+    cond = torch.randn(batch, cond_channels, size, size, generator=gen).to(device) if cond_channels else None
 
-        def train_step(use_bf16: bool) -> None:
+    def inputs(channels_last: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        extra = {"cond": cond.contiguous(memory_format=fmt)} if cond is not None else {}
+        return x.contiguous(memory_format=fmt), extra
+
+    if mode == "train":
+        opts = {cl: torch.optim.AdamW(net.parameters(), lr=1e-6) for cl, net in nets.items()}
+        for net in nets.values():
+            net.train()
+
+        def train_step(use_bf16: bool, channels_last: bool) -> None:
+            xs, extra = inputs(channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                out = net(x, t, classes, **extra)
-            loss = (out.float() - x).pow(2).mean()
-            opt.zero_grad(set_to_none=True)
+                out = nets[channels_last](xs, t, classes, **extra)
+            loss = (out.float() - xs).pow(2).mean()
+            opts[channels_last].zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            opts[channels_last].step()
 
         return train_step
-    net.eval()
+    for net in nets.values():
+        net.eval()
 
-    def sample_step(use_bf16: bool) -> None:
+    def sample_step(use_bf16: bool, channels_last: bool) -> None:
+        xs, extra = inputs(channels_last)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            net(x, t, classes, **extra)
+            nets[channels_last](xs, t, classes, **extra)
 
     return sample_step
 
@@ -179,7 +235,7 @@ def choose_precision(
     device: torch.device,
     batch: int = 32,
     cache: Path | None = None,
-    measure: Callable[[], tuple[float, float]] | None = None,
+    measure: Callable[[], dict[Variant, float]] | None = None,
 ) -> PrecisionChoice:
     """`requested` as given, or for "auto" the faster format measured (or cached) for this network here.
 
@@ -196,18 +252,18 @@ def choose_precision(
         return PrecisionChoice("fp32", f"{torch.cuda.get_device_name(device)} has no bf16")
     if device.type != "cpu":
         return PrecisionChoice("fp32", f"no bf16 probe for device {device.type}")
-    key = {"machine": machine_description(), "network": network_key(model), "mode": mode, "batch": batch}
+    key = {"machine": machine_description(), "network": network_key(model), "mode": mode, "batch": batch, "probe": 2}
     path = _cache_path(key, cache)
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         cached = json.loads(path.read_text())
         choice = PrecisionChoice.from_dict(cached["choice"])
-        return PrecisionChoice(choice.name, choice.reason + " (cached)", choice.fp32_s, choice.bf16_s)
+        return dataclasses.replace(choice, reason=choice.reason + " (cached)")
     if measure is None:
         with torch.random.fork_rng(devices=[]):
-            fp32_s, bf16_s = time_formats(probe_step(model, mode, batch, device))
+            times = time_variants(probe_step(model, mode, batch, device))
     else:
-        fp32_s, bf16_s = measure()
-    choice = decide(fp32_s, bf16_s)
+        times = measure()
+    choice = decide(times)
     with contextlib.suppress(OSError):  # a read-only cache only costs the next probe
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, {"key": key, "choice": choice.to_dict()})

@@ -242,8 +242,11 @@ class LoadedRun:
         return self.precision_for(self.settings.sample.precision)
 
     def precision_for(self, name: str) -> PrecisionChoice:
+        """The precision `name` (auto, fp32, bf16) resolves to for this network here; the model is prepared for it."""
         if name not in self._precisions:
-            self._precisions[name] = choose_precision(name, self.model, mode="sample", device=self.device)  # type: ignore[arg-type]
+            choice = choose_precision(name, self.model, mode="sample", device=self.device)  # type: ignore[arg-type]
+            choice.prepare(self.model)
+            self._precisions[name] = choice
         return self._precisions[name]
 
     def plan(self, **flags: Any) -> SamplingPlan:

@@ -58,6 +58,8 @@ class TrainHooks:
 
     def plan(self, plan: ClockPlan) -> None: ...
 
+    def ran_out(self, step: int, planned: int) -> None: ...
+
 
 class TrainingInterrupted(Exception):
     def __init__(self, step: int) -> None:
@@ -87,6 +89,7 @@ class ClockPlan:
     epoch_end_s: float  # validation, checkpoint and curves at each epoch end (grids amortised)
     final_s: float  # the last epoch end and its grid
     elapsed_s: float  # spent when the plan was made, start-up included
+    ended_early_at: int | None = None  # the step where a slowed-down machine ran out of budget
 
     def to_dict(self) -> dict[str, Any]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
@@ -247,8 +250,13 @@ class Trainer:
             device=self.device,
             batch=min(self.batch_size, 32),
         )
+        self._apply_precision()
         self._write_plan()
         return self.precision
+
+    def _apply_precision(self) -> None:
+        for net in (self.model, self.ema):
+            self.precision.prepare(net)
 
     def _write_plan(self) -> None:
         """plan.json: what this machine chose for the run (precision and, with a budget, the length)."""
@@ -297,8 +305,7 @@ class Trainer:
         plan = _read_plan(self.paths.plan)
         if "precision" in plan:  # the format the run was trained in, not a fresh probe: resume stays exact
             self.precision = PrecisionChoice.from_dict(plan["precision"])
-        elif "precision" in state:
-            self.precision = PrecisionChoice(state["precision"], "as saved in the run")
+            self._apply_precision()
         else:
             self.choose_precision()
         if state.get("planned") and isinstance(plan.get("clock"), dict):
@@ -404,6 +411,7 @@ class Trainer:
         try:
             while self.step < min(self.total_steps, stop_after or self.total_steps):
                 if self._out_of_time():
+                    self._finish_early()
                     break
                 step_start = time.perf_counter()
                 x0, labels = self._batch(self.step)
@@ -471,12 +479,21 @@ class Trainer:
             return False
         return self.elapsed_s() + self.clock_plan.final_s + self.clock_plan.step_s > self.budget_s
 
+    def _finish_early(self) -> None:
+        """The machine slowed down after planning: end the run now, with its final validation and grid."""
+        assert self.clock_plan is not None
+        self.hooks.ran_out(self.step, self.total_steps)
+        self.clock_plan.ended_early_at = self.step
+        self.total_steps = self.step
+        self._write_plan()
+        self._end_epoch()
+
     @torch.no_grad()
     def _forward_seconds_per_image(self) -> float:
         """Inference cost of the network, for the grids and validation the plan must leave time for."""
         n = min(self.batch_size, 64)
         size, channels = self.settings.data.image_size, self.settings.data.channels
-        x = torch.zeros(n, channels, size, size, device=self.device)
+        x = self.precision.layout(torch.zeros(n, channels, size, size, device=self.device))
         steps = torch.zeros(n, dtype=torch.long, device=self.device)
         classes = torch.zeros(n, dtype=torch.long, device=self.device) if self.num_classes else None
         extra = {"cond": x} if self.settings.model.cond_channels else {}

@@ -171,3 +171,18 @@ def test_a_real_time_budget_run_ends_with_its_plan(tmp_path: Path) -> None:
     assert trainer.clock_plan is not None and result.steps == trainer.total_steps == trainer.clock_plan.planned_steps
     assert trainer.clock_plan.planned_at_step < result.steps <= 500
     assert trainer.paths.weights("last").is_file() and json.loads(trainer.paths.plan.read_text())["clock"]
+
+
+def test_a_run_that_outlives_its_budget_ends_with_its_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import diffkit.training as training
+
+    monkeypatch.setattr(training, "plan_steps", lambda **kwargs: 30)
+    monkeypatch.setattr(training._ClockWatch, "ready", lambda self, budget_s: self.count >= 3)
+    # the machine slows down after planning: at step 9 the budget is gone
+    monkeypatch.setattr(training.Trainer, "_out_of_time", lambda self: self.step >= 9)
+    trainer, result = train_run(tiny_settings("train.max_minutes=5", "train.max_steps=100"), tmp_path / "slow")
+    assert result.steps == trainer.total_steps == 9
+    plan = json.loads(trainer.paths.plan.read_text())
+    assert plan["clock"]["planned_steps"] == 30 and plan["clock"]["ended_early_at"] == 9
+    assert (trainer.paths.samples / "epoch_0002.png").is_file()  # the final grid was drawn
+    assert read_checkpoint(trainer.paths.weights("last"))[1]["step"] == 9

@@ -75,6 +75,12 @@ class RichHooks(TrainHooks):
             f"validation and grid)"
         )
 
+    def ran_out(self, step: int, planned: int) -> None:
+        self.bar.console.print(
+            f"[yellow]the time budget ran out at step {step:,} of the {planned:,} planned[/yellow] (the machine "
+            "slowed down after planning): ending the run here, with its final validation and grid"
+        )
+
     def epoch(self, epoch: int, step: int, val_loss: float | None, grid: str | None) -> None:
         val = f"val loss {val_loss:.4f}" if val_loss is not None else "no validation split"
         self.bar.console.print(f"epoch {epoch} (step {step:,}): {val}" + (f", grid {grid}" if grid else ""))
