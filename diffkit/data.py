@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffkit.errors import DiffkitError
-from diffkit.settings import resolve_data_dir
+from diffkit.settings import Settings, resolve_data_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -365,6 +365,38 @@ def read_image(path: str | Path, *, image_size: int, channels: int) -> tuple[Ten
     target = f"{image_size}x{image_size} {'L' if channels == 1 else 'RGB'}"
     note = None if original == target else f"converted {path.name} from {original} to {target}"
     return to_float(converted), note
+
+
+# ------------------------------------------------------------------------------------- training data
+
+
+def resolve_data(settings: Settings) -> ImageSet:
+    """Load a run's training images and settle model.num_classes from them (saved into config.toml)."""
+    d = settings.data
+    data = load_images(
+        d.dataset,
+        d.split,
+        data_dir=settings.data_dir,
+        image_size=d.image_size,
+        channels=d.channels,
+        path=d.path,
+        limit=d.limit,
+        download=d.download,
+    )
+    labelled = bool((data.labels >= 0).all()) and data.num_classes > 0
+    if settings.model.num_classes is None:
+        settings.model.num_classes = data.num_classes if labelled else 0
+    elif settings.model.num_classes > 0 and not labelled:
+        raise DiffkitError(
+            f"model.num_classes={settings.model.num_classes} but dataset {d.dataset} has no labels: "
+            "set model.num_classes=0 for an unconditional model"
+        )
+    elif settings.model.num_classes > 0 and int(data.labels.max()) >= settings.model.num_classes:
+        raise DiffkitError(
+            f"dataset {d.dataset} has {data.num_classes} classes but model.num_classes="
+            f"{settings.model.num_classes}: leave model.num_classes unset"
+        )
+    return data
 
 
 # --------------------------------------------------------------------------- super-resolution inputs

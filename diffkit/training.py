@@ -21,12 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from diffkit.atomic import write_json
-from diffkit.data import ImageSet, load_images, random_condition, train_val_split
+from diffkit.clock import ClockPlan, ClockWatch, plan_steps, read_plan
+from diffkit.data import random_condition, resolve_data, train_val_split
 from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.evaluation import training_fid
 from diffkit.loss import diffusion_loss
 from diffkit.models import count_parameters
+from diffkit.optim import ema_decay_at, ema_update, lr_factor, param_groups
 from diffkit.precision import FP32, PrecisionChoice, choose_precision, cpu_kind, machine_description
 from diffkit.previews import class_grid, preview_images, superres_grid
 from diffkit.runs import (
@@ -61,6 +63,20 @@ class TrainHooks:
     def ran_out(self, step: int, planned: int) -> None: ...
 
 
+__all__ = [
+    "ClockPlan",
+    "TrainHooks",
+    "TrainResult",
+    "Trainer",
+    "ema_decay_at",
+    "ema_update",
+    "lr_factor",
+    "param_groups",
+    "plan_steps",
+    "train_run",
+]
+
+
 class TrainingInterrupted(Exception):
     def __init__(self, step: int) -> None:
         super().__init__(f"interrupted at step {step}")
@@ -76,110 +92,6 @@ class TrainResult:
     images_per_s: float
     seconds: float
     losses: list[float] = field(default_factory=list)  # every step's training loss, for checks
-
-
-@dataclass
-class ClockPlan:
-    """How a time-budgeted run fixed its length: measured seconds per step and the reserve for the rest."""
-
-    budget_s: float
-    planned_steps: int
-    planned_at_step: int
-    step_s: float
-    epoch_end_s: float  # validation, checkpoint and curves at each epoch end (grids amortised)
-    final_s: float  # the last epoch end and its grid
-    elapsed_s: float  # spent when the plan was made, start-up included
-    ended_early_at: int | None = None  # the step where a slowed-down machine ran out of budget
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
-
-
-def plan_steps(
-    *,
-    budget_s: float,
-    elapsed_s: float,
-    step: int,
-    step_s: float,
-    epoch_end_s: float,
-    steps_per_epoch: int,
-    final_s: float,
-    cap: int | None,
-    margin: float = 0.97,
-) -> int:
-    """The total number of steps that ends the run, final epoch end included, within `margin` of the budget.
-
-    Each remaining step costs `step_s` plus its share of an epoch end; the final epoch end (grid
-    included) is reserved up front. Never fewer than `step` (already done), never more than `cap`.
-    """
-    per_step = step_s + epoch_end_s / max(1, steps_per_epoch)
-    left = budget_s * margin - elapsed_s - final_s
-    total = step + max(0, math.floor(left / per_step))
-    return min(total, cap) if cap is not None else total
-
-
-def resolve_data(settings: Settings) -> ImageSet:
-    """Load the training images and settle model.num_classes from them (saved into config.toml)."""
-    d = settings.data
-    data = load_images(
-        d.dataset,
-        d.split,
-        data_dir=settings.data_dir,
-        image_size=d.image_size,
-        channels=d.channels,
-        path=d.path,
-        limit=d.limit,
-        download=d.download,
-    )
-    labelled = bool((data.labels >= 0).all()) and data.num_classes > 0
-    if settings.model.num_classes is None:
-        settings.model.num_classes = data.num_classes if labelled else 0
-    elif settings.model.num_classes > 0 and not labelled:
-        raise DiffkitError(
-            f"model.num_classes={settings.model.num_classes} but dataset {d.dataset} has no labels: "
-            "set model.num_classes=0 for an unconditional model"
-        )
-    elif settings.model.num_classes > 0 and int(data.labels.max()) >= settings.model.num_classes:
-        raise DiffkitError(
-            f"dataset {d.dataset} has {data.num_classes} classes but model.num_classes="
-            f"{settings.model.num_classes}: leave model.num_classes unset"
-        )
-    return data
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on norms, biases and embeddings (all 1-D parameters, and embedding tables)."""
-    no_decay = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay: list[nn.Parameter] = []
-    keep: list[nn.Parameter] = []
-    for p in model.parameters():
-        (keep if p.ndim <= 1 or id(p) in no_decay else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
-
-
-def lr_factor(step: int, total: int, warmup: int, kind: str, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total` (or constant)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema ← decay·ema + (1 − decay)·model, for every parameter and buffer."""
-    for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
-        if e.dtype.is_floating_point:
-            e.lerp_(m, 1.0 - decay)
-        else:
-            e.copy_(m)
-
-
-def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
-    """With warm-up the average forgets its random start quickly: min(decay, (1 + step)/(10 + step))."""
-    return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
 class Trainer:
@@ -302,7 +214,7 @@ class Trainer:
         self.gen.set_state(state["gen_rng"])
         self.step, self.best_val = int(state["step"]), float(state["best_val"])
         self.spent_before = float(state.get("train_seconds", 0.0))
-        plan = _read_plan(self.paths.plan)
+        plan = read_plan(self.paths.plan)
         if "precision" in plan:  # the format the run was trained in, not a fresh probe: resume stays exact
             self.precision = PrecisionChoice.from_dict(plan["precision"])
             self._apply_precision()
@@ -386,73 +298,28 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def train(self, stop_after: int | None = None) -> TrainResult:
-        t = self.settings.train
-        self.hooks.start(
-            self.total_steps,
-            self.step,
-            {
-                "parameters": self.num_parameters,
-                "train_images": len(self.train_set),
-                "val_images": len(self.val_set),
-                "steps_per_epoch": self.steps_per_epoch,
-                "batch_size": self.batch_size,
-                "device": str(self.device),
-                "classes": self.num_classes,
-                "precision": self.precision.summary(),
-                "cpu": cpu_kind() if self.device.type == "cpu" else str(self.device),
-                "budget_minutes": t.max_minutes,
-            },
-        )
+        """Run to total_steps (or `stop_after`): a step, its log line, the clock plan, checkpoints, epoch ends."""
+        self.hooks.start(self.total_steps, self.step, self._start_info())
         self.model.train()
-        losses: list[float] = []
-        window, window_start, seen, run_start = [], time.perf_counter(), 0, time.perf_counter()
-        images_per_s = 0.0
-        clock = _ClockWatch() if self.budget_s is not None and self.clock_plan is None else None
+        window, run_start = _LossWindow(), time.perf_counter()
+        clock = ClockWatch() if self.budget_s is not None and self.clock_plan is None else None
         try:
-            while self.step < min(self.total_steps, stop_after or self.total_steps):
+            while self.step < self._end(stop_after):
                 if self._out_of_time():
                     self._finish_early()
                     break
                 step_start = time.perf_counter()
-                x0, labels = self._batch(self.step)
-                loss = self.loss(self.model, x0, labels, self.gen, t.p_uncond)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                lr = self.opt.param_groups[0]["lr"]
-                self.opt.step()
-                self.lr_sched.step()
-                ema_update(self.ema, self.model, ema_decay_at(self.step, t.ema_decay, t.ema_warmup))
-                self.step += 1
-                value = loss.item()
+                loss, lr, images = self._optimise_step()
                 if clock is not None:
                     clock.add(time.perf_counter() - step_start)
-                losses.append(value)
-                window.append(value)
-                seen += x0.shape[0]
-                end = min(self.total_steps, stop_after or self.total_steps)
-                if self.step % t.log_every == 0 or self.step == end:
-                    elapsed = time.perf_counter() - window_start
-                    images_per_s = seen / max(elapsed, 1e-9)
-                    self._log(
-                        {
-                            "step": self.step,
-                            "epoch": self.step / self.steps_per_epoch,
-                            "loss": sum(window) / len(window),
-                            "lr": lr,
-                            "images_per_s": round(images_per_s, 1),
-                        }
-                    )
-                    window, window_start, seen = [], time.perf_counter(), 0
-                self.hooks.step(self.step, value, lr, images_per_s)
+                window.add(loss, images)
+                if self.step % self.settings.train.log_every == 0 or self.step == self._end(stop_after):
+                    self._log({"step": self.step, "epoch": self.step / self.steps_per_epoch, **window.flush(lr)})
+                self.hooks.step(self.step, loss, lr, window.images_per_s)
                 if clock is not None and clock.ready(self.budget_s or 0.0):
                     self._make_plan(clock.step_s)
                     clock = None
-                if t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0:
-                    self._save(f"step_{self.step:06d}", with_state=False)
-                if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
-                    self._end_epoch()
+                self._after_step()
         except KeyboardInterrupt:
             self._save("last", with_state=True)
             raise TrainingInterrupted(self.step) from None
@@ -461,12 +328,53 @@ class Trainer:
         return TrainResult(
             self.step,
             math.ceil(self.step / self.steps_per_epoch),
-            losses[-1] if losses else math.nan,
+            window.losses[-1] if window.losses else math.nan,
             None if math.isinf(self.best_val) else self.best_val,
-            images_per_s,
+            window.images_per_s,
             time.perf_counter() - run_start,
-            losses,
+            window.losses,
         )
+
+    def _end(self, stop_after: int | None) -> int:
+        return min(self.total_steps, stop_after or self.total_steps)
+
+    def _optimise_step(self) -> tuple[float, float, int]:
+        """One optimiser step on batch `self.step`, then EMA: (loss, the LR it used, images)."""
+        t = self.settings.train
+        x0, labels = self._batch(self.step)
+        loss = self.loss(self.model, x0, labels, self.gen, t.p_uncond)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        lr = self.opt.param_groups[0]["lr"]
+        self.opt.step()
+        self.lr_sched.step()
+        ema_update(self.ema, self.model, ema_decay_at(self.step, t.ema_decay, t.ema_warmup))
+        self.step += 1
+        return loss.item(), lr, x0.shape[0]
+
+    def _after_step(self) -> None:
+        """Periodic checkpoints, and the epoch end (validation, FID, grid, checkpoints, curves)."""
+        every = self.settings.train.checkpoint_every_steps
+        if every and self.step % every == 0:
+            self._save(f"step_{self.step:06d}", with_state=False)
+        if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
+            self._end_epoch()
+
+    def _start_info(self) -> dict[str, Any]:
+        return {
+            "parameters": self.num_parameters,
+            "train_images": len(self.train_set),
+            "val_images": len(self.val_set),
+            "steps_per_epoch": self.steps_per_epoch,
+            "batch_size": self.batch_size,
+            "device": str(self.device),
+            "classes": self.num_classes,
+            "precision": self.precision.summary(),
+            "cpu": cpu_kind() if self.device.type == "cpu" else str(self.device),
+            "budget_minutes": self.settings.train.max_minutes,
+        }
 
     # --- the clock -------------------------------------------------------------------------------
     def elapsed_s(self) -> float:
@@ -564,36 +472,26 @@ class Trainer:
         self.hooks.epoch(epoch, self.step, val, grid)
 
 
-class _ClockWatch:
-    """Times training steps (epoch ends excluded) after a short warm-up, until there are enough to plan on."""
-
-    SKIP = 2  # the first steps build oneDNN kernels and fill caches: slower than the rest
-    MIN_STEPS = 3
+class _LossWindow:
+    """Every step's loss, and the losses and images since the last log line (their mean, images/s)."""
 
     def __init__(self) -> None:
-        self.skipped, self.count, self.seconds = 0, 0, 0.0
+        self.losses: list[float] = []
+        self.images_per_s = 0.0
+        self._window: list[float] = []
+        self._seen, self._start = 0, time.perf_counter()
 
-    def add(self, seconds: float) -> None:
-        if self.skipped < self.SKIP:
-            self.skipped += 1
-        else:
-            self.count, self.seconds = self.count + 1, self.seconds + seconds
+    def add(self, loss: float, images: int) -> None:
+        self.losses.append(loss)
+        self._window.append(loss)
+        self._seen += images
 
-    def ready(self, budget_s: float) -> bool:
-        # long enough to average out noise, short against the budget: 2 % of it, 3 to 20 seconds
-        return self.count >= self.MIN_STEPS and self.seconds >= min(max(0.02 * budget_s, 3.0), 20.0)
-
-    @property
-    def step_s(self) -> float:
-        return self.seconds / self.count
-
-
-def _read_plan(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    def flush(self, lr: float) -> dict[str, float]:
+        """The log line's numbers; starts a new window."""
+        self.images_per_s = self._seen / max(time.perf_counter() - self._start, 1e-9)
+        record = {"loss": sum(self._window) / len(self._window), "lr": lr, "images_per_s": round(self.images_per_s, 1)}
+        self._window, self._seen, self._start = [], 0, time.perf_counter()
+        return record
 
 
 def train_run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 from PIL import Image
 
 from diffkit.settings import load_settings, parse_overrides
@@ -25,16 +26,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     train_run(settings, root)
     return root
-
-
-def one_line_error(result: tuple[int, str, str], *fragments: str) -> None:
-    code, _, err = result
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("diffkit: error:"), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_train_then_sample_end_to_end(cli, workdir: Path) -> None:

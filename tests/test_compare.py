@@ -6,12 +6,15 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import one_line_error
 from PIL import Image
 from torch import Tensor
 
 from diffkit.compare import DEFAULT_SPREAD, compare_samplers
+from diffkit.data import to_uint8
 from diffkit.export import export_digits
 from diffkit.generation import cycled_classes, generate, initial_noise
 from diffkit.process import record_process
@@ -25,24 +28,15 @@ FAST = ["data.limit=32", "train.batch_size=8", "train.max_steps=2", "train.threa
 TILE = 28 + 2  # a 28x28 image plus the grid's 2-pixel padding
 
 
-def one_line_error(result: tuple[int, str, str], *fragments: str) -> None:
-    """As in test_cli: exit code 2 and one line on stderr holding every fragment."""
-    code, _, err = result
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("diffkit: error:"), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
 def _train(root: Path, *extra: str) -> Path:
     train_run(load_settings("tiny", parse_overrides([*FAST, *extra])), root)
     return root
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny class-conditional run: 4 classes, T = 100."""
-    return _train(tmp_path_factory.mktemp("compare") / "runs" / "tiny")
+def run(tiny_run: Path) -> Path:
+    """The session's tiny class-conditional run: 4 classes, T = 100."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -369,18 +363,36 @@ def test_export_names_and_class_cycle() -> None:
 
 
 @pytest.mark.parametrize(
-    "extra",
+    ("extra", "flags", "changes"),
     [
-        ["--spacing", "trailing"],
-        ["--spacing", "logsnr", "--sampler", "dpm++2m"],
-        ["--clip", "dynamic", "--rescale", "0.7", "--cfg", "4"],
-        ["--clip", "clip", "--sampler", "heun"],
+        (["--spacing", "trailing"], {"spacing": "trailing"}, True),
+        (["--spacing", "logsnr", "--sampler", "dpm++2m"], {"spacing": "logsnr", "sampler": "dpm++2m"}, True),
+        (
+            ["--clip", "dynamic", "--rescale", "0.7", "--cfg", "4"],
+            {"clip": "dynamic", "rescale": 0.7, "cfg": 4.0},
+            True,
+        ),
+        (["--clip", "none", "--sampler", "heun"], {"clip": "none", "sampler": "heun"}, True),
     ],
 )
-def test_sample_spacing_clipping_and_rescale(cli, run: Path, tmp_path: Path, extra: list[str]) -> None:
+def test_sample_spacing_clipping_and_rescale_reach_the_sampler(
+    cli, run: Path, loaded: LoadedRun, tmp_path: Path, extra: list[str], flags: dict, changes: bool
+) -> None:
+    """The files hold exactly what the library makes with the same plan, and each option changes them."""
     code, _, err = cli("sample", "--run", str(run), "--num", "1", "--steps", "3", *extra, "--out", str(tmp_path / "o"))
     assert code == 0, err
-    assert len(list((tmp_path / "o" / "images").iterdir())) == 4
+    files = sorted((tmp_path / "o" / "images").iterdir())
+    written = torch.stack([torch.from_numpy(np.array(Image.open(f))).reshape(1, 28, 28) for f in files])
+    classes = torch.arange(4)
+    plan = loaded.plan(steps=3, **flags)
+    expected = generate(loaded.denoiser(plan), plan, num=4, classes=classes).images
+    assert torch.equal(written, to_uint8(expected))
+    baseline_flags = {k: v for k, v in flags.items() if k == "sampler"}
+    baseline = loaded.plan(steps=3, **baseline_flags)
+    plain = generate(loaded.denoiser(baseline), baseline, num=4, classes=classes).images
+    assert changes == (not torch.equal(to_uint8(plain), written))
+    assert plan.clipping == flags.get("clip", "clip") and plan.rescale == flags.get("rescale", 0.0)
+    assert plan.sampler_options.get("spacing") == flags.get("spacing")
 
 
 @pytest.mark.parametrize(

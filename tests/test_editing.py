@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_line_error
 from PIL import Image
 from torch import Tensor, nn
 
@@ -43,14 +44,11 @@ SR = ["model.task=super-res", "model.cond_channels=1", "model.num_classes=0"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two tiny trained runs: a class-conditional generator (4 classes) and a super-resolution model."""
-    root = tmp_path_factory.mktemp("editing")
-    made = {}
-    for name, extra in (("gen", []), ("sr", SR)):
-        made[name] = root / name
-        train_run(load_settings("tiny", parse_overrides(TINY + extra)), made[name])
-    return made
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> dict[str, Path]:
+    """Two tiny trained runs: the session's class-conditional generator (4 classes) and a super-resolution model."""
+    sr = tmp_path_factory.mktemp("editing") / "sr"
+    train_run(load_settings("tiny", parse_overrides(TINY + SR)), sr)
+    return {"gen": tiny_run, "sr": sr}
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +67,6 @@ def digits(n: int = 3, seed: int = 0) -> Tensor:
         lo = int(torch.randint(2, 12, (1,), generator=g))
         x[i, :, lo : lo + 12, lo : lo + 10] = 1.0
     return x
-
-
-def one_line_error(result: tuple[int, str, str], *fragments: str) -> None:
-    code, _, err = result
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("diffkit: error:"), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 # ------------------------------------------------------------------------- exact Gaussian denoiser
@@ -314,7 +304,27 @@ def test_super_res_settings_are_validated() -> None:
     assert s.model.base_channels == load_settings("demo").model.base_channels  # `extends` merges tables
 
 
-def test_initial_noise_is_what_the_methods_start_from() -> None:
+def test_replace_and_repaint_start_from_the_seeds_initial_noise() -> None:
+    """Both sampler-based methods start from x_T as `generate` draws it for the seed (image i: (seed, i))."""
+
+    class Spy(GaussianNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[Tensor] = []
+
+        def forward(self, x: Tensor, t: Tensor, classes: Tensor | None = None) -> Tensor:
+            self.seen.append(x.clone())
+            return super().forward(x, t, classes)
+
+    spy = Spy()
+    den = Denoiser(spy, SCHEDULE, "eps")
+    x, masks = torch.zeros(2, 1, 8, 8), make_masks("left", 2, 8)
+    for method in ("replace", "repaint"):
+        spy.seen.clear()
+        inpaint(den, x, masks, exact(steps=3, seed=3), method=method, jump=1, resample=1)
+        assert torch.equal(spy.seen[0], initial_noise(2, (1, 8, 8), 3)), method
+        assert not torch.equal(spy.seen[0], initial_noise(2, (1, 8, 8), 4))
+    # and image i's noise does not depend on how many images are drawn
     assert torch.equal(initial_noise(2, (1, 28, 28), 3)[1], initial_noise(3, (1, 28, 28), 3)[1])
 
 
