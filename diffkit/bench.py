@@ -4,12 +4,15 @@
 
 Timed unit tests are flaky on shared machines; targets live here instead. Every figure says how it
 was measured and names the CPU kind; comparisons (bf16 vs fp32, channels-last vs not, CFG vs no CFG)
-are interleaved in the same process.
+are interleaved in the same process. It also writes `samplers.md`: every sampler × spacing × NFE on
+exact Gaussian data (no timing, a few seconds; see `diffkit.samplers_accuracy`), the table the
+README's sampler defaults come from.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import resource
@@ -30,7 +33,7 @@ from diffkit.generation import generate
 from diffkit.metrics import MIN_SAMPLES, ClassifierFeatureNet, digit_feature_net, feature_statistics, frechet_distance
 from diffkit.metrics.features import try_load
 from diffkit.models import UNet, count_parameters
-from diffkit.precision import choose_precision, cpu_kind, machine_description
+from diffkit.precision import PrecisionChoice, choose_precision, cpu_kind, machine_description
 from diffkit.progress import Progress
 from diffkit.runs import build_model
 from diffkit.sampling import SamplingPlan
@@ -110,9 +113,14 @@ def peak_gflops(repeats: int) -> dict[str, float]:
     return out
 
 
-def sampling_throughput(model: UNet, num: int, steps: int, guidance: float, repeats: int = 2) -> float:
+def sampling_throughput(
+    model: UNet, num: int, steps: int, guidance: float, repeats: int = 2, precision: PrecisionChoice | None = None
+) -> float:
     """Images per second for DDIM with `steps` steps, CFG batched when guidance is not 0 or 1."""
-    den = Denoiser(model.eval(), NoiseSchedule.create("cosine", 1000), "eps", model.num_classes)
+    net = copy.deepcopy(model).eval()
+    if precision is not None:
+        precision.prepare(net)
+    den = Denoiser(net, NoiseSchedule.create("cosine", 1000), "eps", model.num_classes, precision=precision)
     classes = torch.arange(num) % model.num_classes if model.num_classes else None
     plan = SamplingPlan(sampler="ddim", steps=steps, guidance=guidance, clipping="none", batch_size=num)
 
@@ -188,14 +196,13 @@ def run_benchmarks(quick: bool = False) -> dict[str, Any]:
         "model": {"preset": "demo", "parameters": count_parameters(model)},
     }
     repeats = 1 if quick else 3
+    chosen: dict[str, PrecisionChoice] = {}
     with tempfile.TemporaryDirectory() as fresh:  # a fresh probe, not a cached answer
         device = torch.device("cpu")
         for mode in ("train", "sample"):
             choice = choose_precision("auto", model, mode=mode, device=device, cache=Path(fresh))
-            report[f"auto_precision_{mode}"] = {
-                "chosen": choice.name + (" channels-last" if choice.channels_last else ""),
-                "reason": choice.reason,
-            }
+            chosen[mode] = choice
+            report[f"auto_precision_{mode}"] = {"chosen": choice.summary(), **choice.to_dict()}
     report["peak_gflops"] = peak_gflops(repeats)
     batch = 128
     flops = training_flops(model, batch)
@@ -213,10 +220,13 @@ def run_benchmarks(quick: bool = False) -> dict[str, Any]:
     steps = 10 if quick else 50
     plain = sampling_throughput(model, 100, steps, guidance=1.0, repeats=repeats)
     cfg = sampling_throughput(model, 100, steps, guidance=2.0, repeats=repeats)
+    auto_cfg = sampling_throughput(model, 100, steps, guidance=2.0, repeats=repeats, precision=chosen["sample"])
     report["sampling"] = {
-        "sampler": f"ddim {steps} steps, fp32",
-        "images_per_s_conditional": round(plain, 2),
-        "images_per_s_cfg": round(cfg, 2),
+        "sampler": f"ddim {steps} steps",
+        "images_per_s_conditional_fp32": round(plain, 2),
+        "images_per_s_cfg_fp32": round(cfg, 2),
+        "images_per_s_cfg_auto": round(auto_cfg, 2),
+        "auto_precision": chosen["sample"].summary(),
         "cfg_cost_ratio": round(plain / cfg, 2),
         "batch": 100,
     }
@@ -248,17 +258,32 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sampler_accuracy() -> tuple[dict[str, Any], str]:
+    """The Gaussian accuracy table (JSON rows and markdown), from the same harness the tests use."""
+    from dataclasses import asdict
+
+    from diffkit.samplers_accuracy import accuracy_table, to_markdown
+
+    cells = accuracy_table()
+    rows = [{**asdict(c), "default": c.is_default} for c in cells]
+    return {"rows": rows}, "# Sampler accuracy on exact Gaussian data\n\n" + to_markdown(cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("reports"))
     parser.add_argument("--quick", action="store_true", help="fewer repeats and images (a smoke run)")
     args = parser.parse_args()
-    report = run_benchmarks(args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
+    accuracy, accuracy_md = sampler_accuracy()
+    (args.out / "samplers.json").write_text(json.dumps(accuracy, indent=2) + "\n")
+    (args.out / "samplers.md").write_text(accuracy_md)
+    print(accuracy_md)
+    report = run_benchmarks(args.quick)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "bench.md").write_text(to_markdown(report))
     print(to_markdown(report))
-    print(f"reports: {args.out / 'bench.json'}, {args.out / 'bench.md'}")
+    print(f"reports: {args.out / 'bench.json'}, {args.out / 'bench.md'}, {args.out / 'samplers.md'}")
 
 
 if __name__ == "__main__":

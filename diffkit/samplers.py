@@ -12,6 +12,7 @@ States handed to callbacks are always variance-preserving x_t, whatever the samp
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from collections.abc import Callable, Mapping
@@ -46,6 +47,7 @@ class SamplerSpec:
     stochastic: bool
     summary: str
     options: tuple[str, ...] = field(default_factory=tuple)
+    refuses: dict[str, str] = field(default_factory=dict)  # spacing -> why it is refused
 
     def check(self, steps: int, timesteps: int, options: Mapping[str, Any]) -> None:
         """Steps in range, only options this sampler takes, each with a valid value: before any sampling."""
@@ -58,6 +60,9 @@ class SamplerSpec:
             problem = OPTION_RULES[key](value) if key in OPTION_RULES else None
             if problem is not None:
                 raise DiffkitError(problem)
+        if "spacing" in options and options["spacing"] in self.refuses:
+            why = self.refuses[options["spacing"]]
+            raise DiffkitError(f"--spacing {options['spacing']} is refused for {self.name}: {why}")
 
 
 def _check_spacing(value: Any) -> str | None:
@@ -92,10 +97,15 @@ SAMPLERS: dict[str, SamplerSpec] = {}
 
 
 def register(
-    name: str, *, stochastic: bool, summary: str, options: tuple[str, ...] = ()
+    name: str,
+    *,
+    stochastic: bool,
+    summary: str,
+    options: tuple[str, ...] = (),
+    refuses: dict[str, str] | None = None,
 ) -> Callable[[SamplerFn], SamplerFn]:
     def add(fn: SamplerFn) -> SamplerFn:
-        SAMPLERS[name] = SamplerSpec(name, fn, stochastic, summary, options)
+        SAMPLERS[name] = SamplerSpec(name, fn, stochastic, summary, options, refuses or {})
         return fn
 
     return add
@@ -105,6 +115,12 @@ def get_sampler(name: str) -> SamplerSpec:
     if name not in SAMPLERS:
         raise DiffkitError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+def default_spacing(name: str) -> str | None:
+    """The spacing a sampler uses when none is given (its function's default), None if it takes none."""
+    param = inspect.signature(get_sampler(name).fn).parameters.get("spacing")
+    return None if param is None else str(param.default)
 
 
 @dataclass
@@ -295,7 +311,12 @@ def ddim(
     eta: float = 0.0,
     spacing: str = "leading",
 ) -> Tensor:
-    """x_{t'} = sqrt(ᾱ_t') x̂0 + sqrt(1 - ᾱ_t' - σ²) ε̂ + σ z, σ = eta · sqrt(β̃ of the jump)."""
+    """x_{t'} = sqrt(ᾱ_t') x̂0 + sqrt(1 - ᾱ_t' - σ²) ε̂ + σ z, σ = eta · sqrt(β̃ of the jump).
+
+    `leading` stays the default although `logsnr` is 7 % more accurate at 10 NFE on the Gaussian
+    benchmark: DDIM inversion and the interpolations built on it are paired with this grid, and on
+    `logsnr` the inversion's last jump (to t = T - 1) leaves latents far from noise-like.
+    """
 
     def ddim_step(x: Tensor, pred: Prediction, t: int, t_prev: int) -> tuple[Tensor, Tensor]:
         ab, ab_prev = _ab(schedule, t), _ab(schedule, t_prev)
@@ -320,6 +341,10 @@ ADAMS_BASHFORTH: tuple[tuple[float, ...], ...] = (
     stochastic=False,
     summary="PLMS (Liu et al. 2022): 4th-order linear multistep on ε̂, DDIM transfer; one call per step",
     options=("spacing",),
+    refuses={
+        "logsnr": "its Adams-Bashforth weights assume equal steps in t (on the log-SNR grid it measured "
+        "1.4-1.9x less accurate than diffusers' PLMS): use leading, its default, linspace or trailing"
+    },
 )
 def pndm(
     denoise: DenoiseFn,
@@ -352,6 +377,95 @@ def pndm(
     return _run_discrete(denoise, x, schedule, steps, spacing, callback, plms_step)
 
 
+# ------------------------------------------------------------ exponential multistep (log-SNR time)
+#
+# In λ = log(α/σ) the probability-flow ODE is solved exactly by
+#     x_t' = (σ_t'/σ_t) x_t + σ_t' ∫ e^λ x̂0(λ) dλ = (σ_t'/σ_t) x_t + α_t' (1 - e^{-h}) D,
+# where D, the "effective x̂0" of the step, is x̂0 averaged over [λ_t, λ_t + h] with weight e^{λ}.
+# The multistep solvers approximate D from the x̂0s they have: a polynomial in λ through those points,
+# integrated against that weight. Every update is then a DDIM step from the consistent pair
+# (D, (x_t - α_t D) / σ_t), which stays finite at ᾱ = 0 and ᾱ = 1.
+
+
+def _exp_moments(h: float, n: int) -> list[float]:
+    """μ_k = ∫₀¹ u^k e^{hu} du / ∫₀¹ e^{hu} du for k = 1..n: what a term u^k of x̂0(λ_t + u h)
+    contributes to D. h = ∞ (a step to ᾱ = 1, or from ᾱ = 0) puts all the weight at u = 1."""
+    if math.isinf(h):
+        return [1.0] * n
+    if h > 5.0:  # M_k = ∫ u^k e^{h(u-1)} du = (1 - k M_{k-1}) / h loses nothing when h is large ...
+        m = [-math.expm1(-h) / h]
+        for k in range(1, n + 1):
+            m.append((1.0 - k * m[-1]) / h)
+    else:  # ... and for small h the series of positive terms Σ_j h^j / (j! (j + k + 1)) has no cancellation
+        m, term, j = [0.0] * (n + 1), 1.0, 0
+        while term > 1e-17 * m[0]:
+            m = [mk + term / (j + k + 1) for k, mk in enumerate(m)]
+            j += 1
+            term *= h / j
+    return [mk / m[0] for mk in m[1:]]
+
+
+def _exp_weights(h: float, nodes: list[float], midpoint: bool | None = None) -> list[float]:
+    """Weights w_j with D = Σ w_j x̂0_j exact for x̂0 polynomial in λ through the nodes u_j = (λ_j - λ_t) / h.
+
+    They solve Σ_j w_j u_j^k = μ_k (k = 0 .. len - 1, μ_0 = 1). `midpoint` (the default for two nodes
+    and a finite step) uses the moments of a flat weight instead, μ_1 = 1/2: that is the published
+    DPM-Solver++(2M). On the Gaussian benchmark it is also the more accurate of the two at 10 to 20 NFE.
+    """
+    n = len(nodes)
+    if n == 1:
+        return [1.0]
+    midpoint = n == 2 and math.isfinite(h) if midpoint is None else midpoint
+    moments = [1.0] + ([1.0 / (k + 1) for k in range(1, n)] if midpoint else _exp_moments(h, n - 1))
+    vander = torch.tensor([[u**k for u in nodes] for k in range(n)], dtype=torch.float64)
+    return torch.linalg.solve(vander, torch.tensor(moments, dtype=torch.float64)).tolist()
+
+
+def _nodes(points: list[tuple[float, Tensor]], h: float) -> list[float]:
+    """u_j = (λ_j - λ_0) / h for history points, newest (the step's start) first."""
+    return [0.0] + [(lam - points[0][0]) / h for lam, _ in points[1:]]
+
+
+def _combine(weights: list[float], x0s: list[Tensor]) -> Tensor:
+    return sum((w * x0 for w, x0 in zip(weights, x0s, strict=True)), torch.zeros_like(x0s[0]))
+
+
+def _exp_multistep(
+    schedule: NoiseSchedule, order: int, *, generator: torch.Generator | None = None, sde: bool = False
+) -> DiscreteStep:
+    """The step of DPM-Solver++(kM) (Lu et al. 2022): D from this step's x̂0 and up to order - 1 earlier
+    ones, one model call per step. `sde`: the SDE variant,
+        x_t' = α_t' D + σ_t' (e^{-h} ε_D + sqrt(1 - e^{-2h}) z),
+    which is a DDIM step at eta = 1 from D.
+
+    Warm-up uses the history there is; points at λ = -∞ (zero terminal SNR) say nothing about the
+    slope and are left out. The steps into t = 0 and into the clean image are first order (as
+    diffusers' `lower_order_final`): the last lands exactly on x̂0, and on grids even in t the one into
+    t = 0 is far longer in λ than those before it (20 linspace steps: λ 1.7 -> 4.6 after 1.0 -> 1.7),
+    so extrapolating x̂0 over it overshoots (2M at 10 NFE, leading: std error 0.19 -> 0.09). On the
+    log-SNR grid a first-order step there measured better too (0.011 -> 0.007).
+    """
+    history: list[tuple[float, Tensor]] = []  # (λ, x̂0), newest first
+
+    def step(x: Tensor, pred: Prediction, t: int, t_next: int) -> tuple[Tensor, Tensor]:
+        lam = _half_log_snr(_ab(schedule, t))
+        ab, ab_next = _ab(schedule, t), _ab(schedule, t_next)
+        h = _half_log_snr(ab_next) - lam
+        history.insert(0, (lam, pred.x0))
+        del history[order:]
+        usable = [p for p in history if math.isfinite(p[0])] or history[:1]
+        points = usable[: 1 if t_next <= 0 else order]
+        d = _combine(_exp_weights(h, _nodes(points, h)), [x0 for _, x0 in points])
+        eps = (x - ab**0.5 * d) / (1 - ab) ** 0.5
+        sigma = (1 - ab_next) ** 0.5 * (-math.expm1(-2 * h)) ** 0.5 if sde else 0.0
+        x_next = _ddim_step(d, eps, ab_next, sigma)
+        if sigma > 0:
+            x_next = x_next + sigma * _noise(x, generator)
+        return x_next, d
+
+    return step
+
+
 @register(
     "dpm++2m",
     stochastic=False,
@@ -366,33 +480,12 @@ def dpmpp_2m(
     *,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
-    spacing: str = "leading",
+    spacing: str = "logsnr",
 ) -> Tensor:
-    """Data-prediction multistep in λ = log(α/σ): with h = λ_t' - λ_t,
-
-        x_t' = (σ_t'/σ_t) x_t + α_t' (1 - e^{-h}) D,   D = x̂0 + (h / 2h_prev) (x̂0 - x̂0_prev),
-
-    where x̂0_prev and h_prev come from the previous step. The first step has no history and uses
-    D = x̂0 (this is DDIM), as does the step to ᾱ = 1: there λ = ∞, the extrapolation would grow
-    without bound, and the first-order step lands exactly on x̂0.
-    """
-    prev_x0: Tensor | None = None
-    prev_h = math.inf
-
-    def multistep(x: Tensor, pred: Prediction, t: int, t_next: int) -> tuple[Tensor, Tensor]:
-        nonlocal prev_x0, prev_h
-        ab, ab_next = _ab(schedule, t), _ab(schedule, t_next)
-        h = _half_log_snr(ab_next) - _half_log_snr(ab)
-        x0 = pred.x0
-        if prev_x0 is not None and t_next >= 0:
-            # after a first step from zero SNR prev_h = ∞ and the correction vanishes
-            x0 = x0 + h / (2 * prev_h) * (x0 - prev_x0)
-        prev_x0, prev_h = pred.x0, h
-        # the update above is exactly a DDIM step from the consistent pair (D, (x_t - α_t D) / σ_t)
-        eps = (x - ab**0.5 * x0) / (1 - ab) ** 0.5
-        return _ddim_step(x0, eps, ab_next), x0
-
-    return _run_discrete(denoise, x, schedule, steps, spacing, callback, multistep)
+    """D = x̂0 + (h / 2h_prev)(x̂0 - x̂0_prev): the x̂0 line through the last two points, read at the
+    step's midpoint in λ."""
+    step = _exp_multistep(schedule, 2)
+    return _run_discrete(denoise, x, schedule, steps, spacing, callback, step)
 
 
 @register(
@@ -433,3 +526,45 @@ def heun(
 ) -> Tensor:
     """Second order, two calls per step except the last (Euler to σ = 0): NFE = 2 · steps - 1."""
     return _run_karras(denoise, x, schedule, steps, rho, callback, heun=True)
+
+
+@register(
+    "dpm++3m",
+    stochastic=False,
+    summary="DPM-Solver++(3M) (Lu et al. 2022): third-order multistep on x̂0 in log-SNR time",
+    options=("spacing",),
+)
+def dpmpp_3m(
+    denoise: DenoiseFn,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    spacing: str = "logsnr",
+) -> Tensor:
+    """D from the quadratic in λ through the last three x̂0s, integrated exactly against e^λ."""
+    step = _exp_multistep(schedule, 3)
+    return _run_discrete(denoise, x, schedule, steps, spacing, callback, step)
+
+
+@register(
+    "dpm++2m-sde",
+    stochastic=True,
+    summary="DPM-Solver++(2M) SDE (Lu et al. 2022): the 2M update with fresh noise each step (DDIM eta = 1)",
+    options=("spacing",),
+)
+def dpmpp_2m_sde(
+    denoise: DenoiseFn,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    spacing: str = "logsnr",
+) -> Tensor:
+    """Stochastic: x_t' = α_t' D + σ_t' (e^{-h} ε_D + sqrt(1 - e^{-2h}) z), D as in dpm++2m."""
+    step = _exp_multistep(schedule, 2, generator=generator, sde=True)
+    return _run_discrete(denoise, x, schedule, steps, spacing, callback, step)

@@ -196,7 +196,11 @@ class NoiseSchedule:
         return torch.cat([inv**rho, torch.zeros(1, dtype=torch.float64)])
 
     def spaced_timesteps(self, steps: int, spacing: Spacing = "leading") -> Tensor:
-        """`steps` timesteps from noisiest to cleanest, as diffusers' `timestep_spacing` defines them.
+        """`steps` timesteps from noisiest to cleanest; every grid ends at t = 0 except `trailing`.
+
+        `leading`, `trailing` and `linspace` are the grids of diffusers' DDIM/DDPM/PNDM `timestep_spacing`;
+        its DPM-Solver and UniPC schedulers build theirs differently (never visiting t = 0), and `logsnr`
+        is diffkit's own. Each sampler has its own default (see `samplers.default_spacing`).
 
         leading  — multiples of T // steps starting at 0 (DDIM's original choice);
         trailing — counted back from T - 1 in strides of T / steps (reaches the last step, which

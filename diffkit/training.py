@@ -121,8 +121,11 @@ class Trainer:
             raise DiffkitError("no training images left after the validation split: lower data.val_fraction")
         self.batch_size = min(t.batch_size, len(self.train_set))
         self.steps_per_epoch = max(1, len(self.train_set) // self.batch_size)
-        # with a budget, max_steps / epochs only cap the length that the clock plan will fix
-        self.step_cap = t.max_steps or (t.epochs * self.steps_per_epoch if t.epochs else None)
+        # with a budget the clock fixes the length and only max_steps caps it (a parent preset's epochs do not)
+        if t.max_minutes is not None:
+            self.step_cap = t.max_steps
+        else:
+            self.step_cap = t.max_steps or (t.epochs or 1) * self.steps_per_epoch
         self.total_steps = self.step_cap or 10**9
         self.clock_plan: ClockPlan | None = None
         self.precision: PrecisionChoice = FP32  # set by choose_precision() or resume()

@@ -82,6 +82,17 @@ def test_resume_and_stop_after_from_the_cli(cli, workdir: Path) -> None:
     assert "resuming at step 4" in out and "trained 9 of 9 steps" in out
 
 
+def test_train_by_the_clock_says_what_it_measured_and_planned(cli, workdir: Path) -> None:
+    code, out, err = cli("train", "--preset", "tiny", "--minutes", "0.2", "--run-dir", "runs/clock", *TINY)
+    assert code == 0, err
+    assert "CPU: " in out and "kernels " in out  # the CPU kind
+    assert "precision fp32" in out or "precision bf16" in out
+    assert "measured" in out or "set to" in out  # and why
+    assert "planned " in out and " s/step to end within 0.2 min" in out
+    assert "time used: " in out and (workdir / "runs" / "clock" / "plan.json").is_file()
+    one_line_error(cli("train", "--run-dir", "runs/clock", "--resume", "--minutes", "1"), "--minutes", "drop")
+
+
 def test_presets_command_lists_descriptions(cli) -> None:
     code, out, _ = cli("presets")
     assert code == 0

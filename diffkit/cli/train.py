@@ -139,8 +139,6 @@ def train_command(
         set_nested(length, "train.max_minutes", minutes)
         if max_steps is None:
             set_nested(length, "train.max_steps", None)  # the clock decides; --max-steps would cap it
-        if epochs is None:
-            set_nested(length, "train.epochs", None)
     elif max_steps is not None or epochs is not None:
         set_nested(length, "train.max_minutes", None)  # an explicit length replaces a preset's budget
     settings = (

@@ -26,7 +26,7 @@ from diffkit.denoiser import DenoiseFn, Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.generation import generate, initial_noise, require_images_input
 from diffkit.progress import Progress
-from diffkit.samplers import Step
+from diffkit.samplers import Step, default_spacing
 from diffkit.samplers import _ddim_step as ddim_update
 from diffkit.sampling import SamplingPlan
 from diffkit.schedules import NoiseSchedule
@@ -189,7 +189,7 @@ def interpolate_images(
     require_images_input(denoiser)
     where, start = positions(frames), time.perf_counter()
     plan, steps = plan.but(guidance=1.0), plan.steps
-    spacing = decoding_plan(plan).sampler_options.get("spacing", "leading")
+    spacing = str(decoding_plan(plan).sampler_options.get("spacing") or default_spacing("ddim"))
     pair = torch.cat([image_a, image_b]).to(denoiser.device)
     inverting = plan.configure(denoiser).conditioned(None)
     latents = ddim_invert(inverting, pair, denoiser.schedule, steps, spacing, progress=progress).cpu()

@@ -1,0 +1,480 @@
+"""The page of `diffkit app`, built with Gradio around `diffkit.app.handlers` (one tab per handler).
+
+Only wiring lives here: controls, the progress bar, and mistakes turned into a message in the page
+(the server keeps serving). Importing this module imports gradio, so only `diffkit app` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+# offline: no usage statistics, no version check, no hub look-ups (set before gradio is imported)
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_SSR_MODE", "False")
+
+import gradio as gr
+
+from diffkit.app import handlers as h
+from diffkit.errors import DiffkitError
+
+log = logging.getLogger("diffkit.app")
+
+MODEL = "model"  # one concurrency group: actions that run the network wait for each other
+CSS = """
+.dk-status { min-height: 1.5em; }
+.dk-error { color: #b91c1c; font-weight: 600; }
+"""
+
+
+def _error(message: str) -> str:
+    return f'<span class="dk-error">⚠ {" ".join(message.split())}</span>'
+
+
+def _guard(n: int, action: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
+    """`action()`'s outputs, or (n × unchanged, the message) when it fails: never a stack trace in the page."""
+    try:
+        return action()
+    except DiffkitError as exc:
+        return (*[gr.skip()] * n, _error(str(exc)))
+    except Exception as exc:  # the server keeps serving; the traceback goes to its log only
+        log.exception("diffkit app: unexpected error")
+        return (*[gr.skip()] * n, _error(f"unexpected error ({type(exc).__name__}): {exc}"))
+
+
+def _ticker(progress: gr.Progress, desc: str) -> h.Progress:
+    def tick(done: int, total: int, message: str = "", /) -> None:
+        progress((done, total), desc=message or desc)
+
+    return tick
+
+
+def _status() -> gr.Markdown:
+    return gr.Markdown("", elem_classes=["dk-status"])
+
+
+def build(app: h.AppRun) -> gr.Blocks:
+    """The whole page: six tabs over the served run."""
+    d = h.defaults(app)
+    samplers = h.sampler_names()
+    timesteps = app.loaded.schedule.timesteps if app.loaded is not None else 1000
+    k = app.loaded.num_classes if app.loaded is not None else 0
+    with gr.Blocks(title="diffkit app", analytics_enabled=False) as page:
+        gr.Markdown("### diffkit app\n" + (h.describe(app) if app.loaded is not None else "no run"))
+        if app.loaded is None:
+            gr.Markdown(_error(f"No run to serve: {app.error}"), elem_id="run-error")
+        with gr.Tabs():
+            with gr.Tab("Sample", id="sample"):
+                _sample_tab(app, d, samplers, timesteps)
+            with gr.Tab("Watch it denoise", id="watch"):
+                _watch_tab(app, d, samplers, timesteps)
+            with gr.Tab("Compare samplers", id="compare"):
+                _compare_tab(app, d, samplers, k)
+            with gr.Tab("Inpaint", id="inpaint"):
+                load_first = _inpaint_tab(app, d, samplers, timesteps)
+            with gr.Tab("Interpolate", id="interpolate"):
+                _interpolate_tab(app, d, k)
+            with gr.Tab("The run", id="run"):
+                load_run = _run_tab(app)
+        if app.loaded is not None:
+            page.load(**load_first)
+            page.load(**load_run)
+    return page
+
+
+def _sample_controls(
+    app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps: int, *, every: bool
+) -> list[Any]:
+    choices = h.class_choices(app, every=every)
+    with gr.Row():
+        klass = gr.Dropdown(choices, value=choices[0] if every or len(choices) == 1 else choices[1], label="class")
+        guidance = gr.Slider(0, 10, value=d["cfg"], step=0.25, label="guidance (0 unconditional, 1 conditional)")
+        sampler = gr.Dropdown(samplers, value=d["sampler"], label="sampler")
+        steps = gr.Slider(1, timesteps, value=min(d["steps"], timesteps), step=1, label="steps")
+        seed = gr.Number(d["seed"], precision=0, label="seed", minimum=0)
+    return [klass, guidance, sampler, steps, seed]
+
+
+def _sample_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps: int) -> None:
+    gr.Markdown("A grid from noise: a row per class, one class, or unconditional (`diffkit sample`).")
+    controls = _sample_controls(app, d, samplers, timesteps, every=True)
+    with gr.Row():
+        num = gr.Slider(1, 16, value=d["num"], step=1, label="images (per class, for a row per class)")
+        run = gr.Button("Sample", variant="primary", elem_id="sample-run")
+    status = _status()
+    grid = gr.Image(label="grid", type="filepath", format="png", elem_id="sample-grid", interactive=False)
+    download = gr.DownloadButton("Download the PNGs (zip)", elem_id="sample-download")
+
+    def on_sample(
+        klass: str,
+        guidance: float,
+        sampler: str,
+        steps: int,
+        seed: int,
+        num: int,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[Any, ...]:
+        def act() -> tuple[Any, ...]:
+            out = h.sample(
+                app,
+                class_choice=klass,
+                guidance=guidance,
+                sampler=sampler,
+                steps=steps,
+                seed=seed,
+                num=num,
+                progress=_ticker(progress, "sampling"),
+            )
+            return str(out.grid), str(out.archive), out.info
+
+        return _guard(2, act)
+
+    run.click(on_sample, [*controls, num], [grid, download, status], concurrency_id=MODEL)
+
+
+def _watch_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps: int) -> None:
+    gr.Markdown(
+        "One image's reverse diffusion: the state x_t and the clean image x̂0 predicted from it, at evenly "
+        "spaced steps (`diffkit sample --process --gif`). Move the slider over the frames."
+    )
+    controls = _sample_controls(app, d, samplers, timesteps, every=False)
+    with gr.Row():
+        frames = gr.Slider(2, 50, value=11, step=1, label="frames")
+        run = gr.Button("Denoise", variant="primary", elem_id="watch-run")
+    status = _status()
+    state = gr.State(None)
+    with gr.Row():
+        with gr.Column():
+            frame = gr.Image(label="x_t | x̂0", type="filepath", format="png", elem_id="watch-frame", interactive=False)
+            slider = gr.Slider(0, 10, value=10, step=1, label="frame", elem_id="watch-slider")
+            caption = gr.Markdown("")
+        with gr.Column():
+            strip = gr.Image(label="every frame: x_t (top), x̂0 (bottom)", type="filepath", format="png")
+            gif = gr.DownloadButton("Download the GIF")
+
+    def on_watch(
+        klass: str,
+        guidance: float,
+        sampler: str,
+        steps: int,
+        seed: int,
+        frames: int,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[Any, ...]:
+        def act() -> tuple[Any, ...]:
+            out = h.watch(
+                app,
+                class_choice=klass,
+                guidance=guidance,
+                sampler=sampler,
+                steps=steps,
+                seed=seed,
+                frames=frames,
+                progress=_ticker(progress, "denoising"),
+            )
+            last = len(out.frames) - 1
+            return (
+                out,
+                str(out.frames[last]),
+                gr.update(maximum=last, value=last),
+                out.caption(last),
+                str(out.strip),
+                str(out.gif),
+                out.info,
+            )
+
+        return _guard(6, act)
+
+    def on_frame(out: h.Denoising | None, k: int) -> tuple[Any, ...]:
+        if out is None:
+            return gr.skip(), gr.skip()
+        k = max(0, min(int(k), len(out.frames) - 1))
+        return str(out.frames[k]), out.caption(k)
+
+    run.click(on_watch, [*controls, frames], [state, frame, slider, caption, strip, gif, status], concurrency_id=MODEL)
+    slider.change(on_frame, [state, slider], [frame, caption], show_progress="hidden")
+
+
+def _compare_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], k: int) -> None:
+    gr.Markdown(
+        "The same starting noise through several samplers and step counts, a row each, with the model "
+        "evaluations (NFE) and the time of each (`diffkit compare-samplers`)."
+    )
+    choices = h.class_choices(app, every=True)
+    with gr.Row():
+        chosen = gr.CheckboxGroup(
+            samplers, value=[s for s in ("ddim", "dpm++2m", "heun") if s in samplers], label="samplers"
+        )
+        steps = gr.Textbox("10,25", label="step counts (comma-separated)")
+    with gr.Row():
+        num = gr.Slider(1, 16, value=min(k or 8, 10), step=1, label="images per row")
+        klass = gr.Dropdown(choices, value=choices[0], label="classes (every class: in turn)")
+        guidance = gr.Slider(0, 10, value=d["cfg"], step=0.25, label="guidance")
+        seed = gr.Number(d["seed"], precision=0, label="seed", minimum=0)
+        run = gr.Button("Compare", variant="primary", elem_id="compare-run")
+    status = _status()
+    picture = gr.Image(label="a row per sampler setting", type="filepath", format="png", elem_id="compare-picture")
+    table = gr.Markdown("")
+
+    def on_compare(
+        chosen: list[str],
+        steps: str,
+        num: int,
+        klass: str,
+        guidance: float,
+        seed: int,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[Any, ...]:
+        def act() -> tuple[Any, ...]:
+            out = h.compare(
+                app,
+                samplers=chosen,
+                steps=steps,
+                num=num,
+                class_choice=klass,
+                guidance=guidance,
+                seed=seed,
+                progress=_ticker(progress, "sampler steps"),
+            )
+            return str(out.picture), out.table, f"{len(chosen)} sampler(s) on the same noise"
+
+        return _guard(2, act)
+
+    run.click(on_compare, [chosen, steps, num, klass, guidance, seed], [picture, table, status], concurrency_id=MODEL)
+
+
+def _inpaint_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps: int) -> dict[str, Any]:
+    source = h.digit_source(app)[1] if app.loaded is not None else "none"
+    gr.Markdown(
+        "Pick a test image or upload one, paint the hole with the brush (or choose a shape), and fill it "
+        f"(`diffkit inpaint`). Test images: {source}."
+    )
+    state = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=1):
+            index = gr.Number(0, precision=0, minimum=0, label="test image number")
+            load = gr.Button("Load test image", elem_id="inpaint-load")
+            upload = gr.File(label="or upload a PNG / JPEG", file_types=["image"], type="filepath")
+            mask_choice = gr.Radio(h.MASK_CHOICES, value="center", label="mask (the hole is filled)")
+            mask_file = gr.File(label="mask PNG (white = keep, black = hole)", file_types=[".png"], type="filepath")
+        with gr.Column(scale=2):
+            editor = gr.ImageEditor(
+                label="paint the hole (red) when the mask is 'drawn in the editor'",
+                type="numpy",
+                image_mode="RGBA",
+                sources=[],
+                transforms=[],
+                layers=False,
+                brush=gr.Brush(colors=["#ff0000"], default_size=24, color_mode="fixed"),
+                canvas_size=(280, 280),
+                fixed_canvas=True,
+                elem_id="inpaint-editor",
+            )
+    with gr.Row():
+        methods = gr.CheckboxGroup(["replace", "repaint", "sds"], value=["replace"], label="methods")
+        sampler = gr.Dropdown(samplers, value=d["sampler"], label="sampler (replace)")
+        steps = gr.Slider(1, timesteps, value=min(d["steps"], timesteps), step=1, label="steps (RePaint: levels)")
+        iterations = gr.Slider(10, 1000, value=200, step=10, label="SDS iterations")
+        seed = gr.Number(d["seed"], precision=0, label="seed", minimum=0)
+        run = gr.Button("Inpaint", variant="primary", elem_id="inpaint-run")
+    status = _status()
+    figure = gr.Image(
+        label="original / mask / masked input / result", type="filepath", format="png", elem_id="inpaint-figure"
+    )
+    table = gr.Markdown("")
+
+    def editor_value(inp: h.InpaintInput) -> dict[str, Any]:
+        return {"background": str(inp.preview), "layers": [], "composite": str(inp.preview)}
+
+    def on_load(index: int) -> tuple[Any, ...]:
+        def act() -> tuple[Any, ...]:
+            inp = h.load_digit(app, index)
+            return inp, editor_value(inp), f"loaded {inp.what}"
+
+        return _guard(2, act)
+
+    def on_upload(path: str | None) -> tuple[Any, ...]:
+        if not path:
+            return gr.skip(), gr.skip(), gr.skip()
+
+        def act() -> tuple[Any, ...]:
+            inp = h.load_upload(app, path)
+            return inp, editor_value(inp), f"loaded {inp.what}"
+
+        return _guard(2, act)
+
+    def on_inpaint(
+        inp: h.InpaintInput | None,
+        value: dict[str, Any] | None,
+        mask_choice: str,
+        mask_file: str | None,
+        methods: list[str],
+        sampler: str,
+        steps: int,
+        iterations: int,
+        seed: int,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[Any, ...]:
+        def act() -> tuple[Any, ...]:
+            out = h.inpaint_image(
+                app,
+                inp,
+                mask_choice=mask_choice,
+                layers=(value or {}).get("layers"),
+                mask_file=mask_file,
+                methods=methods,
+                sampler=sampler,
+                steps=steps,
+                seed=seed,
+                iterations=iterations,
+                progress=_ticker(progress, "inpainting"),
+            )
+            return str(out.figure), out.table, "done: the scores are over the hole only"
+
+        return _guard(2, act)
+
+    load.click(on_load, [index], [state, editor, status])
+    upload.change(on_upload, [upload], [state, editor, status])
+    # painting in the editor (user input only, not loading a picture into it) selects the drawn mask
+    editor.input(lambda: gr.update(value=h.DRAWN), None, [mask_choice], show_progress="hidden", trigger_mode="once")
+    run.click(
+        on_inpaint,
+        [state, editor, mask_choice, mask_file, methods, sampler, steps, iterations, seed],
+        [figure, table, status],
+        concurrency_id=MODEL,
+    )
+    return {"fn": on_load, "inputs": [index], "outputs": [state, editor, status]}
+
+
+def _interpolate_tab(app: h.AppRun, d: dict[str, Any], k: int) -> None:
+    gr.Markdown(
+        "Between two classes (the same noise, the class embedding moving) or two seeds (slerp of their "
+        "noise), decoded with deterministic DDIM (`diffkit interpolate`)."
+    )
+    numbers = [str(c) for c in range(k)]
+    with gr.Row():
+        mode = gr.Radio(["classes", "seeds"], value="classes" if k else "seeds", label="between")
+        class_a = gr.Dropdown(numbers, value=numbers[0] if numbers else None, label="first class")
+        class_b = gr.Dropdown(numbers, value=numbers[min(1, k - 1)] if numbers else None, label="second class")
+        seed_a = gr.Number(0, precision=0, minimum=0, label="first seed")
+        seed_b = gr.Number(1, precision=0, minimum=0, label="second seed")
+        seed_class = gr.Dropdown(h.class_choices(app, every=False), value=h.UNCONDITIONAL, label="class (seeds)")
+    with gr.Row():
+        frames = gr.Slider(2, 32, value=10, step=1, label="frames")
+        steps = gr.Slider(1, 200, value=min(d["steps"], 50), step=1, label="DDIM steps")
+        guidance = gr.Slider(0, 10, value=d["cfg"], step=0.25, label="guidance")
+        seed = gr.Number(d["seed"], precision=0, minimum=0, label="noise seed (classes)")
+        run = gr.Button("Interpolate", variant="primary", elem_id="interp-run")
+    status = _status()
+    state = gr.State(None)
+    strip = gr.Image(label="the strip", type="filepath", format="png", elem_id="interp-strip")
+    with gr.Row():
+        with gr.Column():
+            frame = gr.Image(label="one frame", type="filepath", format="png", elem_id="interp-frame")
+        with gr.Column():
+            slider = gr.Slider(0, 9, value=0, step=1, label="frame", elem_id="interp-slider")
+            caption = gr.Markdown("")
+            gif = gr.DownloadButton("Download the GIF")
+
+    def on_interpolate(
+        mode: str,
+        class_a: str,
+        class_b: str,
+        seed_a: int,
+        seed_b: int,
+        seed_class: str,
+        frames: int,
+        steps: int,
+        guidance: float,
+        seed: int,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[Any, ...]:
+        def act() -> tuple[Any, ...]:
+            out = h.interpolate(
+                app,
+                mode=mode,
+                class_a=class_a,
+                class_b=class_b,
+                seed_a=seed_a,
+                seed_b=seed_b,
+                seed_class=seed_class,
+                frames=frames,
+                steps=steps,
+                guidance=guidance,
+                seed=seed,
+                progress=_ticker(progress, "DDIM steps"),
+            )
+            return (
+                out,
+                str(out.strip),
+                str(out.frames[0]),
+                gr.update(maximum=len(out.frames) - 1, value=0),
+                out.caption(0),
+                str(out.gif),
+                out.info,
+            )
+
+        return _guard(6, act)
+
+    def on_frame(out: h.Interpolated | None, k: int) -> tuple[Any, ...]:
+        if out is None:
+            return gr.skip(), gr.skip()
+        k = max(0, min(int(k), len(out.frames) - 1))
+        return str(out.frames[k]), out.caption(k)
+
+    inputs = [mode, class_a, class_b, seed_a, seed_b, seed_class, frames, steps, guidance, seed]
+    run.click(on_interpolate, inputs, [state, strip, frame, slider, caption, gif, status], concurrency_id=MODEL)
+    slider.change(on_frame, [state, slider], [frame, caption], show_progress="hidden")
+
+
+def _run_tab(app: h.AppRun) -> dict[str, Any]:
+    summary = gr.Markdown("", elem_id="run-summary")
+    refresh = gr.Button("Refresh", size="sm")
+    status = _status()
+    with gr.Row():
+        curves = gr.Image(label="training curves", type="filepath", format="png", elem_id="run-curves")
+        sweep = gr.Image(label="FID against guidance", type="filepath", format="png")
+    sweep_text = gr.Markdown("")
+    grids = gr.Gallery(label="latest grids (newest first)", columns=3, height="auto", elem_id="run-grids")
+    config = gr.Code(label="config.toml", language=None, interactive=False)
+
+    def on_run() -> tuple[Any, ...]:
+        def act() -> tuple[Any, ...]:
+            out = h.overview(app)
+            grids = [(str(p), caption) for p, caption in out.grids]
+            sweep = str(out.sweep) if out.sweep is not None else None
+            curves = str(out.curves) if out.curves is not None else None
+            return out.summary, curves, sweep, out.sweep_text, grids, out.config, ""
+
+        return _guard(6, act)
+
+    outputs = [summary, curves, sweep, sweep_text, grids, config, status]
+    refresh.click(on_run, None, outputs)
+    return {"fn": on_run, "inputs": None, "outputs": outputs}
+
+
+def serve(app: h.AppRun, *, host: str, port: int) -> None:
+    """Serve the page until interrupted; only the run's directory and the app's outputs can be fetched."""
+    page = build(app)
+    page.queue(default_concurrency_limit=1)
+    try:
+        page.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            inbrowser=False,
+            show_error=False,
+            ssr_mode=False,
+            mcp_server=False,
+            pwa=False,
+            enable_monitoring=False,
+            footer_links=[],
+            allowed_paths=app.served_paths,
+            css=CSS,
+        )
+    except OSError as exc:
+        raise DiffkitError(f"cannot serve on {host}:{port} ({exc}): pick another --port") from None
