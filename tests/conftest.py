@@ -54,6 +54,18 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_sr_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny super-resolution run (SR3-style, x2 and x4 to 28x28), trained once for the session."""
+    from diffkit.settings import load_settings, parse_overrides
+    from diffkit.training import train_run
+
+    root = tmp_path_factory.mktemp("shared-sr") / "runs" / "sr"
+    sr = ["model.task=super-res", "model.cond_channels=1", "model.num_classes=0"]
+    train_run(load_settings("tiny", parse_overrides([*TINY_RUN, *sr])), root)
+    return root
+
+
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     """Run the real `diffkit` entry point in-process: returns (exit code, stdout, stderr)."""

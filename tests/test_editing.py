@@ -37,18 +37,14 @@ from diffkit.runs import load_run
 from diffkit.sampling import SamplingPlan
 from diffkit.schedules import NoiseSchedule
 from diffkit.settings import load_settings, parse_overrides
-from diffkit.training import train_run
 
-TINY = ["data.limit=64", "train.batch_size=8", "train.max_steps=7", "train.threads=1", "sample.steps=4"]
 SR = ["model.task=super-res", "model.cond_channels=1", "model.num_classes=0"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> dict[str, Path]:
-    """Two tiny trained runs: the session's class-conditional generator (4 classes) and a super-resolution model."""
-    sr = tmp_path_factory.mktemp("editing") / "sr"
-    train_run(load_settings("tiny", parse_overrides(TINY + SR)), sr)
-    return {"gen": tiny_run, "sr": sr}
+def runs(tiny_run: Path, tiny_sr_run: Path) -> dict[str, Path]:
+    """The session's two tiny runs: a class-conditional generator (4 classes) and a super-resolution model."""
+    return {"gen": tiny_run, "sr": tiny_sr_run}
 
 
 @pytest.fixture(scope="module")
