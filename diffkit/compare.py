@@ -8,95 +8,52 @@ extra columns of the table, the JSON report and the picture.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from torch import Tensor
 
+from diffkit.atomic import write_json
 from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.generation import generate, initial_noise
-from diffkit.models import UNet
-from diffkit.samplers import SAMPLERS, Step, check_spacing, get_sampler
+from diffkit.progress import Progress
+from diffkit.samplers import Step
+from diffkit.sampling import SamplingPlan
+from diffkit.viz import save_labelled_rows
 
 QualityFn = Callable[[Tensor, Tensor | None], dict[str, float]]
-Progress = Callable[[int, int], None]  # (sampler steps done, sampler steps in all)
-
-
-@dataclass(frozen=True)
-class Config:
-    """One row of a comparison: a sampler, its step count and its options (spacing, eta, rho)."""
-
-    sampler: str
-    steps: int
-    options: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def label(self) -> str:
-        extra = ", ".join(f"{k}={v}" for k, v in self.options)
-        return f"{self.sampler} {self.steps}" + (f" ({extra})" if extra else "")
-
 
 # The 1000-step ancestral reference, DDIM at its usual 50 and 20, and the higher-order solvers at 10 and
 # 20 steps, each at its own default spacing: 1179 model evaluations, about two minutes of one CPU core
 # on the demo model with 10 images.
-DEFAULT_SPREAD: tuple[Config, ...] = (
-    Config("ddpm", 1000),
-    Config("ddim", 50),
-    Config("ddim", 20),
-    Config("pndm", 20),
-    Config("dpm++2m", 20),
-    Config("dpm++2m", 10),
-    Config("dpm++3m", 10),
-    Config("dpm++2m-sde", 10),
-    Config("euler", 20),
-    Config("heun", 10),
+DEFAULT_SPREAD: tuple[tuple[str, int], ...] = (
+    ("ddpm", 1000),
+    ("ddim", 50),
+    ("ddim", 20),
+    ("pndm", 20),
+    ("dpm++2m", 20),
+    ("dpm++2m", 10),
+    ("dpm++3m", 10),
+    ("dpm++2m-sde", 10),
+    ("euler", 20),
+    ("heun", 10),
 )
 
 
-def grid_of(samplers: Sequence[str], steps: Sequence[int]) -> list[Config]:
+def grid_of(samplers: Sequence[str], steps: Sequence[int]) -> list[tuple[str, int]]:
     """Every sampler at every step count, in the order given."""
-    return [Config(name, n) for name in samplers for n in steps]
-
-
-def with_options(configs: Sequence[Config], **options: Any) -> list[Config]:
-    """Give each option (None = not set) to the samplers that take it; an option none of them takes is an error."""
-    out = list(configs)
-    for key, value in options.items():
-        if value is None:
-            continue
-        takers = [c.sampler for c in out if key in get_sampler(c.sampler).options]
-        if not takers:
-            able = ", ".join(name for name, spec in SAMPLERS.items() if key in spec.options)
-            chosen = ", ".join(dict.fromkeys(c.sampler for c in out))
-            raise DiffkitError(f"--{key} applies to {able} only, not {chosen}: drop --{key}")
-        out = [replace(c, options=(*c.options, (key, value))) if c.sampler in takers else c for c in out]
-    return out
-
-
-def check_configs(configs: Sequence[Config], timesteps: int) -> None:
-    """Reject bad rows before any sampling starts, so a typo in the last row wastes no time."""
-    if not configs:
-        raise DiffkitError("nothing to compare: give at least one sampler and one step count")
-    for c in configs:
-        get_sampler(c.sampler)
-        if not 1 <= c.steps <= timesteps:
-            raise DiffkitError(f"--steps {c.steps} is out of range: use 1 to {timesteps} (the model's T)")
-        options = dict(c.options)
-        if "spacing" in options:
-            check_spacing(c.sampler, options["spacing"])
-        if "eta" in options and not 0.0 <= float(options["eta"]) <= 1.0:
-            raise DiffkitError(f"--eta {options['eta']} is out of range: use a value from 0 (deterministic) to 1")
+    return [(name, n) for name in samplers for n in steps]
 
 
 @dataclass
-class Row:
-    config: Config
+class ComparedRow:
+    """One sampler setting of a comparison, run: its plan, cost, images and quality numbers."""
+
+    plan: SamplingPlan
     nfe: int
     seconds: float
     images: Tensor  # (N, C, H, W) in [-1, 1]
@@ -108,9 +65,9 @@ class Row:
 
     def record(self) -> dict[str, Any]:
         return {
-            "sampler": self.config.sampler,
-            "steps": self.config.steps,
-            "options": dict(self.config.options),
+            "sampler": self.plan.sampler,
+            "steps": self.plan.steps,
+            "options": self.plan.sampler_options,
             "nfe": self.nfe,
             "seconds": self.seconds,
             "seconds_per_image": self.seconds_per_image,
@@ -118,14 +75,14 @@ class Row:
         }
 
     def caption(self) -> str:
-        parts = [self.config.label, f"NFE {self.nfe}", f"{self.seconds:.1f} s", f"{self.seconds_per_image:.2f} s/img"]
+        parts = [self.plan.label, f"NFE {self.nfe}", f"{self.seconds:.1f} s", f"{self.seconds_per_image:.2f} s/img"]
         parts += [f"{k} {v:.4g}" for k, v in self.metrics.items()]
         return " · ".join(parts)
 
 
 @dataclass
 class Comparison:
-    rows: list[Row]
+    rows: list[ComparedRow]
     classes: Tensor | None
     guidance: float
     seed: int
@@ -146,13 +103,8 @@ class Comparison:
 
     def save(self, folder: Path, **context: Any) -> tuple[Path, Path]:
         """compare.json (the rows plus `context`, e.g. the run) and compare.png (a captioned row per config)."""
-        from diffkit.viz import save_labelled_rows
-
         folder.mkdir(parents=True, exist_ok=True)
-        report = folder / "compare.json"
-        tmp = report.with_name(f".{report.name}.tmp")
-        tmp.write_text(json.dumps({**context, **self.record()}, indent=2) + "\n")
-        os.replace(tmp, report)
+        report = write_json(folder / "compare.json", {**context, **self.record()})
         picture = save_labelled_rows(
             [r.images for r in self.rows], [r.caption() for r in self.rows], folder / "compare.png"
         )
@@ -161,33 +113,30 @@ class Comparison:
 
 def compare_samplers(
     denoiser: Denoiser,
-    configs: Sequence[Config],
+    plans: Sequence[SamplingPlan],
     *,
     num: int,
     classes: Tensor | None,
-    guidance: float,
-    seed: int,
-    batch_size: int = 250,
     quality: Sequence[QualityFn] = (),
     progress: Progress | None = None,
 ) -> Comparison:
-    """Run every config on the same initial noise, classes and step-noise seed; time each one."""
-    check_configs(configs, denoiser.schedule.timesteps)
-    model = cast(UNet, denoiser.model)
-    noise = initial_noise(num, (model.in_channels, model.image_size, model.image_size), seed)
-    # one evaluation first, so the first row's time holds no start-up cost (and bad guidance fails here)
-    warm = min(num, batch_size)
-    generate(
-        denoiser,
-        num=warm,
-        classes=None if classes is None else classes[:warm],
-        sampler="ddim",
-        steps=1,
-        guidance=guidance,
-        seed=seed,
-        noise=noise[:warm],
-    )
-    total = sum(c.steps for c in configs) * math.ceil(num / batch_size)
+    """Run every plan on the same initial noise, classes and step-noise seed; time each one.
+
+    The plans differ in sampler, steps and options only (see `sampling.rows_for`); guidance, seed,
+    clipping and batch size are the first one's.
+    """
+    if not plans:
+        raise DiffkitError("nothing to compare: give at least one sampler and one step count")
+    first = plans[0]
+    plans = [first.with_sampler(p.sampler, p.steps, p.options) for p in plans]
+    for plan in plans:  # a typo in the last row wastes no time
+        plan.check(denoiser.schedule.timesteps, denoiser.num_classes)
+    noise = initial_noise(num, denoiser.image_shape, first.seed)
+    # one evaluation first, so the first row's time holds no start-up cost
+    warm = min(num, first.batch_size)
+    warm_classes = None if classes is None else classes[:warm]
+    generate(denoiser, first.with_sampler("ddim", 1), num=warm, classes=warm_classes, noise=noise[:warm])
+    total = sum(p.steps for p in plans) * math.ceil(num / first.batch_size)
     done = 0
 
     def tick(_: Step) -> None:
@@ -197,22 +146,10 @@ def compare_samplers(
             progress(done, total)
 
     rows = []
-    for c in configs:
-        out = generate(
-            denoiser,
-            num=num,
-            classes=classes,
-            sampler=c.sampler,
-            steps=c.steps,
-            guidance=guidance,
-            seed=seed,
-            batch_size=batch_size,
-            noise=noise,
-            callback=tick,
-            **dict(c.options),
-        )
+    for plan in plans:
+        out = generate(denoiser, plan, num=num, classes=classes, noise=noise, callback=tick)
         metrics: dict[str, float] = {}
         for fn in quality:
             metrics.update(fn(out.images, classes))
-        rows.append(Row(c, out.nfe, out.seconds, out.images, metrics))
-    return Comparison(rows, classes, guidance, seed)
+        rows.append(ComparedRow(plan, out.nfe, out.seconds, out.images, metrics))
+    return Comparison(rows, classes, first.guidance, first.seed)

@@ -14,7 +14,6 @@ Images leave this module as float tensors in [-1, 1], shape (N, C, H, W).
 from __future__ import annotations
 
 import gzip
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffkit.errors import DiffkitError
+from diffkit.settings import Settings, resolve_data_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -269,7 +269,8 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("DIFFKIT_DATA_DIR", "data"))
+    """DIFFKIT_DATA_DIR, else data/ (see `settings.resolve_data_dir`)."""
+    return resolve_data_dir()
 
 
 def load_images(
@@ -379,3 +380,63 @@ def read_image(path: str | Path, *, image_size: int, channels: int) -> tuple[Ten
     target = f"{image_size}x{image_size} {'L' if channels == 1 else 'RGB'}"
     note = None if original == target else f"converted {path.name} from {original} to {target}"
     return to_float(converted), note
+
+
+# ------------------------------------------------------------------------------------- training data
+
+
+def resolve_data(settings: Settings) -> ImageSet:
+    """Load a run's training images and settle model.num_classes from them (saved into config.toml)."""
+    d = settings.data
+    data = load_images(
+        d.dataset,
+        d.split,
+        data_dir=settings.data_dir,
+        image_size=d.image_size,
+        channels=d.channels,
+        path=d.path,
+        limit=d.limit,
+        download=d.download,
+    )
+    labelled = bool((data.labels >= 0).all()) and data.num_classes > 0
+    if settings.model.num_classes is None:
+        settings.model.num_classes = data.num_classes if labelled else 0
+    elif settings.model.num_classes > 0 and not labelled:
+        raise DiffkitError(
+            f"model.num_classes={settings.model.num_classes} but dataset {d.dataset} has no labels: "
+            "set model.num_classes=0 for an unconditional model"
+        )
+    elif settings.model.num_classes > 0 and int(data.labels.max()) >= settings.model.num_classes:
+        raise DiffkitError(
+            f"dataset {d.dataset} has {data.num_classes} classes but model.num_classes="
+            f"{settings.model.num_classes}: leave model.num_classes unset"
+        )
+    return data
+
+
+# --------------------------------------------------------------------------- super-resolution inputs
+# The degradation SR3-style runs are trained on and evaluated with (see diffkit.editing.superres).
+
+
+def degrade(images: Tensor, scale: int) -> Tensor:
+    """(N, C, H, W) -> (N, C, H/scale, W/scale) by area averaging."""
+    h, w = images.shape[-2:]
+    if h % scale or w % scale:
+        raise DiffkitError(f"scale {scale} does not divide the image size {w}x{h}: use a scale that does")
+    return F.interpolate(images, size=(h // scale, w // scale), mode="area")
+
+
+def upsample(low: Tensor, size: int) -> Tensor:
+    """Bicubic upsampling to size x size, clipped to [-1, 1] (bicubic overshoots at edges)."""
+    return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def random_condition(images: Tensor, scales: list[int], generator: torch.Generator) -> Tensor:
+    """Training conditioning: each image degraded by a scale drawn uniformly from `scales`, upsampled back."""
+    pick = torch.randint(len(scales), (images.shape[0],), generator=generator, device=generator.device)
+    cond = torch.empty_like(images)
+    for i, scale in enumerate(scales):
+        chosen = pick.to(images.device) == i
+        if chosen.any():
+            cond[chosen] = upsample(degrade(images[chosen], scale), images.shape[-1])
+    return cond

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +102,16 @@ class Denoiser:
     rescale_phi: float = 0.0
     cond: Tensor | None = None  # extra input channels (super-resolution), one per batch item
     precision: PrecisionChoice | None = None  # bf16 autocast for the network when chosen; maths stays fp32
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images this denoiser makes (a UNet, or anything with the same attributes)."""
+        model: Any = self.model
+        return int(model.in_channels), int(model.image_size), int(model.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     @torch.no_grad()
     def __call__(self, x_t: Tensor, t: Tensor, classes: Tensor | None = None, guidance: float = 1.0) -> Prediction:

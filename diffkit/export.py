@@ -8,13 +8,15 @@ classes as evenly as it can (the first N mod K classes get one more).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from torch import Tensor
 
 from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
-from diffkit.generation import Generated, Progress, generate
+from diffkit.generation import Generated, generate
+from diffkit.progress import Progress
+from diffkit.sampling import SamplingPlan
+from diffkit.viz import save_images
 
 
 def export_digits(num: int) -> int:
@@ -32,38 +34,19 @@ def check_export_dir(directory: Path) -> None:
 
 def export_samples(
     denoiser: Denoiser,
+    plan: SamplingPlan,
     directory: Path,
     *,
     num: int,
     classes: Tensor | None,
-    sampler: str,
-    steps: int,
-    guidance: float,
-    seed: int,
     rgb: bool = False,
-    batch_size: int = 250,
     progress: Progress | None = None,
-    **options: Any,
 ) -> Generated:
     """Generate `num` images and write each batch as soon as it is done (a stopped export keeps its files)."""
-    from diffkit.viz import save_images
-
     check_export_dir(directory)  # the folder itself appears with the first batch
     digits = export_digits(num)
 
     def write(first: int, images: Tensor) -> None:
         save_images(images, directory, start=first + 1, digits=digits, rgb=rgb)
 
-    return generate(
-        denoiser,
-        num=num,
-        classes=classes,
-        sampler=sampler,
-        steps=steps,
-        guidance=guidance,
-        seed=seed,
-        batch_size=batch_size,
-        progress=progress,
-        on_batch=write,
-        **options,
-    )
+    return generate(denoiser, plan, num=num, classes=classes, progress=progress, on_batch=write)

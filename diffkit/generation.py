@@ -1,26 +1,26 @@
 """Batched image generation from a Denoiser: seeded noise, class layout, batches, progress.
 
-Every command that makes images (sample, compare-samplers, fid run:DIR, the grids drawn during
-training) comes through `generate`, so seeds mean the same thing everywhere: the starting noise of
+Every command that makes images (sample, compare-samplers, fid run:DIR, the editing commands, the
+grids drawn during training) comes through `generate` with a `SamplingPlan`, so seeds mean the same
+thing everywhere: the starting noise of
 image i depends only on the seed and i, never on the batch size.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
-from diffkit.models import UNet
+from diffkit.progress import Progress
 from diffkit.samplers import Callback, sample
-
-Progress = Callable[[int, int], None]  # (images done, images total)
+from diffkit.sampling import SamplingPlan
 
 
 @dataclass
@@ -65,52 +65,40 @@ def initial_noise(n: int, shape: tuple[int, int, int], seed: int) -> Tensor:
 
 def generate(
     denoiser: Denoiser,
+    plan: SamplingPlan,
     *,
     num: int,
     classes: Tensor | None,
-    sampler: str,
-    steps: int,
-    guidance: float,
-    seed: int,
-    batch_size: int = 250,
     progress: Progress | None = None,
     callback: Callback | None = None,
     noise: Tensor | None = None,
     on_batch: Callable[[int, Tensor], None] | None = None,
-    **options: Any,
 ) -> Generated:
-    """Generate `num` images (classes per image or None) with a registered sampler.
+    """Generate `num` images (classes per image or None) as `plan` says.
 
     `on_batch(first_index, images)` sees each finished batch, so long exports can write files as they go.
     """
-    import time
-
-    if guidance != 1.0 and denoiser.num_classes == 0 and guidance != 0.0:
-        raise DiffkitError(
-            f"--cfg {guidance} needs a class-conditional model, and this one is unconditional: drop --cfg"
-        )
+    plan.check(denoiser.schedule.timesteps, denoiser.num_classes)
     require_images_input(denoiser)
-    model = cast(UNet, denoiser.model)
-    shape = (model.in_channels, model.image_size, model.image_size)
-    x_T = noise if noise is not None else initial_noise(num, shape, seed)
-    device = next(model.parameters()).device
+    denoiser = plan.configure(denoiser)
+    x_T = noise if noise is not None else initial_noise(num, denoiser.image_shape, plan.seed)
+    device, size = denoiser.device, plan.batch_size
     out, nfe, start = [], 0, time.perf_counter()
-    batches = max(1, math.ceil(num / batch_size))
-    for b in range(batches):
-        lo, hi = b * batch_size, min(num, (b + 1) * batch_size)
+    for b in range(max(1, math.ceil(num / size))):
+        lo, hi = b * size, min(num, (b + 1) * size)
         batch_classes = classes[lo:hi].to(device) if classes is not None else None
-        gen = torch.Generator(device=device).manual_seed(seed * 7919 + b)  # stochastic samplers' step noise
+        gen = torch.Generator(device=device).manual_seed(plan.seed * 7919 + b)  # stochastic samplers' step noise
         # conditioning channels (super-resolution) belong to images, so they are batched with them
         batch_denoiser = denoiser if denoiser.cond is None else replace(denoiser, cond=denoiser.cond[lo:hi].to(device))
         result = sample(
-            sampler,
-            batch_denoiser.conditioned(batch_classes, guidance),
+            plan.sampler,
+            batch_denoiser.conditioned(batch_classes, plan.guidance),
             x_T[lo:hi].to(device),
             denoiser.schedule,
-            steps,
+            plan.steps,
             generator=gen,
             callback=callback,
-            **options,
+            **plan.sampler_options,
         )
         out.append(result.images.clamp(-1, 1).cpu())
         nfe = result.nfe

@@ -28,6 +28,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from diffkit.atomic import write_json
+
 Precision = Literal["auto", "fp32", "bf16"]
 Mode = Literal["train", "sample"]
 
@@ -264,7 +266,5 @@ def choose_precision(
     choice = decide(times)
     with contextlib.suppress(OSError):  # a read-only cache only costs the next probe
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "choice": choice.to_dict()}, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json(path, {"key": key, "choice": choice.to_dict()})
     return choice

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
-from diffkit.generation import Generated, Progress, generate, initial_noise
-from diffkit.models import UNet
+from diffkit.generation import Generated, generate, initial_noise
+from diffkit.progress import Progress
 from diffkit.samplers import Step
+from diffkit.sampling import SamplingPlan
 
 MAX_FRAMES = 50  # more columns than this make a grid no one can read, and a GIF of many megabytes
 
@@ -85,34 +86,15 @@ class ProcessRecorder:
 
 def record_process(
     denoiser: Denoiser,
+    plan: SamplingPlan,
     *,
     num: int,
     classes: Tensor | None,
-    sampler: str,
-    steps: int,
-    guidance: float,
-    seed: int,
     frames: int,
-    batch_size: int = 250,
     progress: Progress | None = None,
-    **options: Any,
 ) -> tuple[Generated, Process]:
     """`generate` with a recorder attached: the images, and `frames` evenly spaced states of each."""
-    model = cast(UNet, denoiser.model)
-    noise = initial_noise(num, (model.in_channels, model.image_size, model.image_size), seed)
-    recorder = ProcessRecorder(noise, steps, frames)
-    out = generate(
-        denoiser,
-        num=num,
-        classes=classes,
-        sampler=sampler,
-        steps=steps,
-        guidance=guidance,
-        seed=seed,
-        batch_size=batch_size,
-        progress=progress,
-        callback=recorder,
-        noise=noise,
-        **options,
-    )
+    noise = initial_noise(num, denoiser.image_shape, plan.seed)
+    recorder = ProcessRecorder(noise, plan.steps, frames)
+    out = generate(denoiser, plan, num=num, classes=classes, progress=progress, callback=recorder, noise=noise)
     return out, recorder.process()

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from diffkit.atomic import atomic_write
@@ -33,8 +33,9 @@ from diffkit.errors import DiffkitError
 from diffkit.models import UNet
 from diffkit.precision import PrecisionChoice, choose_precision
 from diffkit.runlock import LOCK_NAME
+from diffkit.sampling import SamplingPlan
 from diffkit.schedules import NoiseSchedule
-from diffkit.settings import Settings, load_saved_settings, save_settings
+from diffkit.settings import Settings, load_saved_settings, resolve_runs_dir, save_settings
 
 
 @dataclass(frozen=True)
@@ -202,10 +203,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     if not path.is_file():
         raise DiffkitError(f"checkpoint {path} does not exist: train the run first or pick --checkpoint best|last|PATH")
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:  # one opening: the tensors and the metadata
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (a safetensors handle)
             meta = json.loads((f.metadata() or {}).get("diffkit", "{}"))
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
         raise DiffkitError(
@@ -255,8 +254,9 @@ def load_state(path: Path) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------- loading
 
 
-def latest_run(runs_dir: Path) -> Path:
-    """The run whose last checkpoint was written most recently."""
+def latest_run(runs_dir: Path | None = None) -> Path:
+    """The run whose last checkpoint was written most recently (under `resolve_runs_dir()` by default)."""
+    runs_dir = runs_dir or resolve_runs_dir()
     candidates = [p.parent.parent for p in runs_dir.glob("*/checkpoints/last.safetensors")]
     if not candidates:
         raise DiffkitError(f"no trained run in {runs_dir}/: train one (diffkit train --preset demo) or pass --run DIR")
@@ -281,7 +281,7 @@ class LoadedRun:
     checkpoint: Path
     meta: dict[str, Any]
     device: torch.device
-    _precision: PrecisionChoice | None = field(default=None, repr=False)
+    _precisions: dict[str, PrecisionChoice] = field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -290,22 +290,50 @@ class LoadedRun:
     @property
     def precision(self) -> PrecisionChoice:
         """sample.precision for this network here ("auto": timed once, then cached)."""
-        if self._precision is None:
-            self._precision = choose_precision(
-                self.settings.sample.precision, self.model, mode="sample", device=self.device
-            )
-            self._precision.prepare(self.model)
-        return self._precision
+        return self.precision_for(self.settings.sample.precision)
 
-    def denoiser(self, **options: Any) -> Denoiser:
-        options.setdefault("precision", self.precision)
-        return make_denoiser(self.settings, self.model, self.schedule, **options)
+    def precision_for(self, name: str) -> PrecisionChoice:
+        """The precision `name` (auto, fp32, bf16) resolves to for this network here; the model is prepared for it."""
+        if name not in self._precisions:
+            choice = choose_precision(name, self.model, mode="sample", device=self.device)  # type: ignore[arg-type]
+            choice.prepare(self.model)
+            self._precisions[name] = choice
+        return self._precisions[name]
+
+    def plan(self, **flags: Any) -> SamplingPlan:
+        """This run's [sample] settings < `flags` (see `SamplingPlan.from_settings`), checked against the model."""
+        plan = SamplingPlan.from_settings(self.settings.sample, self.num_classes, **flags)
+        return plan.check(self.schedule.timesteps, self.num_classes)
+
+    def denoiser(self, plan: SamplingPlan | None = None) -> Denoiser:
+        """The network as a Denoiser, in the plan's precision, clipping and CFG-rescale (the run's by default)."""
+        plan = plan or self.plan()
+        return make_denoiser(
+            self.settings, self.model, self.schedule, plan, precision=self.precision_for(plan.precision)
+        )
 
 
-def make_denoiser(settings: Settings, model: nn.Module, schedule: NoiseSchedule, **options: Any) -> Denoiser:
-    """The run's model as a Denoiser: its objective, classes and the sampling defaults (clipping)."""
-    options.setdefault("clipping", settings.sample.clipping)
-    return Denoiser(model, schedule, settings.diffusion.objective, settings.model.num_classes or 0, **options)
+def make_denoiser(
+    settings: Settings,
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    plan: SamplingPlan | None = None,
+    *,
+    precision: PrecisionChoice | None = None,
+) -> Denoiser:
+    """The run's model as a Denoiser: its objective and classes; clipping and CFG-rescale from `plan`
+    (the run's [sample] settings when none is given)."""
+    num_classes = settings.model.num_classes or 0
+    plan = plan or SamplingPlan.from_settings(settings.sample, num_classes)
+    return Denoiser(
+        model,
+        schedule,
+        settings.diffusion.objective,
+        num_classes,
+        clipping=plan.clipping,
+        rescale_phi=plan.rescale,
+        precision=precision,
+    )
 
 
 def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, device: str = "auto") -> LoadedRun:

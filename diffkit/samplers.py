@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,49 @@ class SamplerSpec:
     options: tuple[str, ...] = field(default_factory=tuple)
     refuses: dict[str, str] = field(default_factory=dict)  # spacing -> why it is refused
 
+    def check(self, steps: int, timesteps: int, options: Mapping[str, Any]) -> None:
+        """Steps in range, only options this sampler takes, each with a valid value: before any sampling."""
+        if not 1 <= steps <= timesteps:
+            raise DiffkitError(f"--steps {steps} is out of range: use 1 to {timesteps} (the model's T)")
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise DiffkitError(f"sampler {self.name} takes no option {', '.join(sorted(unknown))}")
+        for key, value in options.items():
+            problem = OPTION_RULES[key](value) if key in OPTION_RULES else None
+            if problem is not None:
+                raise DiffkitError(problem)
+        if "spacing" in options and options["spacing"] in self.refuses:
+            why = self.refuses[options["spacing"]]
+            raise DiffkitError(f"--spacing {options['spacing']} is refused for {self.name}: {why}")
+
+
+def _check_spacing(value: Any) -> str | None:
+    if value in SPACINGS:
+        return None
+    return f"unknown timestep spacing {value!r}: choose one of {', '.join(SPACINGS)}"
+
+
+def _check_eta(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and 0.0 <= value <= 1.0
+    return None if ok else f"--eta {value} is out of range: use a value from 0 (deterministic) to 1"
+
+
+def _check_rho(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and value > 0
+    return None if ok else f"--rho {value} is out of range: use a positive value (Karras et al. use 7)"
+
+
+def _check_variance(value: Any) -> str | None:
+    return None if value in ("small", "large") else f"unknown DDPM variance {value!r}: choose small (β̃) or large (β)"
+
+
+# option name -> its check (a message naming the problem and the fix, or None): shared by every sampler
+OPTION_RULES: dict[str, Callable[[Any], str | None]] = {
+    "spacing": _check_spacing,
+    "eta": _check_eta,
+    "rho": _check_rho,
+    "variance": _check_variance,
+}
 
 SAMPLERS: dict[str, SamplerSpec] = {}
 
@@ -80,15 +123,6 @@ def default_spacing(name: str) -> str | None:
     return None if param is None else str(param.default)
 
 
-def check_spacing(name: str, spacing: str) -> None:
-    """An unknown spacing, or one this sampler is known to do badly on, is a one-line error."""
-    if spacing not in SPACINGS:
-        raise DiffkitError(f"unknown timestep spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
-    why = get_sampler(name).refuses.get(spacing)
-    if why is not None:
-        raise DiffkitError(f"--spacing {spacing} is refused for {name}: {why}")
-
-
 @dataclass
 class SampleResult:
     images: Tensor
@@ -108,13 +142,7 @@ def sample(
 ) -> SampleResult:
     """Run a registered sampler and count its denoiser evaluations."""
     spec = get_sampler(name)
-    if not 1 <= steps <= schedule.timesteps:
-        raise DiffkitError(f"--steps {steps} is out of range: use 1 to {schedule.timesteps} (the model's T)")
-    unknown = set(options) - set(spec.options)
-    if unknown:
-        raise DiffkitError(f"sampler {name} takes no option {', '.join(sorted(unknown))}")
-    if "spacing" in options:
-        check_spacing(name, options["spacing"])
+    spec.check(steps, schedule.timesteps, options)
     calls = 0
 
     def counted(x: Tensor, t: Tensor) -> Prediction:
@@ -214,8 +242,6 @@ def _run_karras(
     σ_t = σ. Heun's correction is skipped on the last step: at σ = 0 the slope is undefined, and the
     Euler step there lands exactly on x̂0.
     """
-    if rho <= 0:
-        raise DiffkitError(f"--rho {rho} is out of range: use a positive value (Karras et al. use 7)")
     sigmas = schedule.karras_sigmas(steps, rho).tolist()
 
     def slope(x_sigma: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
@@ -260,8 +286,6 @@ def ddpm(
     With fewer steps than T the chain is respaced (Nichol & Dhariwal 2021): β between two visited
     timesteps is 1 - ᾱ_t / ᾱ_t'.
     """
-    if variance not in ("small", "large"):
-        raise DiffkitError(f"unknown DDPM variance {variance!r}: choose small (β̃) or large (β)")
 
     def posterior_step(x: Tensor, pred: Prediction, t: int, t_prev: int) -> tuple[Tensor, Tensor]:
         ab, ab_prev = _ab(schedule, t), _ab(schedule, t_prev)
@@ -293,8 +317,6 @@ def ddim(
     benchmark: DDIM inversion and the interpolations built on it are paired with this grid, and on
     `logsnr` the inversion's last jump (to t = T - 1) leaves latents far from noise-like.
     """
-    if not 0.0 <= eta <= 1.0:
-        raise DiffkitError(f"--eta {eta} is out of range: use a value from 0 (deterministic) to 1")
 
     def ddim_step(x: Tensor, pred: Prediction, t: int, t_prev: int) -> tuple[Tensor, Tensor]:
         ab, ab_prev = _ab(schedule, t), _ab(schedule, t_prev)

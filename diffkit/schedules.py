@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -66,7 +67,11 @@ def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class NoiseSchedule:
-    """All per-timestep quantities of a discrete schedule (float64 tensors of length T)."""
+    """All per-timestep quantities of a discrete schedule (float64 tensors of length T).
+
+    Each table is computed once, on first use, and kept (the betas never change): samplers, the
+    denoiser and training read them on every call.
+    """
 
     betas: Tensor
 
@@ -103,43 +108,47 @@ class NoiseSchedule:
     def timesteps(self) -> int:
         return self.betas.shape[0]
 
-    @property
+    @cached_property
     def alphas(self) -> Tensor:
         return 1.0 - self.betas
 
-    @property
+    @cached_property
     def alpha_bar(self) -> Tensor:
         return torch.cumprod(self.alphas, 0)
 
-    @property
+    @cached_property
     def alpha_bar_prev(self) -> Tensor:
         return torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar[:-1]])
 
-    @property
+    @cached_property
     def snr(self) -> Tensor:
         """Signal-to-noise ratio ᾱ / (1 - ᾱ)."""
         ab = self.alpha_bar
         return ab / (1.0 - ab)
 
-    @property
+    @cached_property
     def log_snr(self) -> Tensor:
         return torch.log(self.snr)
 
-    @property
+    @cached_property
     def sigmas(self) -> Tensor:
         """σ_t = sqrt((1 - ᾱ_t)/ᾱ_t), the noise level of the x_0 + σ ε form (inf where ᾱ = 0)."""
         ab = self.alpha_bar
         return ((1.0 - ab) / ab).sqrt()
 
-    @property
+    @cached_property
     def posterior_variance(self) -> Tensor:
         """β̃_t = β_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t), the variance of q(x_{t-1} | x_t, x_0)."""
         return self.betas * (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar)
 
     # --- forward process and posterior ---------------------------------------------------------
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """Draw x_t ~ q(x_t | x_0) with the given standard normal noise."""
-        ab = gather(self.alpha_bar, t, x0)
+        """Draw x_t ~ q(x_t | x_0) with the given standard normal noise; integer t reads the table,
+        fractional t (Karras samplers' levels) interpolates as `alpha_bar_at` does."""
+        if t.is_floating_point():
+            ab = self.alpha_bar_at(t.cpu()).to(x0.device, x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
+        else:
+            ab = gather(self.alpha_bar, t, x0)
         return ab.sqrt() * x0 + (1.0 - ab).sqrt() * noise
 
     def posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:

@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from diffkit.atomic import write_text
 from diffkit.errors import DiffkitError
 
 
@@ -166,7 +167,9 @@ class SampleSettings(_Group):
     sampler: str = "ddim"
     steps: int = Field(50, ge=1, le=100_000)
     eta: float = Field(0.0, ge=0.0, le=1.0)
+    spacing: Literal["leading", "trailing", "linspace", "logsnr"] | None = None  # None: each sampler's own default
     cfg: float = Field(2.0, ge=0.0, le=100.0)
+    rescale: float = Field(0.0, ge=0.0, le=1.0)  # CFG-rescale φ (Lin et al. 2023)
     num: int = Field(10, ge=1, le=1_000_000)
     seed: int = 0
     checkpoint: str = "best"
@@ -356,6 +359,23 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(problems) + " (fix the preset, the DIFFKIT_* variable or the --set flag)"
 
 
+# ---------------------------------------------------------------------------------------- directories
+
+
+def resolve_runs_dir(configured: str | Path | None = None) -> Path:
+    """Where runs live: DIFFKIT_RUNS_DIR when set, else the settings' runs_dir, else runs/.
+
+    Every command asks here, so `sample` without --run looks where `train` wrote.
+    """
+    return Path(os.environ.get("DIFFKIT_RUNS_DIR") or configured or "runs")
+
+
+def resolve_data_dir(configured: str | Path | None = None) -> Path:
+    """Where datasets live: DIFFKIT_DATA_DIR when set (it wins over the data_dir a run was trained
+    with, which may be another machine's), else `configured`, else data/."""
+    return Path(os.environ.get("DIFFKIT_DATA_DIR") or configured or "data")
+
+
 # ---------------------------------------------------------------------------------------- run config
 
 
@@ -365,10 +385,7 @@ def settings_to_dict(settings: Settings) -> dict[str, Any]:
 
 def save_settings(settings: Settings, path: Path) -> None:
     """Write the resolved settings as TOML, atomically."""
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as f:
-        tomli_w.dump(settings_to_dict(settings), f)
-    os.replace(tmp, path)
+    write_text(path, tomli_w.dumps(settings_to_dict(settings)))
 
 
 def load_saved_settings(path: Path) -> Settings:

@@ -19,18 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffkit.atomic import write_json, write_text
-from diffkit.data import ImageSet, load_images, train_val_split
-from diffkit.denoiser import min_snr_weight, training_target
-from diffkit.editing.superres import degrade, random_condition, super_resolve
+from diffkit.clock import ClockPlan, ClockWatch, plan_steps, read_plan
+from diffkit.data import random_condition, resolve_data, train_val_split
+from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
-from diffkit.generation import class_layout, generate
+from diffkit.evaluation import training_fid
 from diffkit.interrupts import StopRequest, deferred_signals
+from diffkit.loss import diffusion_loss
 from diffkit.models import count_parameters
+from diffkit.optim import ema_decay_at, ema_update, lr_factor, param_groups
 from diffkit.precision import FP32, PrecisionChoice, choose_precision, cpu_kind, machine_description
+from diffkit.previews import class_grid, preview_images, superres_grid
 from diffkit.runlock import RunLock, check_not_in_use
 from diffkit.runs import (
     RunPaths,
@@ -45,9 +47,9 @@ from diffkit.runs import (
     save_checkpoint,
     split_weights,
 )
-from diffkit.schedules import gather
+from diffkit.sampling import SamplingPlan
 from diffkit.settings import Settings
-from diffkit.viz import plot_training_curves, save_grid
+from diffkit.viz import plot_training_curves
 
 
 class TrainHooks:
@@ -64,6 +66,23 @@ class TrainHooks:
     def ran_out(self, step: int, planned: int) -> None: ...
 
     def stale_lock(self, run_dir: Path, pid: int) -> None: ...
+
+
+__all__ = [
+    "ClockPlan",
+    "TrainHooks",
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "ema_decay_at",
+    "ema_update",
+    "lr_factor",
+    "param_groups",
+    "plan_steps",
+    "train_run",
+    "truncate_metrics",
+]
 
 
 class TrainingInterrupted(Exception):
@@ -104,110 +123,6 @@ class TrainResult:
     images_per_s: float
     seconds: float
     losses: list[float] = field(default_factory=list)  # every step's training loss, for checks
-
-
-@dataclass
-class ClockPlan:
-    """How a time-budgeted run fixed its length: measured seconds per step and the reserve for the rest."""
-
-    budget_s: float
-    planned_steps: int
-    planned_at_step: int
-    step_s: float
-    epoch_end_s: float  # validation, checkpoint and curves at each epoch end (grids amortised)
-    final_s: float  # the last epoch end and its grid
-    elapsed_s: float  # spent when the plan was made, start-up included
-    ended_early_at: int | None = None  # the step where a slowed-down machine ran out of budget
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
-
-
-def plan_steps(
-    *,
-    budget_s: float,
-    elapsed_s: float,
-    step: int,
-    step_s: float,
-    epoch_end_s: float,
-    steps_per_epoch: int,
-    final_s: float,
-    cap: int | None,
-    margin: float = 0.97,
-) -> int:
-    """The total number of steps that ends the run, final epoch end included, within `margin` of the budget.
-
-    Each remaining step costs `step_s` plus its share of an epoch end; the final epoch end (grid
-    included) is reserved up front. Never fewer than `step` (already done), never more than `cap`.
-    """
-    per_step = step_s + epoch_end_s / max(1, steps_per_epoch)
-    left = budget_s * margin - elapsed_s - final_s
-    total = step + max(0, math.floor(left / per_step))
-    return min(total, cap) if cap is not None else total
-
-
-def resolve_data(settings: Settings) -> ImageSet:
-    """Load the training images and settle model.num_classes from them (saved into config.toml)."""
-    d = settings.data
-    data = load_images(
-        d.dataset,
-        d.split,
-        data_dir=settings.data_dir,
-        image_size=d.image_size,
-        channels=d.channels,
-        path=d.path,
-        limit=d.limit,
-        download=d.download,
-    )
-    labelled = bool((data.labels >= 0).all()) and data.num_classes > 0
-    if settings.model.num_classes is None:
-        settings.model.num_classes = data.num_classes if labelled else 0
-    elif settings.model.num_classes > 0 and not labelled:
-        raise DiffkitError(
-            f"model.num_classes={settings.model.num_classes} but dataset {d.dataset} has no labels: "
-            "set model.num_classes=0 for an unconditional model"
-        )
-    elif settings.model.num_classes > 0 and int(data.labels.max()) >= settings.model.num_classes:
-        raise DiffkitError(
-            f"dataset {d.dataset} has {data.num_classes} classes but model.num_classes="
-            f"{settings.model.num_classes}: leave model.num_classes unset"
-        )
-    return data
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on norms, biases and embeddings (all 1-D parameters, and embedding tables)."""
-    no_decay = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay: list[nn.Parameter] = []
-    keep: list[nn.Parameter] = []
-    for p in model.parameters():
-        (keep if p.ndim <= 1 or id(p) in no_decay else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
-
-
-def lr_factor(step: int, total: int, warmup: int, kind: str, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total` (or constant)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema ← decay·ema + (1 − decay)·model, for every parameter and buffer."""
-    for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
-        if e.dtype.is_floating_point:
-            e.lerp_(m, 1.0 - decay)
-        else:
-            e.copy_(m)
-
-
-def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
-    """With warm-up the average forgets its random start quickly: min(decay, (1 + step)/(10 + step))."""
-    return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
 class Trainer:
@@ -261,12 +176,9 @@ class Trainer:
         self.step, self.best_val = 0, math.inf
         self.stop = StopRequest()  # set by deferred_signals() in train(): stop at the next step boundary
         self.saved_step: int | None = None  # the step of the newest `last` checkpoint
-        self.alpha_bar = self.schedule.alpha_bar.float().to(self.device)
-        self.snr = self.schedule.snr.float().to(self.device)
+        self.last_saved_at = time.perf_counter()
         self.fid = None  # built now, so a setting that cannot work fails before the first step
         if t.fid_every_epochs:
-            from diffkit.evaluation import training_fid
-
             self.fid = training_fid(settings)
 
     @property
@@ -348,7 +260,7 @@ class Trainer:
             ) from None
         self.saved_step = self.step
         truncate_metrics(self.paths.metrics, self.step)
-        plan = _read_plan(self.paths.plan)
+        plan = read_plan(self.paths.plan)
         if "precision" in plan:  # the format the run was trained in, not a fresh probe: resume stays exact
             self.precision = PrecisionChoice.from_dict(plan["precision"])
             self._apply_precision()
@@ -395,29 +307,21 @@ class Trainer:
         return x0, self.train_set.labels[idx].to(self.device)
 
     def loss(self, model: nn.Module, x0: Tensor, labels: Tensor, gen: torch.Generator, p_uncond: float) -> Tensor:
-        """The weighted denoising loss of one batch (per-sample MSE, optional min-SNR-γ weights)."""
-        n, d = x0.shape[0], self.settings.diffusion
-        t = torch.randint(0, self.schedule.timesteps, (n,), generator=gen, device=self.device)
-        noise = torch.randn(x0.shape, generator=gen, device=self.device)
-        classes = None
-        if self.num_classes:
-            drop = torch.rand(n, generator=gen, device=self.device) < p_uncond
-            classes = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-        ab = gather(self.alpha_bar, t, x0)
-        x_t = self.precision.layout(ab.sqrt() * x0 + (1 - ab).sqrt() * noise)
-        cond = self._sr_condition(x0, gen)
-        with self.precision.autocast(self.device):
-            out = model(x_t, t, classes) if cond is None else model(x_t, t, classes, cond=cond)
-        per_sample = F.mse_loss(out.float(), training_target(d.objective, x0, noise, ab), reduction="none")
-        per_sample = per_sample.mean(dim=(1, 2, 3))
-        if d.min_snr_gamma:
-            per_sample = per_sample * min_snr_weight(d.objective, self.snr[t], d.min_snr_gamma)
-        return per_sample.mean()
-
-    def _sr_condition(self, x0: Tensor, gen: torch.Generator) -> Tensor | None:
-        """Super-resolution runs (SR3) see x0 shrunk by a random trained scale and upsampled back."""
-        m = self.settings.model
-        return random_condition(x0, m.sr_scales, gen) if m.task == "super-res" else None
+        """The weighted denoising loss of one batch (`diffkit.loss.diffusion_loss` with this run's settings)."""
+        d, m = self.settings.diffusion, self.settings.model
+        return diffusion_loss(
+            model,
+            self.schedule,
+            x0,
+            labels,
+            gen,
+            objective=d.objective,
+            min_snr_gamma=d.min_snr_gamma,
+            num_classes=self.num_classes,
+            p_uncond=p_uncond,
+            condition=(lambda x, g: random_condition(x, m.sr_scales, g)) if m.task == "super-res" else None,
+            precision=self.precision,
+        )
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -433,45 +337,23 @@ class Trainer:
             count += len(idx)
         return total / count
 
+    @property
+    def grid_plan(self) -> SamplingPlan:
+        """The run's [sample] settings at train.grid_steps: how the grids during training are drawn."""
+        plan = SamplingPlan.from_settings(self.settings.sample, self.num_classes)
+        return plan.but(steps=min(self.settings.train.grid_steps, self.schedule.timesteps))
+
+    def ema_denoiser(self) -> Denoiser:
+        return make_denoiser(self.settings, self.ema, self.schedule, precision=self.precision)
+
     def draw_grid(self, name: str) -> str:
         """A fixed-seed grid from the EMA weights (a row per class for conditional models)."""
+        path = self.paths.samples / f"{name}.png"
         if self.settings.model.task == "super-res":
-            return self._draw_superres_grid(name)
-        s = self.settings.sample
-        per_class = 8
-        classes, num = class_layout(self.num_classes, None, per_class if self.num_classes else 64)
-        denoiser = make_denoiser(self.settings, self.ema, self.schedule, precision=self.precision)
-        out = generate(
-            denoiser,
-            num=num,
-            classes=classes,
-            sampler=s.sampler,
-            steps=min(self.settings.train.grid_steps, self.schedule.timesteps),
-            guidance=s.cfg if self.num_classes else 1.0,
-            seed=s.seed,
-            batch_size=s.batch_size,
-        )
-        path = self.paths.samples / f"{name}.png"
-        save_grid(out.images, path, nrow=per_class, scale=2)
-        return str(path)
-
-    def _draw_superres_grid(self, name: str) -> str:
-        """Rows per trained scale: bicubic, then diffusion; the last row is the ground truth."""
-        s, images = self.settings.sample, (self.val_set if len(self.val_set) else self.train_set).floats(slice(0, 8))
-        denoiser = make_denoiser(self.settings, self.ema, self.schedule, precision=self.precision)
-        rows = []
-        for scale in self.settings.model.sr_scales:
-            out = super_resolve(
-                denoiser,
-                degrade(images, scale),
-                sampler=s.sampler,
-                steps=min(self.settings.train.grid_steps, self.schedule.timesteps),
-                seed=s.seed,
-                batch_size=s.batch_size,
-            )
-            rows += [out.bicubic, out.images]
-        path = self.paths.samples / f"{name}.png"
-        save_grid(torch.cat([*rows, images]), path, nrow=len(images), scale=2)
+            truth = (self.val_set if len(self.val_set) else self.train_set).floats(slice(0, 8))
+            superres_grid(self.ema_denoiser(), self.grid_plan, truth, self.settings.model.sr_scales, path)
+        else:
+            class_grid(self.ema_denoiser(), self.grid_plan, path)
         return str(path)
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -479,31 +361,14 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def train(self, stop_after: int | None = None) -> TrainResult:
-        t = self.settings.train
-        self.hooks.start(
-            self.total_steps,
-            self.step,
-            {
-                "parameters": self.num_parameters,
-                "train_images": len(self.train_set),
-                "val_images": len(self.val_set),
-                "steps_per_epoch": self.steps_per_epoch,
-                "batch_size": self.batch_size,
-                "device": str(self.device),
-                "classes": self.num_classes,
-                "precision": self.precision.summary(),
-                "cpu": cpu_kind() if self.device.type == "cpu" else str(self.device),
-                "budget_minutes": t.max_minutes,
-            },
-        )
+        """Run to total_steps (or `stop_after`): a step, its log line, the clock plan, checkpoints, epoch ends."""
+        self.hooks.start(self.total_steps, self.step, self._start_info())
         self.model.train()
-        losses: list[float] = []
-        window, window_start, seen, run_start = [], time.perf_counter(), 0, time.perf_counter()
-        images_per_s = 0.0
-        clock = _ClockWatch() if self.budget_s is not None and self.clock_plan is None else None
+        window, run_start = _LossWindow(), time.perf_counter()
+        clock = ClockWatch() if self.budget_s is not None and self.clock_plan is None else None
         self.last_saved_at = time.perf_counter()
         with deferred_signals() as self.stop:
-            while self.step < min(self.total_steps, stop_after or self.total_steps):
+            while self.step < self._end(stop_after):
                 if self.stop:  # between steps: the state is exactly that after step `self.step`
                     self._save("last", with_state=True)
                     raise TrainingInterrupted(self.step, self.stop.signum)
@@ -511,60 +376,73 @@ class Trainer:
                     self._finish_early()
                     break
                 step_start = time.perf_counter()
-                x0, labels = self._batch(self.step)
-                loss = self.loss(self.model, x0, labels, self.gen, t.p_uncond)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    self.model.parameters(), t.grad_clip or math.inf, error_if_nonfinite=False
-                )
-                self._check_finite(loss, grad_norm)
-                lr = self.opt.param_groups[0]["lr"]
-                self.opt.step()
-                self.lr_sched.step()
-                ema_update(self.ema, self.model, ema_decay_at(self.step, t.ema_decay, t.ema_warmup))
-                self.step += 1
-                value = loss.item()
+                loss, lr, images = self._optimise_step()
                 if clock is not None:
                     clock.add(time.perf_counter() - step_start)
-                losses.append(value)
-                window.append(value)
-                seen += x0.shape[0]
-                end = min(self.total_steps, stop_after or self.total_steps)
-                if self.step % t.log_every == 0 or self.step == end:
-                    elapsed = time.perf_counter() - window_start
-                    images_per_s = seen / max(elapsed, 1e-9)
-                    self._log(
-                        {
-                            "step": self.step,
-                            "epoch": self.step / self.steps_per_epoch,
-                            "loss": sum(window) / len(window),
-                            "lr": lr,
-                            "images_per_s": round(images_per_s, 1),
-                        }
-                    )
-                    window, window_start, seen = [], time.perf_counter(), 0
-                self.hooks.step(self.step, value, lr, images_per_s)
+                window.add(loss, images)
+                if self.step % self.settings.train.log_every == 0 or self.step == self._end(stop_after):
+                    self._log({"step": self.step, "epoch": self.step / self.steps_per_epoch, **window.flush(lr)})
+                self.hooks.step(self.step, loss, lr, window.images_per_s)
                 if clock is not None and clock.ready(self.budget_s or 0.0):
                     self._make_plan(clock.step_s)
                     clock = None
-                if t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0:
-                    self._save(f"step_{self.step:06d}", with_state=False)
-                if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
-                    self._end_epoch()  # saves `last`
-                elif self._periodic_save_due():  # so that kill -9 loses little
-                    self._save("last", with_state=True)
+                self._after_step()
         if self.step < self.total_steps or self.step % self.steps_per_epoch:
             self._save("last", with_state=True)  # stopped early or mid-epoch: keep the exact place
         return TrainResult(
             self.step,
             math.ceil(self.step / self.steps_per_epoch),
-            losses[-1] if losses else math.nan,
+            window.losses[-1] if window.losses else math.nan,
             None if math.isinf(self.best_val) else self.best_val,
-            images_per_s,
+            window.images_per_s,
             time.perf_counter() - run_start,
-            losses,
+            window.losses,
         )
+
+    def _end(self, stop_after: int | None) -> int:
+        return min(self.total_steps, stop_after or self.total_steps)
+
+    def _optimise_step(self) -> tuple[float, float, int]:
+        """One optimiser step on batch `self.step`, then EMA: (loss, the LR it used, images)."""
+        t = self.settings.train
+        x0, labels = self._batch(self.step)
+        loss = self.loss(self.model, x0, labels, self.gen, t.p_uncond)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), t.grad_clip or math.inf, error_if_nonfinite=False
+        )
+        self._check_finite(loss, grad_norm)
+        lr = self.opt.param_groups[0]["lr"]
+        self.opt.step()
+        self.lr_sched.step()
+        ema_update(self.ema, self.model, ema_decay_at(self.step, t.ema_decay, t.ema_warmup))
+        self.step += 1
+        return loss.item(), lr, x0.shape[0]
+
+    def _after_step(self) -> None:
+        """Periodic checkpoints, and the epoch end (validation, FID, grid, checkpoints, curves)."""
+        every = self.settings.train.checkpoint_every_steps
+        if every and self.step % every == 0:
+            self._save(f"step_{self.step:06d}", with_state=False)
+        if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
+            self._end_epoch()  # saves `last`
+        elif self._periodic_save_due():  # so that kill -9 loses little
+            self._save("last", with_state=True)
+
+    def _start_info(self) -> dict[str, Any]:
+        return {
+            "parameters": self.num_parameters,
+            "train_images": len(self.train_set),
+            "val_images": len(self.val_set),
+            "steps_per_epoch": self.steps_per_epoch,
+            "batch_size": self.batch_size,
+            "device": str(self.device),
+            "classes": self.num_classes,
+            "precision": self.precision.summary(),
+            "cpu": cpu_kind() if self.device.type == "cpu" else str(self.device),
+            "budget_minutes": self.settings.train.max_minutes,
+        }
 
     # --- the clock -------------------------------------------------------------------------------
     def elapsed_s(self) -> float:
@@ -608,7 +486,7 @@ class Trainer:
         t, s = self.settings.train, self.settings.sample
         per_image = self._forward_seconds_per_image()
         guided = 2 if self.num_classes and s.cfg not in (0.0, 1.0) else 1
-        grid_images = 8 * self.num_classes if self.num_classes else 64
+        grid_images = preview_images(self.num_classes)
         grid_s = min(t.grid_steps, self.schedule.timesteps) * grid_images * guided * per_image
         fid_s = min(t.grid_steps, self.schedule.timesteps) * t.fid_samples * guided * per_image
         save_s = 1.0  # checkpoint, curves.png, metrics: about a second on a laptop
@@ -644,8 +522,7 @@ class Trainer:
             self._log({"step": self.step, "epoch": epoch, "val_loss": val})
         fid_every = self.settings.train.fid_every_epochs
         if self.fid is not None and (epoch % fid_every == 0 or self.step == self.total_steps):
-            denoiser = make_denoiser(self.settings, self.ema, self.schedule, precision=self.precision)
-            self._log({"step": self.step, "epoch": epoch, **self.fid(denoiser)})
+            self._log({"step": self.step, "epoch": epoch, **self.fid(self.ema_denoiser())})
         every = self.settings.train.sample_every_epochs
         final = self.step == self.total_steps
         grid = None
@@ -662,36 +539,26 @@ class Trainer:
         self.hooks.epoch(epoch, self.step, val, grid)
 
 
-class _ClockWatch:
-    """Times training steps (epoch ends excluded) after a short warm-up, until there are enough to plan on."""
-
-    SKIP = 2  # the first steps build oneDNN kernels and fill caches: slower than the rest
-    MIN_STEPS = 3
+class _LossWindow:
+    """Every step's loss, and the losses and images since the last log line (their mean, images/s)."""
 
     def __init__(self) -> None:
-        self.skipped, self.count, self.seconds = 0, 0, 0.0
+        self.losses: list[float] = []
+        self.images_per_s = 0.0
+        self._window: list[float] = []
+        self._seen, self._start = 0, time.perf_counter()
 
-    def add(self, seconds: float) -> None:
-        if self.skipped < self.SKIP:
-            self.skipped += 1
-        else:
-            self.count, self.seconds = self.count + 1, self.seconds + seconds
+    def add(self, loss: float, images: int) -> None:
+        self.losses.append(loss)
+        self._window.append(loss)
+        self._seen += images
 
-    def ready(self, budget_s: float) -> bool:
-        # long enough to average out noise, short against the budget: 2 % of it, 3 to 20 seconds
-        return self.count >= self.MIN_STEPS and self.seconds >= min(max(0.02 * budget_s, 3.0), 20.0)
-
-    @property
-    def step_s(self) -> float:
-        return self.seconds / self.count
-
-
-def _read_plan(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    def flush(self, lr: float) -> dict[str, float]:
+        """The log line's numbers; starts a new window."""
+        self.images_per_s = self._seen / max(time.perf_counter() - self._start, 1e-9)
+        record = {"loss": sum(self._window) / len(self._window), "lr": lr, "images_per_s": round(self.images_per_s, 1)}
+        self._window, self._seen, self._start = [], 0, time.perf_counter()
+        return record
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -6,7 +6,6 @@ Library images are float tensors in [-1, 1], shape (N, C, H, W); this module tur
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffkit.atomic import atomic_write
 from diffkit.data import to_uint8
-
-
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp{path.suffix}")
 
 
 def make_grid(images: Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> Tensor:
@@ -41,9 +36,7 @@ def save_grid(images: Tensor, path: str | Path, nrow: int, padding: int = 2, sca
     pil = _to_pil(grid)
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
-    tmp = _atomic_target(path)
-    pil.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: pil.save(tmp, format="PNG"))
     return path
 
 
@@ -104,10 +97,8 @@ def plot_training_curves(metrics_file: str | Path, out: str | Path) -> Path | No
     ax_lr.set_ylabel("learning rate")
     fig.tight_layout()
     out = Path(out)
-    tmp = _atomic_target(out)
-    fig.savefig(tmp, dpi=110, format="png")
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 
@@ -130,9 +121,12 @@ def save_gif(frames: Tensor, path: str | Path, duration: float = 0.12, scale: in
         pils = [p.resize((p.width * scale, p.height * scale), Image.Resampling.NEAREST) for p in pils]
     if bounce and len(pils) > 2:
         pils = pils + pils[-2:0:-1]
-    tmp = _atomic_target(path)
-    pils[0].save(tmp, format="GIF", save_all=True, append_images=pils[1:], duration=round(duration * 1000), loop=0)
-    os.replace(tmp, path)
+    atomic_write(
+        path,
+        lambda tmp: pils[0].save(
+            tmp, format="GIF", save_all=True, append_images=pils[1:], duration=round(duration * 1000), loop=0
+        ),
+    )
     return path
 
 
@@ -161,9 +155,7 @@ def save_labelled_rows(
     row_height = grid.height / len(rows)
     for i, label in enumerate(labels):
         draw.text((6, (i + 0.5) * row_height), label, fill="black", font=font, anchor="lm")
-    tmp = _atomic_target(path)
-    figure.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: figure.save(tmp, format="PNG"))
     return path
 
 
@@ -234,10 +226,8 @@ def _schedule_panel(ax: Any, curves: dict[str, dict[str, Tensor]], key: str) -> 
 def _save_figure(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    tmp = _atomic_target(path)
-    fig.savefig(tmp, dpi=110, format="png")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

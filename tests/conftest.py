@@ -26,6 +26,46 @@ def mnist_dir() -> Path:
     return found
 
 
+def one_line_error(result: tuple[int, str, str], *fragments: str) -> None:
+    """A user error as the CLI reports it: exit code 2 and one line on stderr holding every fragment."""
+    code, _, err = result
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("diffkit: error:"), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+TINY_RUN = ["data.limit=64", "train.batch_size=8", "train.max_steps=7", "train.threads=1", "sample.steps=2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny class-conditional run (drawn shapes, 4 classes, T = 100), trained once for the whole session.
+
+    Tests may write outputs inside it (samples/, compare/, eval/, ...) but must not change its weights.
+    """
+    from diffkit.settings import load_settings, parse_overrides
+    from diffkit.training import train_run
+
+    root = tmp_path_factory.mktemp("shared") / "runs" / "tiny"
+    train_run(load_settings("tiny", parse_overrides(TINY_RUN)), root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_sr_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny super-resolution run (SR3-style, x2 and x4 to 28x28), trained once for the session."""
+    from diffkit.settings import load_settings, parse_overrides
+    from diffkit.training import train_run
+
+    root = tmp_path_factory.mktemp("shared-sr") / "runs" / "sr"
+    sr = ["model.task=super-res", "model.cond_channels=1", "model.num_classes=0"]
+    train_run(load_settings("tiny", parse_overrides([*TINY_RUN, *sr])), root)
+    return root
+
+
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     """Run the real `diffkit` entry point in-process: returns (exit code, stdout, stderr)."""

@@ -14,22 +14,12 @@ from PIL import Image
 
 from diffkit.app import handlers as h
 from diffkit.errors import DiffkitError
-from diffkit.settings import load_settings, parse_overrides
-from diffkit.training import train_run
-
-TINY = ["data.limit=64", "train.batch_size=8", "train.max_steps=7", "train.threads=1", "sample.steps=3"]
-SR = ["model.task=super-res", "model.cond_channels=1", "model.num_classes=0"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny class-conditional run (4 classes, drawn shapes) and a tiny super-resolution run."""
-    root = tmp_path_factory.mktemp("app-runs")
-    made = {}
-    for name, extra in (("gen", []), ("sr", SR)):
-        made[name] = root / name
-        train_run(load_settings("tiny", parse_overrides(TINY + extra)), made[name])
-    return made
+def runs(tiny_run: Path, tiny_sr_run: Path) -> dict[str, Path]:
+    """The session's tiny class-conditional run (4 classes, drawn shapes) and tiny super-resolution run."""
+    return {"gen": tiny_run, "sr": tiny_sr_run}
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 from PIL import Image
 
 from diffkit.settings import load_settings, parse_overrides
@@ -25,16 +26,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     train_run(settings, root)
     return root
-
-
-def one_line_error(result: tuple[int, str, str], *fragments: str) -> None:
-    code, _, err = result
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("diffkit: error:"), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_train_then_sample_end_to_end(cli, workdir: Path) -> None:
@@ -172,3 +163,16 @@ def test_bad_sampler_options(cli, trained: Path) -> None:
 
 def test_no_run_yet(cli, workdir: Path) -> None:
     one_line_error(cli("sample"), "no trained run", "diffkit train")
+
+
+def test_sample_without_run_looks_in_diffkit_runs_dir(
+    cli, workdir: Path, trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train` writes under DIFFKIT_RUNS_DIR, so `sample` without --run must look there too (not ./runs)."""
+    monkeypatch.setenv("DIFFKIT_RUNS_DIR", str(trained.parent))
+    code, out, err = cli("sample", "--num", "1", "--steps", "1", "--out", str(workdir / "o"))
+    assert code == 0, err
+    assert f"using the most recent run: {trained}" in " ".join(out.split())
+    assert len(list((workdir / "o" / "images").iterdir())) == 4  # one per class of the tiny run
+    monkeypatch.setenv("DIFFKIT_RUNS_DIR", str(workdir / "elsewhere"))
+    one_line_error(cli("sample"), "no trained run in", "elsewhere")

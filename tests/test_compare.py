@@ -6,31 +6,26 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import one_line_error
 from PIL import Image
 from torch import Tensor
 
-from diffkit.compare import DEFAULT_SPREAD, Config, check_configs, compare_samplers
+from diffkit.compare import DEFAULT_SPREAD, compare_samplers
+from diffkit.data import to_uint8
 from diffkit.export import export_digits
 from diffkit.generation import cycled_classes, generate, initial_noise
 from diffkit.process import record_process
 from diffkit.runs import LoadedRun, load_run
 from diffkit.samplers import SAMPLERS
+from diffkit.sampling import SamplingPlan, rows_for
 from diffkit.settings import load_settings, parse_overrides
 from diffkit.training import train_run
 
 FAST = ["data.limit=32", "train.batch_size=8", "train.max_steps=2", "train.threads=1", "train.log_every=1"]
 TILE = 28 + 2  # a 28x28 image plus the grid's 2-pixel padding
-
-
-def one_line_error(result: tuple[int, str, str], *fragments: str) -> None:
-    """As in test_cli: exit code 2 and one line on stderr holding every fragment."""
-    code, _, err = result
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("diffkit: error:"), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def _train(root: Path, *extra: str) -> Path:
@@ -39,9 +34,9 @@ def _train(root: Path, *extra: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny class-conditional run: 4 classes, T = 100."""
-    return _train(tmp_path_factory.mktemp("compare") / "runs" / "tiny")
+def run(tiny_run: Path) -> Path:
+    """The session's tiny class-conditional run: 4 classes, T = 100."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -89,16 +84,14 @@ def test_every_row_starts_from_the_same_noise_and_classes(loaded: LoadedRun) -> 
         seen.append(classes)
         return {"mean": float(images.mean())}
 
-    configs = [Config("ddim", 3), Config("ddpm", 3), Config("ddim", 3), Config("ddpm", 3)]
+    base = SamplingPlan(guidance=2.0, seed=1, batch_size=3)
+    plans = rows_for(base, [("ddim", 3), ("ddpm", 3), ("ddim", 3), ("ddpm", 3)], {})
     classes = cycled_classes(4, None, 5)
     result = compare_samplers(
         loaded.denoiser(),
-        configs,
+        plans,
         num=5,
         classes=classes,
-        guidance=2.0,
-        seed=1,
-        batch_size=3,
         quality=[brightness],
         progress=lambda d, t: steps_seen.append((d, t)),
     )
@@ -106,7 +99,7 @@ def test_every_row_starts_from_the_same_noise_and_classes(loaded: LoadedRun) -> 
     assert torch.equal(rows[0].images, rows[2].images) and torch.equal(rows[1].images, rows[3].images)
     assert not torch.equal(rows[0].images, rows[1].images)
     # the same noise as any other command with this seed: image i's noise depends only on (seed, i)
-    direct = generate(loaded.denoiser(), num=5, classes=classes, sampler="ddim", steps=3, guidance=2.0, seed=1)
+    direct = generate(loaded.denoiser(), SamplingPlan(steps=3, guidance=2.0, seed=1), num=5, classes=classes)
     assert torch.equal(rows[0].images, direct.images)
     assert all(c is not None and torch.equal(c, classes) for c in seen) and len(seen) == 4
     assert result.metric_names == ["mean"] and "mean" in result.record()["rows"][0]
@@ -139,8 +132,9 @@ def test_quality_hook_adds_columns_to_the_cli_table(
 
 
 def test_default_spread_is_valid_and_spacing_goes_to_the_samplers_that_take_it(cli, run: Path, tmp_path: Path) -> None:
-    check_configs(DEFAULT_SPREAD, 1000)
-    assert {c.sampler for c in DEFAULT_SPREAD} == set(SAMPLERS)
+    for plan in rows_for(SamplingPlan(), DEFAULT_SPREAD, {}):
+        plan.check(1000, 10)
+    assert {name for name, _ in DEFAULT_SPREAD} == set(SAMPLERS)
     code, _, err = cli(
         "compare-samplers",
         "--run",
@@ -294,15 +288,15 @@ def test_process_grids_for_every_sampler_with_guidance_and_a_class(
 
 def test_recorded_process_starts_at_the_noise_and_ends_at_the_images(loaded: LoadedRun) -> None:
     classes = cycled_classes(4, None, 5)
-    kwargs = dict(num=5, classes=classes, sampler="ddim", steps=4, guidance=2.0, seed=3, spacing="linspace")
-    out, process = record_process(loaded.denoiser(), frames=3, batch_size=2, **kwargs)  # type: ignore[arg-type]
+    plan = SamplingPlan(steps=4, options=(("spacing", "linspace"),), guidance=2.0, seed=3, batch_size=2)
+    out, process = record_process(loaded.denoiser(), plan, num=5, classes=classes, frames=3)
     assert process.states == [0, 2, 4] and process.xt.shape == (5, 3, 1, 28, 28)
     assert torch.equal(process.xt[:, 0], initial_noise(5, (1, 28, 28), 3).clamp(-1, 1))
     assert torch.equal(process.xt[:, -1], out.images) and torch.equal(process.x0[:, -1], out.images)
     # frame 0's x̂0 is the prediction made from the noise at the first timestep (t = T - 1 with linspace)
     first = loaded.denoiser().conditioned(classes, 2.0)(initial_noise(5, (1, 28, 28), 3), torch.tensor(99.0))
     torch.testing.assert_close(process.x0[:, 0], first.x0.clamp(-1, 1))
-    _, whole = record_process(loaded.denoiser(), frames=3, **kwargs)  # type: ignore[arg-type]
+    _, whole = record_process(loaded.denoiser(), plan.but(batch_size=250), num=5, classes=classes, frames=3)
     torch.testing.assert_close(whole.x0, process.x0)  # batches are stitched back in order
 
 
@@ -369,18 +363,39 @@ def test_export_names_and_class_cycle() -> None:
 
 
 @pytest.mark.parametrize(
-    "extra",
+    ("extra", "flags", "changes"),
     [
-        ["--spacing", "trailing"],
-        ["--spacing", "logsnr", "--sampler", "dpm++2m"],
-        ["--clip", "dynamic", "--rescale", "0.7", "--cfg", "4"],
-        ["--clip", "clip", "--sampler", "heun"],
+        (["--spacing", "trailing"], {"spacing": "trailing"}, True),
+        (["--spacing", "leading", "--sampler", "dpm++2m"], {"spacing": "leading", "sampler": "dpm++2m"}, True),
+        # logsnr is dpm++2m's own default: asking for it changes nothing (the plan leaves the default to the spec)
+        (["--spacing", "logsnr", "--sampler", "dpm++2m"], {"spacing": "logsnr", "sampler": "dpm++2m"}, False),
+        (
+            ["--clip", "dynamic", "--rescale", "0.7", "--cfg", "4"],
+            {"clip": "dynamic", "rescale": 0.7, "cfg": 4.0},
+            True,
+        ),
+        (["--clip", "none", "--sampler", "heun"], {"clip": "none", "sampler": "heun"}, True),
     ],
 )
-def test_sample_spacing_clipping_and_rescale(cli, run: Path, tmp_path: Path, extra: list[str]) -> None:
+def test_sample_spacing_clipping_and_rescale_reach_the_sampler(
+    cli, run: Path, loaded: LoadedRun, tmp_path: Path, extra: list[str], flags: dict, changes: bool
+) -> None:
+    """The files hold exactly what the library makes with the same plan, and each option changes them
+    (unless it asks for what the sampler does anyway)."""
     code, _, err = cli("sample", "--run", str(run), "--num", "1", "--steps", "3", *extra, "--out", str(tmp_path / "o"))
     assert code == 0, err
-    assert len(list((tmp_path / "o" / "images").iterdir())) == 4
+    files = sorted((tmp_path / "o" / "images").iterdir())
+    written = torch.stack([torch.from_numpy(np.array(Image.open(f))).reshape(1, 28, 28) for f in files])
+    classes = torch.arange(4)
+    plan = loaded.plan(steps=3, **flags)
+    expected = generate(loaded.denoiser(plan), plan, num=4, classes=classes).images
+    assert torch.equal(written, to_uint8(expected))
+    baseline_flags = {k: v for k, v in flags.items() if k == "sampler"}
+    baseline = loaded.plan(steps=3, **baseline_flags)
+    plain = generate(loaded.denoiser(baseline), baseline, num=4, classes=classes).images
+    assert changes == (not torch.equal(to_uint8(plain), written))
+    assert plan.clipping == flags.get("clip", "clip") and plan.rescale == flags.get("rescale", 0.0)
+    assert plan.sampler_options.get("spacing") == flags.get("spacing")
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_line_error
 from PIL import Image
 from torch import Tensor, nn
 
@@ -33,28 +34,25 @@ from diffkit.errors import DiffkitError
 from diffkit.generation import generate, initial_noise
 from diffkit.models import UNet
 from diffkit.runs import load_run
+from diffkit.sampling import SamplingPlan
 from diffkit.schedules import NoiseSchedule
 from diffkit.settings import load_settings, parse_overrides
-from diffkit.training import train_run
 
-TINY = ["data.limit=64", "train.batch_size=8", "train.max_steps=7", "train.threads=1", "sample.steps=4"]
 SR = ["model.task=super-res", "model.cond_channels=1", "model.num_classes=0"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two tiny trained runs: a class-conditional generator (4 classes) and a super-resolution model."""
-    root = tmp_path_factory.mktemp("editing")
-    made = {}
-    for name, extra in (("gen", []), ("sr", SR)):
-        made[name] = root / name
-        train_run(load_settings("tiny", parse_overrides(TINY + extra)), made[name])
-    return made
+def runs(tiny_run: Path, tiny_sr_run: Path) -> dict[str, Path]:
+    """The session's two tiny runs: a class-conditional generator (4 classes) and a super-resolution model."""
+    return {"gen": tiny_run, "sr": tiny_sr_run}
 
 
 @pytest.fixture(scope="module")
 def gen(runs: dict[str, Path]) -> Denoiser:
-    return load_run(runs["gen"], device="cpu").denoiser()
+    """fp32 whatever the machine would choose: bf16's rounding depends on the batch, and these tests
+    compare batched paths with single images exactly."""
+    loaded = load_run(runs["gen"], device="cpu")
+    return loaded.denoiser(loaded.plan().but(precision="fp32"))
 
 
 def digits(n: int = 3, seed: int = 0) -> Tensor:
@@ -65,14 +63,6 @@ def digits(n: int = 3, seed: int = 0) -> Tensor:
         lo = int(torch.randint(2, 12, (1,), generator=g))
         x[i, :, lo : lo + 12, lo : lo + 10] = 1.0
     return x
-
-
-def one_line_error(result: tuple[int, str, str], *fragments: str) -> None:
-    code, _, err = result
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("diffkit: error:"), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 # ------------------------------------------------------------------------- exact Gaussian denoiser
@@ -99,6 +89,11 @@ class GaussianNet(nn.Module):
 
 def gaussian() -> Denoiser:
     return Denoiser(GaussianNet(), SCHEDULE, "eps")
+
+
+def exact(**fields: object) -> SamplingPlan:
+    """A plan for the exact Gaussian denoiser: no clipping, so its answers stay exact."""
+    return SamplingPlan(clipping="none", **fields)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------ masks
@@ -147,7 +142,9 @@ def test_png_masks_threshold_at_half_grey_and_check_the_size(tmp_path: Path) -> 
 )
 def test_known_pixels_are_preserved_exactly(gen: Denoiser, method: str, options: dict) -> None:
     x, masks = digits(3), make_masks("brush", 3, 28, seed=2)
-    out = inpaint(gen, x, masks, method=method, classes=torch.tensor([0, 1, 2]), guidance=2.0, seed=3, **options)
+    planned = {k: options.pop(k) for k in ("sampler", "steps") if k in options}
+    plan = SamplingPlan(guidance=2.0, seed=3, **planned)
+    out = inpaint(gen, x, masks, plan, method=method, classes=torch.tensor([0, 1, 2]), **options)
     keep = masks.bool().expand_as(x)
     assert torch.equal(out.images[keep], x[keep])  # bit for bit, not approximately
     assert not torch.equal(out.images[~keep], x[~keep])  # and the hole was filled
@@ -157,9 +154,9 @@ def test_known_pixels_are_preserved_exactly(gen: Denoiser, method: str, options:
 def test_inpainting_is_deterministic_for_a_seed(gen: Denoiser) -> None:
     x, masks = digits(2), make_masks("center", 2, 28)
     for method in ("replace", "repaint"):
-        a = inpaint(gen, x, masks, method=method, steps=4, jump=2, resample=2, seed=5).images
-        b = inpaint(gen, x, masks, method=method, steps=4, jump=2, resample=2, seed=5).images
-        c = inpaint(gen, x, masks, method=method, steps=4, jump=2, resample=2, seed=6).images
+        a = inpaint(gen, x, masks, SamplingPlan(steps=4, seed=5), method=method, jump=2, resample=2).images
+        b = inpaint(gen, x, masks, SamplingPlan(steps=4, seed=5), method=method, jump=2, resample=2).images
+        c = inpaint(gen, x, masks, SamplingPlan(steps=4, seed=6), method=method, jump=2, resample=2).images
         assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -175,7 +172,7 @@ def test_repaint_time_path() -> None:
 def test_replace_with_an_exact_denoiser_keeps_the_known_region_and_fills_from_the_prior() -> None:
     x = torch.full((64, 1, 8, 8), -0.9)  # known pixels far from the prior's mean
     masks = make_masks("left", 64, 8)
-    out = inpaint(gaussian(), x, masks, method="replace", steps=50, seed=0).images
+    out = inpaint(gaussian(), x, masks, exact(steps=50), method="replace").images
     hole = out[:, :, :, :4]
     assert torch.equal(out[:, :, :, 4:], x[:, :, :, 4:])
     # independent pixels: the hole is a draw from N(μ, s²), whatever the known pixels are
@@ -186,7 +183,7 @@ def test_replace_with_an_exact_denoiser_keeps_the_known_region_and_fills_from_th
 def test_sds_reduces_its_loss() -> None:
     x = torch.full((4, 1, 8, 8), -0.8)
     masks = make_masks("center", 4, 8)
-    out = inpaint(gaussian(), x, masks, method="sds", iterations=60, lr=0.1, seed=0)
+    out = inpaint(gaussian(), x, masks, exact(), method="sds", iterations=60, lr=0.1)
     assert out.final_loss < 0.25 * out.initial_loss
     assert len(out.losses) == 60 and out.nfe == 60 + 8
     hole = out.images[~masks.bool()]
@@ -195,9 +192,9 @@ def test_sds_reduces_its_loss() -> None:
 
 def test_inpainting_refuses_bad_masks(gen: Denoiser) -> None:
     with pytest.raises(DiffkitError, match=r"does not fit images"):
-        inpaint(gen, digits(2), torch.ones(2, 1, 14, 14), steps=2)
+        inpaint(gen, digits(2), torch.ones(2, 1, 14, 14), SamplingPlan(steps=2))
     with pytest.raises(DiffkitError, match="0 \\(hole\\) or 1 \\(keep\\)"):
-        inpaint(gen, digits(2), torch.full((2, 1, 28, 28), 0.5), steps=2)
+        inpaint(gen, digits(2), torch.full((2, 1, 28, 28), 0.5), SamplingPlan(steps=2))
 
 
 # ------------------------------------------------------------------------------------ interpolation
@@ -213,10 +210,10 @@ def test_slerp_ends_and_norm() -> None:
 
 
 def test_class_interpolation_ends_are_the_plain_samples(gen: Denoiser) -> None:
-    result = interpolate_classes(gen, 1, 3, frames=4, guidance=2.0, steps=4, seed=7)
+    result = interpolate_classes(gen, 1, 3, SamplingPlan(steps=4, guidance=2.0, seed=7), frames=4)
     assert result.frames.shape == (4, 1, 28, 28) and result.positions == [0, 1 / 3, 2 / 3, 1]
     for end, cls in ((0, 1), (-1, 3)):
-        plain = generate(gen, num=1, classes=torch.tensor([cls]), sampler="ddim", steps=4, guidance=2.0, seed=7)
+        plain = generate(gen, SamplingPlan(steps=4, guidance=2.0, seed=7), num=1, classes=torch.tensor([cls]))
         torch.testing.assert_close(result.frames[end], plain.images[0], atol=1e-5, rtol=0)
     assert not torch.allclose(result.frames[1], result.frames[0])
 
@@ -233,11 +230,12 @@ def test_class_weights_mix_embeddings_exactly() -> None:
 
 
 def test_seed_interpolation_ends_are_the_plain_samples(gen: Denoiser) -> None:
-    result = interpolate_seeds(gen, 11, 12, frames=3, class_id=2, guidance=1.5, steps=4)
+    plan = SamplingPlan(steps=4, guidance=1.5)
+    result = interpolate_seeds(gen, 11, 12, plan, frames=3, class_id=2)
     for end, seed in ((0, 11), (-1, 12)):
-        plain = generate(gen, num=1, classes=torch.tensor([2]), sampler="ddim", steps=4, guidance=1.5, seed=seed)
+        plain = generate(gen, plan.but(seed=seed), num=1, classes=torch.tensor([2]))
         torch.testing.assert_close(result.frames[end], plain.images[0], atol=1e-5, rtol=0)
-    again = interpolate_seeds(gen, 11, 12, frames=3, class_id=2, guidance=1.5, steps=4)
+    again = interpolate_seeds(gen, 11, 12, plan, frames=3, class_id=2)
     assert torch.equal(again.frames, result.frames)  # deterministic
 
 
@@ -248,9 +246,7 @@ def test_ddim_inversion_round_trips_with_an_exact_denoiser() -> None:
     for steps in (50, 100):
         latent = ddim_invert(den.conditioned(), x, SCHEDULE, steps)
         assert latent.std().item() == pytest.approx(1.0, abs=0.15)  # a noise-like start point
-        back = generate(
-            den, num=3, classes=None, sampler="ddim", steps=steps, guidance=1.0, seed=0, noise=latent
-        ).images
+        back = generate(den, exact(steps=steps), num=3, classes=None, noise=latent).images
         errors.append((back - x).abs().max().item())
     # ε̂(x_t', t) ≈ ε̂(x_t, t) is a first-order approximation: twice the steps, half the error
     assert errors[1] < 0.05 and errors[1] < 0.6 * errors[0]
@@ -258,9 +254,9 @@ def test_ddim_inversion_round_trips_with_an_exact_denoiser() -> None:
 
 def test_image_interpolation_ends_are_the_decoded_inversions(gen: Denoiser) -> None:
     x = digits(2)
-    result = interpolate_images(gen, x[:1], x[1:], frames=3, steps=4)
+    result = interpolate_images(gen, x[:1], x[1:], SamplingPlan(steps=4), frames=3)
     latents = ddim_invert(gen.conditioned(), x, gen.schedule, 4)
-    plain = generate(gen, num=2, classes=None, sampler="ddim", steps=4, guidance=1.0, seed=0, noise=latents).images
+    plain = generate(gen, SamplingPlan(steps=4), num=2, classes=None, noise=latents).images
     torch.testing.assert_close(result.frames[[0, -1]], plain, atol=1e-5, rtol=0)
 
 
@@ -282,17 +278,16 @@ def test_degradation_shapes_and_conditioning() -> None:
 def test_super_resolution_shape_range_and_determinism(runs: dict[str, Path]) -> None:
     den = load_run(runs["sr"], device="cpu").denoiser()
     low = degrade(digits(3), 4)
-    a = super_resolve(den, low, steps=3, seed=1)
+    plan = SamplingPlan(steps=3, seed=1)
+    a = super_resolve(den, low, plan)
     assert a.images.shape == (3, 1, 28, 28) and a.images.abs().max() <= 1 and a.bicubic.shape == (3, 1, 28, 28)
-    assert torch.equal(a.images, super_resolve(den, low, steps=3, seed=1).images)
+    assert torch.equal(a.images, super_resolve(den, low, plan).images)
     # other batch sizes: the same noise per image, equal up to float rounding in batched convolutions
-    torch.testing.assert_close(
-        a.images, super_resolve(den, low, steps=3, seed=1, batch_size=2).images, atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(a.images, super_resolve(den, low, plan.but(batch_size=2)).images, atol=1e-5, rtol=0)
     with pytest.raises(DiffkitError, match="super-resolution model"):
-        generate(den, num=1, classes=None, sampler="ddim", steps=2, guidance=1.0, seed=0)
+        generate(den, SamplingPlan(steps=2), num=1, classes=None)
     with pytest.raises(DiffkitError, match="cannot do super-resolution"):
-        super_resolve(load_run(runs["gen"], device="cpu").denoiser(), low, steps=2)
+        super_resolve(load_run(runs["gen"], device="cpu").denoiser(), low, SamplingPlan(steps=2))
 
 
 def test_super_res_settings_are_validated() -> None:
@@ -305,7 +300,27 @@ def test_super_res_settings_are_validated() -> None:
     assert s.model.base_channels == load_settings("demo").model.base_channels  # `extends` merges tables
 
 
-def test_initial_noise_is_what_the_methods_start_from() -> None:
+def test_replace_and_repaint_start_from_the_seeds_initial_noise() -> None:
+    """Both sampler-based methods start from x_T as `generate` draws it for the seed (image i: (seed, i))."""
+
+    class Spy(GaussianNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[Tensor] = []
+
+        def forward(self, x: Tensor, t: Tensor, classes: Tensor | None = None) -> Tensor:
+            self.seen.append(x.clone())
+            return super().forward(x, t, classes)
+
+    spy = Spy()
+    den = Denoiser(spy, SCHEDULE, "eps")
+    x, masks = torch.zeros(2, 1, 8, 8), make_masks("left", 2, 8)
+    for method in ("replace", "repaint"):
+        spy.seen.clear()
+        inpaint(den, x, masks, exact(steps=3, seed=3), method=method, jump=1, resample=1)
+        assert torch.equal(spy.seen[0], initial_noise(2, (1, 8, 8), 3)), method
+        assert not torch.equal(spy.seen[0], initial_noise(2, (1, 8, 8), 4))
+    # and image i's noise does not depend on how many images are drawn
     assert torch.equal(initial_noise(2, (1, 28, 28), 3)[1], initial_noise(3, (1, 28, 28), 3)[1])
 
 

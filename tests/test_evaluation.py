@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_line_error
 from PIL import Image
 
 from diffkit import evaluation
 from diffkit.data import load_images
 from diffkit.errors import DiffkitError
 from diffkit.evaluation import FidRequest, evaluate, parse_eval_source
+from diffkit.evaluation import measuring as measure_module
 from diffkit.metrics import ClassifierFeatureNet, load_statistics, save_statistics, statistics_metadata
 from diffkit.models.classifier import SmallClassifier
 from diffkit.settings import load_settings, parse_overrides
@@ -25,14 +27,6 @@ from diffkit.training import train_run
 from diffkit.viz import save_images
 
 TINY = ["data.limit=64", "train.batch_size=8", "train.threads=1", "sample.steps=2"]
-
-
-def one_line_error(result: tuple[int, str, str], *fragments: str) -> None:
-    code, _, err = result
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("diffkit: error:"), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def fake_net(num_classes: int = 10, name: str = "fake-digits") -> ClassifierFeatureNet:
@@ -43,8 +37,8 @@ def fake_net(num_classes: int = 10, name: str = "fake-digits") -> ClassifierFeat
 @pytest.fixture(autouse=True)
 def fast_nets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Untrained stand-ins for the digit CNN and the per-dataset judges; caches and data in tmp_path."""
-    monkeypatch.setattr(evaluation, "digit_feature_net", lambda **_: fake_net())
-    monkeypatch.setattr(evaluation, "classifier_feature_net", lambda dataset, **_: fake_net(4, f"fake-{dataset}"))
+    monkeypatch.setattr(measure_module, "digit_feature_net", lambda **_: fake_net())
+    monkeypatch.setattr(measure_module, "classifier_feature_net", lambda dataset, **_: fake_net(4, f"fake-{dataset}"))
     monkeypatch.setenv("DIFFKIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("DIFFKIT_DATA_DIR", str(tmp_path / "no-data"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no Inception weights to be found
@@ -53,12 +47,6 @@ def fast_nets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def _train(root: Path, *extra: str) -> Path:
     train_run(load_settings("tiny", parse_overrides([*TINY, *extra])), root)
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny class-conditional run on drawn shapes (4 classes)."""
-    return _train(tmp_path_factory.mktemp("eval") / "tiny", "train.max_steps=4")
 
 
 @pytest.fixture
@@ -152,8 +140,9 @@ def test_class_accuracy_on_a_tiny_conditional_run(tiny_run: Path, tmp_path: Path
     (row,) = report.rows
     assert row.accuracy is not None
     assert sorted(row.accuracy.per_class) == [0, 1, 2, 3]  # 8 images, classes in turn: two of each
-    assert 0.0 <= row.accuracy.overall <= 1.0
-    assert all(0.0 <= v <= 1.0 for v in row.accuracy.per_class.values())
+    # two images per class: each class scores 0, 1/2 or 1, and overall is their mean (equal counts)
+    assert all(v in (0.0, 0.5, 1.0) for v in row.accuracy.per_class.values())
+    assert row.accuracy.overall == pytest.approx(sum(row.accuracy.per_class.values()) / 4)
     assert report.statistics is not None and report.statistics.num == 8
     record = report.record()["rows"][0]
     assert set(record["class_accuracy_per_class"]) == {"0", "1", "2", "3"}
@@ -168,10 +157,11 @@ def test_guidance_sweep_writes_a_plot_and_a_row_per_scale(cli, tiny_run: Path) -
     assert "features: fake-digits" in out
     assert "guidance 0" in out and "guidance 2" in out and "real vs real" in out
     assert "best guidance by FID" in out and "class accuracy" in out
-    folders = sorted((tiny_run / "eval").iterdir())
-    assert folders and (folders[-1] / "guidance_sweep.png").is_file()
-    assert Image.open(folders[-1] / "guidance_sweep.png").size[0] > 600
-    report = json.loads((folders[-1] / "fid.json").read_text())
+    # the newest report: the session's run also holds other tests' outputs
+    folder = max((tiny_run / "eval").glob("*/fid.json"), key=lambda p: p.stat().st_mtime).parent
+    assert (folder / "guidance_sweep.png").is_file()
+    assert Image.open(folder / "guidance_sweep.png").size[0] > 600
+    report = json.loads((folder / "fid.json").read_text())
     assert [r["guidance"] for r in report["rows"]] == [0.0, 2.0]
     assert all({"fid", "kid", "kid_std", "class_accuracy"} <= set(r) for r in report["rows"])
     assert report["floor"]["sources"] == ["synthetic:train (8 of 2048)", "synthetic:test (8 of 512)"]

@@ -13,7 +13,7 @@ import scipy.linalg
 import torch
 from scipy.ndimage import gaussian_filter
 
-from diffkit import metrics
+from diffkit import bench, metrics
 from diffkit.data import load_images
 from diffkit.errors import DiffkitError
 from diffkit.models.classifier import SmallClassifier, train_classifier
@@ -294,7 +294,7 @@ def test_cached_net_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     def no_training(*_: object, **__: object) -> SmallClassifier:
         raise AssertionError("trained again instead of loading the cache")
 
-    monkeypatch.setattr(metrics, "train_classifier", no_training)
+    monkeypatch.setattr(metrics.features, "train_classifier", no_training)
     second = metrics.classifier_feature_net("synthetic", cache_dir=tmp_path, epochs=1)
     assert second.name == first.name and second.info == first.info
     images = load_images("synthetic", "test", limit=8).floats()
@@ -304,7 +304,7 @@ def test_cached_net_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_held_out_validation_without_test_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metrics, "_try_load", lambda *_: None)  # as if no test split could be found
+    monkeypatch.setattr(metrics.features, "try_load", lambda *_: None)  # as if no test split could be found
     net = metrics.classifier_feature_net("synthetic", cache_dir=tmp_path, epochs=1)
     assert "500 held out, held-out acc" in net.name
     assert net.info["train_images"] == 2048 - 500 and net.info["validation_images"] == 500
@@ -385,7 +385,7 @@ def test_digit_net_on_real_mnist(tmp_path: Path) -> None:
     assert net.info["validation"] == "mnist:test"
     assert net.info["accuracy"] >= 0.97, net.name
     assert net.name.startswith("digits-cnn v1 (mnist") and "test acc" in net.name
-    result = metrics.benchmark_features_fid(2000, data_dir=data_dir, net=net)
+    result = bench.benchmark_features_fid(2000, data_dir=data_dir, net=net)
     assert result["source"] == "mnist:test" and result["images"] == 2000
     assert 0 <= result["fid_even_odd"] < 10
     print(f"\n{net.name}: trained in {net.info['train_seconds']} s; benchmark {result}")

@@ -31,7 +31,18 @@ def test_unet_shapes(size: int, channels: int, mults: tuple[int, ...], attn: tup
     out = model(x, t, labels)
     assert out.shape == x.shape
     assert torch.count_nonzero(out) == 0  # zero-initialised output layer
-    assert count_parameters(model) > 0
+    # a conditional model differs from its unconditional twin by exactly the class table (K + 1 rows, the
+    # last the null class, of the 4 x base_channels embedding width)
+    twin = UNet(
+        image_size=size,
+        in_channels=channels,
+        base_channels=16,
+        channel_mults=mults,
+        num_res_blocks=1,
+        attention_resolutions=attn,
+        num_classes=0,
+    )
+    assert count_parameters(model) - count_parameters(twin) == ((classes + 1) * 4 * 16 if classes else 0)
 
 
 def test_attention_only_where_asked() -> None:

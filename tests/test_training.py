@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from diffkit import clock
 from diffkit.errors import DiffkitError
 from diffkit.runs import RunPaths, read_checkpoint, save_checkpoint, split_weights
 from diffkit.settings import Settings, load_settings, parse_overrides
@@ -150,7 +151,7 @@ def test_time_budget_plans_once_and_resume_follows_the_plan(tmp_path: Path, monk
         return 12  # the clock is the one thing a test cannot repeat: fix what it decides
 
     monkeypatch.setattr(training, "plan_steps", fixed_plan)
-    monkeypatch.setattr(training._ClockWatch, "ready", lambda self, budget_s: self.count >= 3)
+    monkeypatch.setattr(clock.ClockWatch, "ready", lambda self, budget_s: self.count >= 3)
     trainer, straight = train_run(tiny_settings(*budget), tmp_path / "straight")
     assert straight.steps == trainer.total_steps == 12 and planned == [5]  # 2 warm-up steps + 3 timed
     plan = json.loads((tmp_path / "straight" / "plan.json").read_text())
@@ -177,7 +178,7 @@ def test_a_run_that_outlives_its_budget_ends_with_its_grid(tmp_path: Path, monke
     import diffkit.training as training
 
     monkeypatch.setattr(training, "plan_steps", lambda **kwargs: 30)
-    monkeypatch.setattr(training._ClockWatch, "ready", lambda self, budget_s: self.count >= 3)
+    monkeypatch.setattr(clock.ClockWatch, "ready", lambda self, budget_s: self.count >= 3)
     # the machine slows down after planning: at step 9 the budget is gone
     monkeypatch.setattr(training.Trainer, "_out_of_time", lambda self: self.step >= 9)
     trainer, result = train_run(tiny_settings("train.max_minutes=5", "train.max_steps=100"), tmp_path / "slow")

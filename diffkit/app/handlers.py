@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffkit.compare import Config, check_configs, compare_samplers, grid_of, with_options
+from diffkit.compare import compare_samplers, grid_of
 from diffkit.data import parse_source, read_image
 from diffkit.editing import MASK_KINDS, InpaintResult, inpaint, interpolate_classes, interpolate_seeds, masked_view
 from diffkit.editing import score as score_images
@@ -33,11 +33,11 @@ from diffkit.editing.masks import mask_from_spec
 from diffkit.errors import DiffkitError
 from diffkit.generation import class_layout, cycled_classes, generate, grid_rows
 from diffkit.process import MAX_FRAMES, record_process
+from diffkit.progress import Progress
 from diffkit.runs import LoadedRun, RunPaths, latest_run, load_run
-from diffkit.samplers import SAMPLERS, get_sampler
+from diffkit.samplers import SAMPLERS
+from diffkit.sampling import SamplingPlan, rows_for
 from diffkit.viz import plot_training_curves, save_gif, save_grid, save_grid_gif, save_images, save_labelled_rows
-
-Progress = Callable[[int, int], None]  # (done, total), as the library reports it
 
 ALL_CLASSES = "every class (a row each)"
 UNCONDITIONAL = "unconditional"
@@ -91,11 +91,7 @@ def open_app(
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         if run is None:
-            if runs_dir is None:
-                from diffkit.settings import Settings
-
-                runs_dir = Path(Settings().runs_dir)
-            run = latest_run(runs_dir)
+            run = latest_run(runs_dir)  # None: DIFFKIT_RUNS_DIR, else runs/ (where `diffkit train` writes)
         return AppRun(workdir, load_run(run, checkpoint, device=device))
     except DiffkitError as exc:
         return AppRun(workdir, error=" ".join(str(exc).split()))
@@ -144,13 +140,9 @@ def defaults(app: AppRun) -> dict[str, Any]:
     return {"sampler": s.sampler, "steps": s.steps, "cfg": s.cfg, "seed": s.seed, "num": min(s.num, 8)}
 
 
-def _options(loaded: LoadedRun, sampler: str, steps: int) -> dict[str, Any]:
-    """The run's eta for samplers that take it, checked like `diffkit sample` checks its flags."""
-    spec = get_sampler(sampler)
-    eta = loaded.settings.sample.eta if "eta" in spec.options and loaded.settings.sample.eta else None
-    config = with_options([Config(sampler, int(steps))], eta=eta)[0]
-    check_configs([config], loaded.schedule.timesteps)
-    return dict(config.options)
+def _plan(loaded: LoadedRun, *, sampler: str | None, steps: int, guidance: float, seed: int) -> SamplingPlan:
+    """The run's [sample] settings with the page's controls on top, checked as `diffkit sample` checks its flags."""
+    return loaded.plan(sampler=sampler, steps=steps, cfg=float(guidance), seed=seed)
 
 
 def _int(value: Any, what: str, low: int, high: int | None = None) -> int:
@@ -193,7 +185,6 @@ def sample(
     """`diffkit sample`: a grid (a row per class, or one class, or unconditional) and a zip of the PNGs."""
     loaded = app.require()
     steps, seed, num = _int(steps, "steps", 1), _int(seed, "seed", 0), _int(num, "number of images", 1, 64)
-    options = _options(loaded, sampler, steps)
     which = _class(class_choice)
     if which is None:  # unconditional: no class and no guidance
         classes, total, guidance, nrow = None, num, 1.0, grid_rows(0, num, num)
@@ -204,18 +195,8 @@ def sample(
         assert isinstance(which, int)
         classes, total = class_layout(loaded.num_classes, which, num)
         nrow = grid_rows(0, num, total)
-    result = generate(
-        loaded.denoiser(),
-        num=total,
-        classes=classes,
-        sampler=sampler,
-        steps=steps,
-        guidance=float(guidance),
-        seed=seed,
-        batch_size=loaded.settings.sample.batch_size,
-        progress=progress,
-        **options,
-    )
+    plan = _plan(loaded, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    result = generate(loaded.denoiser(plan), plan, num=total, classes=classes, progress=progress)
     folder = app.folder("sample")
     grid = save_grid(result.images, folder / "grid.png", nrow=nrow, scale=2)
     save_images(result.images, folder / "images")
@@ -263,24 +244,13 @@ def watch(
     loaded = app.require()
     steps, seed = _int(steps, "steps", 1), _int(seed, "seed", 0)
     k = min(_int(frames, "frames", 2, MAX_FRAMES), steps + 1)
-    options = _options(loaded, sampler, steps)
     which = _class(class_choice)
     if which == ALL_CLASSES:
         raise DiffkitError("Watch shows one image: pick one class or unconditional")
     classes = None if which is None else class_layout(loaded.num_classes, int(which), 1)[0]
     guidance = float(guidance) if classes is not None else 1.0
-    result, recorded = record_process(
-        loaded.denoiser(),
-        num=1,
-        classes=classes,
-        sampler=sampler,
-        steps=steps,
-        guidance=guidance,
-        seed=seed,
-        frames=k,
-        progress=progress,
-        **options,
-    )
+    plan = _plan(loaded, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    result, recorded = record_process(loaded.denoiser(plan), plan, num=1, classes=classes, frames=k, progress=progress)
     folder = app.folder("watch")
     pairs = [torch.stack([recorded.xt[0, i], recorded.x0[0, i]]) for i in range(k)]
     paths = [save_grid(pair, folder / f"frame_{i:02d}.png", nrow=2, scale=8) for i, pair in enumerate(pairs)]
@@ -325,28 +295,19 @@ def compare(
     if not counts:
         raise DiffkitError("give one or more step counts, e.g. 10,20")
     num, seed = _int(num, "images per row", 1, 32), _int(seed, "seed", 0)
-    configs = with_options(grid_of(list(samplers), counts))
     which = _class(class_choice)
     if which is None:
         classes, guidance = None, 1.0
     else:
         classes = cycled_classes(loaded.num_classes, None if which == ALL_CLASSES else int(which), num)
-    result = compare_samplers(
-        loaded.denoiser(),
-        configs,
-        num=num,
-        classes=classes,
-        guidance=float(guidance),
-        seed=seed,
-        batch_size=loaded.settings.sample.batch_size,
-        progress=progress,
-    )
+    base = _plan(loaded, sampler=None, steps=counts[0], guidance=guidance, seed=seed)
+    plans = rows_for(base, grid_of(list(samplers), counts), {})
+    result = compare_samplers(loaded.denoiser(base), plans, num=num, classes=classes, progress=progress)
     report, picture = result.save(app.folder("compare"), run=str(loaded.root), checkpoint=str(loaded.checkpoint))
     lines = ["| sampler | steps | NFE | time (s) | time / image (s) |", "| --- | ---: | ---: | ---: | ---: |"]
     for row in result.rows:
         lines.append(
-            f"| {row.config.sampler} | {row.config.steps} | {row.nfe} | {row.seconds:.2f} "
-            f"| {row.seconds_per_image:.3f} |"
+            f"| {row.plan.sampler} | {row.plan.steps} | {row.nfe} | {row.seconds:.2f} | {row.seconds_per_image:.3f} |"
         )
     return Compared(picture, report, "\n".join(lines))
 
@@ -481,19 +442,18 @@ def inpaint_image(
     steps, seed = _int(steps, "steps", 1), _int(seed, "seed", 0)
     masks = make_mask(app, mask_choice, layers=layers, mask_file=mask_file, seed=seed)
     classes = torch.tensor([source.label]) if source.label is not None and loaded.num_classes else None
-    guidance = loaded.settings.sample.cfg if classes is not None else 1.0
+    plan = loaded.plan(sampler=sampler, steps=steps, seed=seed)
+    plan = plan if classes is not None else plan.but(guidance=1.0)
+    guidance = plan.guidance
     results: dict[str, InpaintResult] = {}
     for m in methods:
         results[m] = inpaint(
-            loaded.denoiser(),
+            loaded.denoiser(plan),
             source.image,
             masks,
+            plan,
             method=m,
             classes=classes,
-            guidance=guidance,
-            seed=seed,
-            sampler=sampler,
-            steps=steps,
             jump=min(_int(jump, "RePaint jump", 1), steps),  # RePaint jumps back at most `steps` levels
             resample=_int(resample, "RePaint resampling", 1),
             iterations=_int(iterations, "SDS iterations", 1, 5000),
@@ -557,30 +517,22 @@ def interpolate(
         a, b = _class(class_a), _class(class_b)
         if not isinstance(a, int) or not isinstance(b, int):
             raise DiffkitError("pick two classes (numbers) to interpolate between")
-        result = interpolate_classes(
-            loaded.denoiser(),
-            a,
-            b,
-            frames=frames,
-            guidance=float(guidance),
-            steps=steps,
-            seed=_int(seed, "seed", 0),
-            progress=progress,
-        )
+        plan = _plan(loaded, sampler=None, steps=steps, guidance=guidance, seed=_int(seed, "seed", 0))
+        result = interpolate_classes(loaded.denoiser(plan), a, b, plan, frames=frames, progress=progress)
         what = f"class {a} → class {b}, guidance {guidance:g}, seed {seed}"
     elif mode == "seeds":
         which = _class(seed_class)
         if which == ALL_CLASSES:
             raise DiffkitError("pick one class or unconditional for a seed interpolation")
         class_id = which if isinstance(which, int) else None
+        plan = _plan(loaded, sampler=None, steps=steps, guidance=guidance if class_id is not None else 1.0, seed=0)
         result = interpolate_seeds(
-            loaded.denoiser(),
+            loaded.denoiser(plan),
             _int(seed_a, "first seed", 0),
             _int(seed_b, "second seed", 0),
+            plan,
             frames=frames,
             class_id=class_id,
-            guidance=float(guidance) if class_id is not None else 1.0,
-            steps=steps,
             progress=progress,
         )
         what = f"seed {seed_a} → seed {seed_b}, " + ("unconditional" if class_id is None else f"class {class_id}")

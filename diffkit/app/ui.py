@@ -47,8 +47,8 @@ def _guard(n: int, action: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
 
 
 def _ticker(progress: gr.Progress, desc: str) -> h.Progress:
-    def tick(done: int, total: int) -> None:
-        progress((done, total), desc=desc)
+    def tick(done: int, total: int, message: str = "", /) -> None:
+        progress((done, total), desc=message or desc)
 
     return tick
 

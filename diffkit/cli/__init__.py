@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import typer
 
 from diffkit import __version__
+
+# not cli/app.py: a submodule named `app` would replace the Typer `app` here
+from diffkit.cli import compare, fid, inpaint, interpolate, presets, sample, schedules, superres, train, webapp
 from diffkit.errors import DiffkitError
 
 app = typer.Typer(
@@ -33,29 +37,21 @@ def _root(
     """diffkit: image diffusion models for learning, teaching and research."""
 
 
-def _register() -> None:
-    from diffkit.cli import inpaint, interpolate, presets, sample, stubs, superres, train
-
-    app.command()(train.train)
-    app.command()(sample.sample)
-    app.command()(presets.presets)
-    app.command("inpaint")(inpaint.inpaint_command)
-    app.command("interpolate")(interpolate.interpolate)
-    app.command("super-res")(superres.super_res)
-    from diffkit.cli import compare, schedules
-
-    app.command("compare-samplers")(compare.compare_samplers_command)
-    app.command("plot-schedules")(schedules.plot_schedules_command)
-    from diffkit.cli import fid
-
-    app.command("fid")(fid.fid_command)
-    from diffkit.cli import webapp  # not cli/app.py: a submodule named `app` would replace the Typer `app` here
-
-    app.command("app")(webapp.app_command)
-    stubs.register(app)
-
-
-_register()
+# every command, registered once, under the name users type (function names: <name>_command)
+COMMANDS: dict[str, Callable[..., None]] = {
+    "train": train.train_command,
+    "sample": sample.sample_command,
+    "compare-samplers": compare.compare_samplers_command,
+    "plot-schedules": schedules.plot_schedules_command,
+    "inpaint": inpaint.inpaint_command,
+    "interpolate": interpolate.interpolate_command,
+    "super-res": superres.super_res_command,
+    "fid": fid.fid_command,
+    "presets": presets.presets_command,
+    "app": webapp.app_command,
+}
+for _name, _command in COMMANDS.items():
+    app.command(_name)(_command)
 
 
 def main() -> None:

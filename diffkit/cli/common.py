@@ -7,29 +7,63 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import rich.progress
 import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
 from diffkit.errors import DiffkitError
+from diffkit.progress import Progress
+from diffkit.runs import LoadedRun, latest_run, load_run
+from diffkit.samplers import SAMPLERS
+from diffkit.schedules import SPACINGS
 
 console = Console(highlight=False, soft_wrap=True)  # long paths stay on one line, copy-pasteable
 
+# Options several commands share, defined once (a command with a different meaning defines its own).
 RunOption = Annotated[Path | None, typer.Option("--run", help="Run directory (default: the most recent run).")]
+CheckpointOption = Annotated[str | None, typer.Option("--checkpoint", help="best, last or a .safetensors path.")]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Random seed (default: the run's sample.seed).")]
 OutOption = Annotated[Path | None, typer.Option("--out", help="Output directory (default: inside the run).")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+SamplerOption = Annotated[str | None, typer.Option("--sampler", help=f"One of: {', '.join(SAMPLERS)}.")]
+StepsOption = Annotated[int | None, typer.Option("--steps", help="Sampler steps (default: the run's sample.steps).")]
+CfgOption = Annotated[
+    float | None,
+    typer.Option("--cfg", help="Guidance scale: 0 unconditional, 1 conditional, >1 stronger (default: sample.cfg)."),
+]
+EtaOption = Annotated[float | None, typer.Option("--eta", help="DDIM noise: 0 deterministic ... 1 DDPM-like.")]
+SpacingOption = Annotated[
+    str | None,
+    typer.Option("--spacing", help=f"Timesteps visited ({', '.join(SPACINGS)}), for the samplers that take it."),
+]
+BatchSizeOption = Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
+ClipOption = Annotated[
+    str | None, typer.Option("--clip", help="x̂0 clipping: none, clip (to [-1, 1]) or dynamic (Imagen).")
+]
+RescaleOption = Annotated[
+    float | None, typer.Option("--rescale", help="CFG-rescale φ in [0, 1] (Lin et al. 2023), for --cfg > 1.")
+]
 
 
-def progress_bar(*extra: Any) -> Progress:
-    return Progress(
+def open_run(run: Path | None, checkpoint: str | None, device: str, *, use_ema: bool = True) -> LoadedRun:
+    """The run given, else the most recent one under the runs directory (saying which); prints its precision."""
+    if run is None:
+        run = latest_run()  # DIFFKIT_RUNS_DIR, else runs/: where `train` writes
+        console.print(f"using the most recent run: [bold]{run}[/bold]")
+    loaded = load_run(run, checkpoint or "best", use_ema=use_ema, device=device)
+    console.print(f"precision {loaded.precision.summary()}")
+    return loaded
+
+
+def progress_bar(*extra: Any) -> rich.progress.Progress:
+    return rich.progress.Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -42,11 +76,15 @@ def progress_bar(*extra: Any) -> Progress:
 
 
 @contextmanager
-def progress_task(description: str, total: int) -> Iterator[Any]:
-    """A one-task rich progress bar; yields `advance(done)` that sets the completed count."""
+def progress_task(description: str, total: int | None = None) -> Iterator[Progress]:
+    """A one-task rich progress bar; yields the library's `Progress`: (done, total[, message])."""
     with progress_bar() as bar:
         task = bar.add_task(description, total=total)
-        yield lambda done, total_=None: bar.update(task, completed=done, total=total_ or total)
+
+        def advance(done: int, total_: int, message: str = "", /) -> None:
+            bar.update(task, completed=done, total=total_, description=(message or description)[:70])
+
+        yield advance
 
 
 def fresh_dir(path: Path) -> Path:
@@ -70,29 +108,3 @@ def parse_csv(text: str, kind: type, option: str) -> list[Any]:
 
 def done(what: str, where: Path | str) -> None:
     console.print(f"[green]✓[/green] {what}: [bold]{where}[/bold]")
-
-
-ClipOption = Annotated[
-    str | None, typer.Option("--clip", help="x̂0 clipping: none, clip (to [-1, 1]) or dynamic (Imagen).")
-]
-RescaleOption = Annotated[
-    float | None, typer.Option("--rescale", help="CFG-rescale φ in [0, 1] (Lin et al. 2023), for --cfg > 1.")
-]
-
-
-def denoiser_options(clip: str | None, rescale: float | None) -> dict[str, Any]:
-    """--clip and --rescale as `Denoiser` fields, checked."""
-    from typing import get_args
-
-    from diffkit.denoiser import Clipping
-
-    options: dict[str, Any] = {}
-    if clip is not None:
-        if clip not in get_args(Clipping):
-            raise DiffkitError(f"unknown --clip {clip!r}: choose one of {', '.join(get_args(Clipping))}")
-        options["clipping"] = clip
-    if rescale is not None:
-        if not 0.0 <= rescale <= 1.0:
-            raise DiffkitError(f"--rescale {rescale} is out of range: use 0 (off) to 1 (full; 0.7 is typical)")
-        options["rescale_phi"] = rescale
-    return options

@@ -7,31 +7,20 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from diffkit.cli.common import (
-    ClipOption,
-    DeviceOption,
-    OutOption,
-    RescaleOption,
-    RunOption,
-    SeedOption,
-    console,
-    denoiser_options,
-    done,
-    fresh_dir,
-    parse_csv,
-    progress_task,
-)
+from diffkit.cli import common as opt
+from diffkit.cli.common import console, done, fresh_dir, open_run, parse_csv, progress_task
 from diffkit.cli.flags import check_output_dir, check_sample_flags
-from diffkit.cli.inputs import open_run
-from diffkit.compare import DEFAULT_SPREAD, Comparison, QualityFn, compare_samplers, grid_of, with_options
+from diffkit.compare import DEFAULT_SPREAD, Comparison, QualityFn, compare_samplers, grid_of
+from diffkit.evaluation import sample_quality
 from diffkit.generation import cycled_classes
 from diffkit.runs import LoadedRun
 from diffkit.samplers import SAMPLERS
+from diffkit.sampling import rows_for
 from diffkit.schedules import SPACINGS
 
 
 def compare_samplers_command(
-    run: RunOption = None,
+    run: opt.RunOption = None,
     samplers: Annotated[
         str | None,
         typer.Option(
@@ -54,13 +43,13 @@ def compare_samplers_command(
         typer.Option("--spacing", help=f"Timestep spacing for the samplers that take it: {', '.join(SPACINGS)}."),
     ] = None,
     eta: Annotated[float | None, typer.Option("--eta", help="DDIM noise, 0 ... 1 (ddim rows only).")] = None,
-    seed: SeedOption = None,
-    out: OutOption = None,
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="best, last or a .safetensors path.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = None,
-    clip: ClipOption = None,
-    rescale: RescaleOption = None,
-    device: DeviceOption = "auto",
+    seed: opt.SeedOption = None,
+    out: opt.OutOption = None,
+    checkpoint: opt.CheckpointOption = None,
+    batch_size: opt.BatchSizeOption = None,
+    clip: opt.ClipOption = None,
+    rescale: opt.RescaleOption = None,
+    device: opt.DeviceOption = "auto",
     fid: Annotated[
         bool,
         typer.Option("--fid", help="Add FID against --fid-ref and class accuracy to each row (use --num 500+)."),
@@ -81,34 +70,30 @@ def compare_samplers_command(
     check_sample_flags(cfg=cfg, num=num, batch_size=batch_size)  # steps and eta: checked per sampler below
     check_output_dir(out)
     loaded = open_run(run, checkpoint, device)
-    s = loaded.settings.sample
+    base = loaded.plan(cfg=cfg, rescale=rescale, clip=clip, seed=seed, batch_size=batch_size)
     if samplers is None and steps is None:
-        configs = list(DEFAULT_SPREAD)
+        pairs = list(DEFAULT_SPREAD)
     else:
         names = parse_csv(samplers, str, "--samplers") if samplers else list(SAMPLERS)
-        counts = parse_csv(steps, int, "--steps") if steps else [s.steps]
-        configs = grid_of(names, counts)
-    configs = with_options(configs, spacing=spacing, eta=eta)
-    guidance = (s.cfg if loaded.num_classes else 1.0) if cfg is None else cfg
-    seed = s.seed if seed is None else seed
+        counts = parse_csv(steps, int, "--steps") if steps else [base.steps]
+        pairs = grid_of(names, counts)
+    plans = rows_for(base, pairs, {"spacing": spacing, "eta": eta})
     count = num or loaded.num_classes or 8
     classes = cycled_classes(loaded.num_classes, class_, count)
     console.print(
-        f"comparing {len(configs)} sampler settings on {count} images (guidance {guidance:g}, "
-        f"seed {seed}) from {loaded.checkpoint}"
+        f"comparing {len(plans)} sampler settings on {count} images (guidance {base.guidance:g}, "
+        f"seed {base.seed}) from {loaded.checkpoint}"
     )
     with progress_task("comparing", 1) as advance:
         result = compare_samplers(
-            loaded.denoiser(**denoiser_options(clip, rescale)),
-            configs,
+            loaded.denoiser(base),
+            plans,
             num=count,
             classes=classes,
-            guidance=guidance,
-            seed=seed,
-            batch_size=batch_size or s.batch_size,
             quality=_quality(loaded, fid, fid_ref, count),
             progress=advance,
         )
+    guidance, seed = base.guidance, base.seed
     folder = fresh_dir(out or loaded.root / "compare" / f"cfg{guidance:g}-seed{seed}")
     report, picture = result.save(folder, run=str(loaded.root), checkpoint=str(loaded.checkpoint))
     console.print(_table(result))
@@ -120,8 +105,6 @@ def _quality(loaded: LoadedRun, fid: bool, reference: str | None, count: int) ->
     """Per-row quality metrics shown as extra columns: with --fid, FID against a reference and class accuracy."""
     if not fid:
         return []
-    from diffkit.evaluation import sample_quality
-
     quality = sample_quality(loaded.settings, reference)
     console.print(quality.describe(count))
     return [quality]
@@ -129,17 +112,17 @@ def _quality(loaded: LoadedRun, fid: bool, reference: str | None, count: int) ->
 
 def _table(result: Comparison) -> Table:
     table = Table(title="samplers on the same noise", title_justify="left")
-    with_options = any(row.config.options for row in result.rows)
+    with_options = any(row.plan.options for row in result.rows)
     for name in ("sampler", "steps", *(["options"] if with_options else [])):
         table.add_column(name)
     for name in ("NFE", "wall time (s)", "time / image (s)", *result.metric_names):
         table.add_column(name, justify="right")
     for row in result.rows:
-        options = [", ".join(f"{k}={v}" for k, v in row.config.options)] if with_options else []
+        options = [", ".join(f"{k}={v}" for k, v in row.plan.options)] if with_options else []
         metrics = [f"{row.metrics[k]:.4g}" if k in row.metrics else "" for k in result.metric_names]
         table.add_row(
-            row.config.sampler,
-            str(row.config.steps),
+            row.plan.sampler,
+            str(row.plan.steps),
             *options,
             str(row.nfe),
             f"{row.seconds:.2f}",

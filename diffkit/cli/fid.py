@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from diffkit.cli.common import DeviceOption, OutOption, console, done, fresh_dir, parse_csv, progress_bar
+from diffkit.cli import common as opt
+from diffkit.cli.common import console, done, fresh_dir, parse_csv, progress_task
 from diffkit.cli.flags import check_output_dir, check_output_file, check_sample_flags
-from diffkit.evaluation import FEATURE_CHOICES, Accuracy, FidReport, FidRequest, Progress, evaluate
+from diffkit.evaluation import FEATURE_CHOICES, Accuracy, FidReport, FidRequest, evaluate
 from diffkit.samplers import SAMPLERS
 
 SOURCES_HELP = (
@@ -62,10 +61,10 @@ def fid_command(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="For run sources (default: the run's).")] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last or a .safetensors path.")] = "best",
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = None,
-    out: OutOption = None,
+    batch_size: opt.BatchSizeOption = None,
+    out: opt.OutOption = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --save-stats file (atomically).")] = False,
-    device: DeviceOption = "auto",
+    device: opt.DeviceOption = "auto",
 ) -> None:
     """FID (and KID, class accuracy) between two image sources, or one source's statistics."""
     guidance = parse_csv(cfg, float, "--cfg") if cfg is not None else None
@@ -88,7 +87,7 @@ def fid_command(
         device=device,
         batch_size=batch_size,
     )
-    with _progress() as progress:
+    with progress_task("starting") as progress:
         report = evaluate(request, progress)
     console.print(f"features: [bold]{report.feature_net}[/bold]")
     for note in report.notes:
@@ -101,18 +100,6 @@ def fid_command(
     if folder is not None:
         for path in report.save(folder):
             done(path.name, path)
-
-
-@contextmanager
-def _progress() -> Iterator[Progress]:
-    """One bar whose description follows the stage (training the feature net, sampling, features)."""
-    with progress_bar() as bar:
-        task = bar.add_task("starting", total=None)
-
-        def update(done_: int, total: int, message: str) -> None:
-            bar.update(task, completed=done_, total=total, description=message[:70])
-
-        yield update
 
 
 def _table(report: FidReport) -> Table:

@@ -8,14 +8,17 @@ from typing import Annotated, Any
 import torch
 import typer
 
-from diffkit.cli.common import DeviceOption, OutOption, RunOption, SeedOption, console, done, fresh_dir, progress_task
+from diffkit.atomic import write_json
+from diffkit.cli import common as opt
+from diffkit.cli.common import console, done, fresh_dir, open_run, progress_task
 from diffkit.cli.flags import check_output_dir, check_sample_flags
-from diffkit.cli.inputs import one_of, open_run, read_images, scores_table, write_json
+from diffkit.cli.inputs import one_of, read_images, scores_table
 from diffkit.editing import MASK_KINDS, METHODS, InpaintResult, inpaint, mask_from_spec, masked_view, score
 from diffkit.errors import DiffkitError
 from diffkit.generation import class_layout, generate
 from diffkit.runs import LoadedRun
 from diffkit.samplers import SAMPLERS
+from diffkit.sampling import SamplingPlan
 from diffkit.viz import save_images, save_labelled_rows
 
 MASK_HELP = (
@@ -25,7 +28,7 @@ MASK_HELP = (
 
 
 def inpaint_command(
-    run: RunOption = None,
+    run: opt.RunOption = None,
     image: Annotated[
         Path | None,
         typer.Option("--image", help="A PNG/JPEG to repair (converted to the model's size and colours, with a note)."),
@@ -38,16 +41,16 @@ def inpaint_command(
     ] = "replace",
     sampler: Annotated[str | None, typer.Option("--sampler", help=f"For replace: {', '.join(SAMPLERS)}.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampler steps, or RePaint's DDPM levels.")] = None,
-    cfg: Annotated[float | None, typer.Option("--cfg", help="Guidance scale when the class is known.")] = None,
+    cfg: opt.CfgOption = None,
     jump: Annotated[int, typer.Option("--jump", min=1, help="RePaint jump length, in levels.")] = 5,
     resample: Annotated[int, typer.Option("--resample", min=1, help="RePaint: times each block is denoised.")] = 5,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="SDS gradient steps.")] = 200,
     lr: Annotated[float, typer.Option("--lr", help="SDS step size, in (0, 1].")] = 0.1,
     num: Annotated[int, typer.Option("--num", min=1, help="Images to generate with --class.")] = 8,
-    seed: SeedOption = None,
-    out: OutOption = None,
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="best, last or a .safetensors path.")] = None,
-    device: DeviceOption = "auto",
+    seed: opt.SeedOption = None,
+    out: opt.OutOption = None,
+    checkpoint: opt.CheckpointOption = None,
+    device: opt.DeviceOption = "auto",
 ) -> None:
     """Fill a masked region (mask: 1/white = keep, 0/black = hole) with replace, RePaint or SDS."""
     kind = one_of({"--image": image, "--from": source, "--class": class_})
@@ -60,42 +63,37 @@ def inpaint_command(
     if sampler is not None and methods != ["replace"]:
         raise DiffkitError("--sampler applies to --method replace only (repaint uses DDPM steps, sds no sampler)")
     loaded = open_run(run, checkpoint, device)
-    s = loaded.settings.sample
-    seed = s.seed if seed is None else seed
-    originals, labels, what = _originals(loaded, kind, image, source, class_, num, seed, cfg)
-    size = loaded.settings.data.image_size
-    masks = mask_from_spec(mask, len(originals), size, seed)
+    plan = loaded.plan(sampler=sampler, steps=steps, cfg=cfg, seed=seed)
+    originals, labels, what = _originals(loaded, kind, image, source, class_, num, plan)
+    masks = mask_from_spec(mask, len(originals), loaded.settings.data.image_size, plan.seed)
     classes = labels if loaded.num_classes and labels is not None else None
     if cfg is not None and classes is None:
         raise DiffkitError(
             "--cfg needs class labels and this input has none (or the model is unconditional): "
             "drop --cfg, or use --from with a labelled dataset or --class"
         )
-    guidance = (s.cfg if cfg is None else cfg) if classes is not None else 1.0
+    plan = plan if classes is not None else plan.but(guidance=1.0)
     console.print(
         f"inpainting {len(originals)} image(s) from {what} with mask {mask} by {', '.join(methods)} "
-        f"(seed {seed}) from {loaded.checkpoint}"
+        f"(seed {plan.seed}) from {loaded.checkpoint}"
     )
     results: dict[str, InpaintResult] = {}
     for m in methods:
         with progress_task(m, 1) as advance:
             results[m] = inpaint(
-                loaded.denoiser(),
+                loaded.denoiser(plan),
                 originals,
                 masks,
+                plan,
                 method=m,
                 classes=classes,
-                guidance=guidance,
-                seed=seed,
-                sampler=sampler or s.sampler,
-                steps=s.steps if steps is None else steps,
                 jump=jump,
                 resample=resample,
                 iterations=iterations,
                 lr=lr,
-                progress=lambda d, t: advance(d, t),
+                progress=advance,
             )
-    _report(loaded, originals, masks, results, mask, what, seed, guidance, out)
+    _report(loaded, originals, masks, results, mask, what, plan.seed, plan.guidance, out)
 
 
 def _originals(
@@ -105,26 +103,21 @@ def _originals(
     source: str | None,
     class_: int | None,
     num: int,
-    seed: int,
-    cfg: float | None,
+    plan: SamplingPlan,
 ) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """The images to repair: read from --image / --from, or the model's own samples of --class."""
     if kind != "--class":
         return read_images(image, source, loaded)
-    s = loaded.settings.sample
     classes, total = class_layout(loaded.num_classes, class_, num)
-    guidance = s.cfg if cfg is None else cfg
+    made_by = plan.with_sampler(*_run_sampler(loaded))  # the run's own sampler: --sampler is for replace
     with progress_task(f"sampling class {class_}", total) as advance:
-        made = generate(
-            loaded.denoiser(),
-            num=total,
-            classes=classes,
-            sampler=s.sampler,
-            steps=s.steps,
-            guidance=guidance,
-            seed=seed,
-            progress=advance,
-        )
+        made = generate(loaded.denoiser(made_by), made_by, num=total, classes=classes, progress=advance)
     return made.images, classes, f"the model's samples of class {class_}"
+
+
+def _run_sampler(loaded: LoadedRun) -> tuple[str, int]:
+    s = loaded.settings.sample
+    return s.sampler, s.steps
 
 
 def _report(

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Any
 
 from rich.table import Table
 from torch import Tensor
@@ -14,19 +11,8 @@ from diffkit.cli.common import console
 from diffkit.data import parse_source, read_image
 from diffkit.editing import Scores
 from diffkit.errors import DiffkitError
-from diffkit.runs import LoadedRun, latest_run, load_run
-
-
-def open_run(run: Path | None, checkpoint: str | None, device: str, *, use_ema: bool = True) -> LoadedRun:
-    """The run given, else the most recent one under the runs directory (saying which); prints its precision."""
-    if run is None:
-        from diffkit.settings import Settings
-
-        run = latest_run(Path(Settings().runs_dir))
-        console.print(f"using the most recent run: [bold]{run}[/bold]")
-    loaded = load_run(run, checkpoint or "best", use_ema=use_ema, device=device)
-    console.print(f"precision {loaded.precision.summary()}")
-    return loaded
+from diffkit.runs import LoadedRun
+from diffkit.settings import resolve_data_dir
 
 
 def one_of(given: dict[str, object]) -> str:
@@ -47,9 +33,9 @@ def read_images(image: Path | None, source: str | None, loaded: LoadedRun) -> tu
             console.print(f"[yellow]note:[/yellow] {note}")
         return x, None, str(image)
     assert source is not None
-    # DIFFKIT_DATA_DIR, when set, wins over the data directory the run was trained with
-    data_dir = os.environ.get("DIFFKIT_DATA_DIR") or loaded.settings.data_dir
-    data = parse_source(source, data_dir=data_dir, image_size=d.image_size, channels=d.channels)
+    data = parse_source(
+        source, data_dir=resolve_data_dir(loaded.settings.data_dir), image_size=d.image_size, channels=d.channels
+    )
     labelled = bool((data.labels >= 0).all()) and data.num_classes > 0
     return data.floats(), data.labels if labelled else None, source
 
@@ -63,8 +49,3 @@ def scores_table(title: str, rows: dict[str, Scores]) -> Table:
         mean = s.mean()
         table.add_row(name, f"{mean['psnr']:.2f}", f"{mean['ssim']:.4f}")
     return table
-
-
-def write_json(path: Path, record: dict[str, Any]) -> Path:
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path

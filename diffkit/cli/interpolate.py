@@ -8,17 +8,19 @@ from typing import Annotated, Any
 import torch
 import typer
 
-from diffkit.cli.common import DeviceOption, OutOption, RunOption, SeedOption, console, done, fresh_dir, progress_task
+from diffkit.atomic import write_json
+from diffkit.cli import common as opt
+from diffkit.cli.common import console, done, fresh_dir, open_run, progress_task
 from diffkit.cli.flags import MAX_INTERPOLATION_FRAMES, check_bounded, check_output_dir, check_sample_flags
-from diffkit.cli.inputs import one_of, open_run, read_images, scores_table, write_json
+from diffkit.cli.inputs import one_of, read_images, scores_table
 from diffkit.editing import Interpolation, interpolate_classes, interpolate_images, interpolate_seeds, score
 from diffkit.errors import DiffkitError
 from diffkit.runs import LoadedRun
 from diffkit.viz import FIGURE_FRAME, save_gif, save_images, save_labelled_rows
 
 
-def interpolate(
-    run: RunOption = None,
+def interpolate_command(
+    run: opt.RunOption = None,
     classes: Annotated[
         tuple[int, int] | None,
         typer.Option("--classes", help="Two classes: fixed noise, class embedding interpolated."),
@@ -38,11 +40,11 @@ def interpolate(
     class_: Annotated[
         int | None, typer.Option("--class", help="With --seeds: the class to sample (default: unconditional).")
     ] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="DDIM steps (default: the run's sample.steps).")] = None,
-    seed: SeedOption = None,
-    out: OutOption = None,
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="best, last or a .safetensors path.")] = None,
-    device: DeviceOption = "auto",
+    steps: opt.StepsOption = None,
+    seed: opt.SeedOption = None,
+    out: opt.OutOption = None,
+    checkpoint: opt.CheckpointOption = None,
+    device: opt.DeviceOption = "auto",
 ) -> None:
     """Interpolate between two classes, two seeds or two images; the end frames are the plain samples."""
     kind = one_of({"--classes": classes, "--seeds": seeds, "--images": images}).removeprefix("--")
@@ -51,45 +53,28 @@ def interpolate(
     check_output_dir(out)
     if class_ is not None and kind != "seeds":
         raise DiffkitError("--class goes with --seeds only: drop it")
+    if cfg is not None and images is not None:
+        raise DiffkitError("--cfg does not apply to --images (inversion uses the unconditional model)")
     loaded = open_run(run, checkpoint, device)
-    s = loaded.settings.sample
-    n_steps = s.steps if steps is None else steps
-    seed = s.seed if seed is None else seed
-    guidance = s.cfg if cfg is None else cfg
+    plan = loaded.plan(steps=steps, cfg=cfg, seed=seed)
     inputs: torch.Tensor | None = None
-    with progress_task("interpolating", n_steps) as advance:
+    with progress_task("interpolating", plan.steps) as advance:
         if classes is not None:
-            tag = f"classes-{classes[0]}-{classes[1]}-seed{seed}"
-            result = interpolate_classes(
-                loaded.denoiser(),
-                *classes,
-                frames=frames,
-                guidance=guidance,
-                steps=n_steps,
-                seed=seed,
-                progress=advance,
-            )
+            tag = f"classes-{classes[0]}-{classes[1]}-seed{plan.seed}"
+            result = interpolate_classes(loaded.denoiser(plan), *classes, plan, frames=frames, progress=advance)
         elif seeds is not None:
             tag = f"seeds-{seeds[0]}-{seeds[1]}" + (f"-class{class_}" if class_ is not None else "")
             result = interpolate_seeds(
-                loaded.denoiser(),
-                *seeds,
-                frames=frames,
-                class_id=class_,
-                guidance=guidance if class_ is not None else 1.0,
-                steps=n_steps,
-                progress=advance,
+                loaded.denoiser(plan), *seeds, plan, frames=frames, class_id=class_, progress=advance
             )
         else:
             assert images is not None
-            if cfg is not None:
-                raise DiffkitError("--cfg does not apply to --images (inversion uses the unconditional model)")
             inputs = torch.cat([_image(p, loaded) for p in images])
             tag = "images-" + "-".join(Path(p).stem.replace(":", "_") for p in images)
             result = interpolate_images(
-                loaded.denoiser(), inputs[:1], inputs[1:], frames=frames, steps=n_steps, progress=advance
+                loaded.denoiser(plan), inputs[:1], inputs[1:], plan, frames=frames, progress=advance
             )
-    _report(loaded, result, inputs, tag, kind, out, n_steps)
+    _report(loaded, result, inputs, tag, kind, out, plan.steps)
 
 
 def _image(path_or_source: str, loaded: LoadedRun) -> torch.Tensor:

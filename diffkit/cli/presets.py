@@ -8,7 +8,7 @@ from diffkit.cli.common import console
 from diffkit.settings import list_presets, preset_dirs
 
 
-def presets() -> None:
+def presets_command() -> None:
     """List the presets with a one-line description each."""
     table = Table("preset", "description", "file")
     for name, (path, description) in sorted(list_presets().items()):

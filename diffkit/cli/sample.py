@@ -6,57 +6,37 @@ Also: pictures of the process (`--process`, `--gif`) and a flat export for FID t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from diffkit.cli.common import (
-    ClipOption,
-    DeviceOption,
-    OutOption,
-    RescaleOption,
-    RunOption,
-    SeedOption,
-    console,
-    denoiser_options,
-    done,
-    fresh_dir,
-    progress_task,
-)
+from diffkit.cli import common as opt
+from diffkit.cli.common import console, done, fresh_dir, open_run, progress_task
 from diffkit.cli.flags import check_bounded, check_output_dir, check_sample_flags
-from diffkit.cli.inputs import open_run
-from diffkit.compare import Config, check_configs, with_options
 from diffkit.errors import DiffkitError
 from diffkit.export import export_samples
 from diffkit.generation import Generated, class_layout, cycled_classes, generate, grid_rows
 from diffkit.process import MAX_FRAMES, Process, record_process
 from diffkit.runs import LoadedRun
-from diffkit.samplers import SAMPLERS, get_sampler
-from diffkit.schedules import SPACINGS
+from diffkit.sampling import SamplingPlan
 from diffkit.viz import save_grid, save_grid_gif, save_images
 
 
-def sample(
-    run: RunOption = None,
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="best, last or a .safetensors path.")] = None,
+def sample_command(
+    run: opt.RunOption = None,
+    checkpoint: opt.CheckpointOption = None,
     class_: Annotated[int | None, typer.Option("--class", help="Only this class (default: a row per class).")] = None,
-    cfg: Annotated[
-        float | None,
-        typer.Option("--cfg", help="Guidance scale: 0 unconditional, 1 conditional, >1 stronger."),
-    ] = None,
+    cfg: opt.CfgOption = None,
     num: Annotated[
         int | None,
         typer.Option("--num", min=1, help="Images (per class when no --class is given; in all with --export-dir)."),
     ] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Sampler steps.")] = None,
-    sampler: Annotated[str | None, typer.Option("--sampler", help=f"One of: {', '.join(SAMPLERS)}.")] = None,
-    eta: Annotated[float | None, typer.Option("--eta", help="DDIM noise: 0 deterministic ... 1 DDPM-like.")] = None,
-    spacing: Annotated[
-        str | None,
-        typer.Option("--spacing", help=f"Timesteps visited ({', '.join(SPACINGS)}); ddpm, ddim, pndm and dpm++2m."),
-    ] = None,
-    rescale: RescaleOption = None,
-    clip: ClipOption = None,
+    steps: opt.StepsOption = None,
+    sampler: opt.SamplerOption = None,
+    eta: opt.EtaOption = None,
+    spacing: opt.SpacingOption = None,
+    rescale: opt.RescaleOption = None,
+    clip: opt.ClipOption = None,
     process: Annotated[
         bool, typer.Option("--process", help="Also write process_xt.png, process_x0.png (image x frame) and a GIF.")
     ] = False,
@@ -73,11 +53,11 @@ def sample(
         ),
     ] = None,
     rgb: Annotated[bool, typer.Option("--rgb", help="With --export-dir: 3-channel RGB files.")] = False,
-    seed: SeedOption = None,
-    out: OutOption = None,
+    seed: opt.SeedOption = None,
+    out: opt.OutOption = None,
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Use the raw weights instead of the EMA weights.")] = False,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = None,
-    device: DeviceOption = "auto",
+    batch_size: opt.BatchSizeOption = None,
+    device: opt.DeviceOption = "auto",
 ) -> None:
     """Generate images from a trained run."""
     _check_flags(process=process, gif=gif, frames=frames, export_dir=export_dir, rgb=rgb, out=out)
@@ -85,48 +65,45 @@ def sample(
     check_output_dir(out)
     check_output_dir(export_dir, "--export-dir")
     loaded = open_run(run, checkpoint, device, use_ema=not no_ema)
-    s = loaded.settings.sample
-    name = sampler or s.sampler
-    n_steps = s.steps if steps is None else steps
-    options = _sampler_options(loaded, name, n_steps, eta, spacing)
-    guidance = (s.cfg if loaded.num_classes else 1.0) if cfg is None else cfg
-    seed = s.seed if seed is None else seed
-    denoiser = loaded.denoiser(**denoiser_options(clip, rescale))
-    common: dict[str, Any] = dict(
-        sampler=name, steps=n_steps, guidance=guidance, seed=seed, batch_size=batch_size or s.batch_size, **options
+    plan = loaded.plan(
+        sampler=sampler,
+        steps=steps,
+        cfg=cfg,
+        eta=eta,
+        spacing=spacing,
+        rescale=rescale,
+        clip=clip,
+        seed=seed,
+        batch_size=batch_size,
     )
+    denoiser, per_class = loaded.denoiser(plan), num or loaded.settings.sample.num
     if export_dir is not None:
-        total = num or s.num * (loaded.num_classes if class_ is None and loaded.num_classes else 1)
-        classes = cycled_classes(loaded.num_classes, class_, total)
-        _say(loaded, total, name, n_steps, guidance, seed)
+        total = num or per_class * (loaded.num_classes if class_ is None and loaded.num_classes else 1)
+        _say(loaded, total, plan)
         with progress_task("exporting", total) as advance:
-            result = export_samples(
-                denoiser, export_dir, num=total, classes=classes, rgb=rgb, progress=advance, **common
-            )
+            classes = cycled_classes(loaded.num_classes, class_, total)
+            result = export_samples(denoiser, plan, export_dir, num=total, classes=classes, rgb=rgb, progress=advance)
         _timing(result, total)
         kind = "RGB" if rgb or result.images.shape[1] == 3 else "grayscale"
         done(f"{total} {kind} images, {export_dir.name}/00001.png ...", export_dir)
         return
-    per_class = s.num if num is None else num
     classes, total = class_layout(loaded.num_classes, class_, per_class)
     check_bounded(
         total, MAX_IN_MEMORY, "images", "held in memory at once: write more with --export-dir, batch by batch"
     )
     if process or gif:
-        frames_k = min(n_steps + 1, 11) if frames is None else frames
+        frames_k = min(plan.steps + 1, 11) if frames is None else frames
         check_bounded(total * frames_k, MAX_PROCESS_PICTURES, "images x frames", "lower --num or --frames")
-    _say(loaded, total, name, n_steps, guidance, seed)
+    _say(loaded, total, plan)
     recorded: Process | None = None
     with progress_task("sampling", total) as advance:
         if process or gif:
-            k = min(n_steps + 1, 11) if frames is None else frames
-            result, recorded = record_process(
-                denoiser, num=total, classes=classes, frames=k, progress=advance, **common
-            )
+            k = min(plan.steps + 1, 11) if frames is None else frames
+            result, recorded = record_process(denoiser, plan, num=total, classes=classes, frames=k, progress=advance)
         else:
-            result = generate(denoiser, num=total, classes=classes, progress=advance, **common)
-    tag = f"{name}-{n_steps}-cfg{guidance:g}-seed{seed}" + (f"-class{class_}" if class_ is not None else "")
-    folder = fresh_dir(out or loaded.root / "samples" / tag)
+            result = generate(denoiser, plan, num=total, classes=classes, progress=advance)
+    tag = f"{plan.sampler}-{plan.steps}-cfg{plan.guidance:g}-seed{plan.seed}"
+    folder = fresh_dir(out or loaded.root / "samples" / (tag + (f"-class{class_}" if class_ is not None else "")))
     nrow = grid_rows(loaded.num_classes if class_ is None else 0, per_class, total)
     grid = save_grid(result.images, folder / "grid.png", nrow=nrow, scale=2)
     save_images(result.images, folder / "images")
@@ -153,22 +130,10 @@ def _check_flags(
         raise DiffkitError("--export-dir writes only the numbered images: drop --process, --gif and --out")
 
 
-def _sampler_options(
-    loaded: LoadedRun, name: str, steps: int, eta: float | None, spacing: str | None
-) -> dict[str, Any]:
-    """--eta and --spacing for samplers that take them (an error for those that do not), all checked now."""
-    spec = get_sampler(name)
-    if eta is None and "eta" in spec.options and loaded.settings.sample.eta:
-        eta = loaded.settings.sample.eta
-    config = with_options([Config(name, steps)], eta=eta, spacing=spacing)[0]
-    check_configs([config], loaded.schedule.timesteps)
-    return dict(config.options)
-
-
-def _say(loaded: LoadedRun, total: int, name: str, steps: int, guidance: float, seed: int) -> None:
+def _say(loaded: LoadedRun, total: int, plan: SamplingPlan) -> None:
     console.print(
-        f"sampling {total} images with {name} ({steps} steps, guidance {guidance:g}, seed {seed}) "
-        f"from {loaded.checkpoint}"
+        f"sampling {total} images with {plan.sampler} ({plan.steps} steps, guidance {plan.guidance:g}, "
+        f"seed {plan.seed}) from {loaded.checkpoint}"
     )
 
 

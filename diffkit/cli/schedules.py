@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from diffkit.atomic import write_json
 from diffkit.cli.common import OutOption, console, done, fresh_dir, parse_csv
 from diffkit.cli.flags import check_output_dir
 from diffkit.runs import RunPaths, build_schedule
@@ -42,8 +42,7 @@ def plot_schedules_command(
     folder = fresh_dir(out or (run / "schedules" if run else Path("schedules")))
     plots = plot_schedules({name: schedule_curves(s) for name, s in chosen.items()}, folder)
     values = {name: {"timesteps": s.timesteps, **schedule_key_values(s)} for name, s in chosen.items()}
-    report = folder / "schedules.json"
-    report.write_text(json.dumps(values, indent=2) + "\n")
+    report = write_json(folder / "schedules.json", values)
     console.print(_table(values))
     done("plots", plots[0])
     done("one plot per quantity", folder)

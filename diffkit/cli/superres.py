@@ -9,17 +9,18 @@ import torch
 import torch.nn.functional as F
 import typer
 
-from diffkit.cli.common import DeviceOption, OutOption, RunOption, SeedOption, console, done, fresh_dir, progress_task
+from diffkit.atomic import write_json
+from diffkit.cli import common as opt
+from diffkit.cli.common import console, done, fresh_dir, open_run, progress_task
 from diffkit.cli.flags import check_output_dir, check_sample_flags
-from diffkit.cli.inputs import one_of, open_run, read_images, scores_table, write_json
+from diffkit.cli.inputs import one_of, read_images, scores_table
 from diffkit.editing import degrade, score, super_resolve
 from diffkit.editing.superres import read_superres_input, require_superres
-from diffkit.samplers import SAMPLERS
 from diffkit.viz import save_images, save_labelled_rows
 
 
-def super_res(
-    run: RunOption = None,
+def super_res_command(
+    run: opt.RunOption = None,
     image: Annotated[
         Path | None,
         typer.Option(
@@ -33,12 +34,12 @@ def super_res(
         str | None, typer.Option("--from", help="Dataset images (ground truth), e.g. mnist:test:0..7.")
     ] = None,
     scale: Annotated[int, typer.Option("--scale", help="Upsampling factor; one the run was trained for.")] = 4,
-    sampler: Annotated[str | None, typer.Option("--sampler", help=f"One of: {', '.join(SAMPLERS)}.")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Sampler steps.")] = None,
-    seed: SeedOption = None,
-    out: OutOption = None,
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="best, last or a .safetensors path.")] = None,
-    device: DeviceOption = "auto",
+    sampler: opt.SamplerOption = None,
+    steps: opt.StepsOption = None,
+    seed: opt.SeedOption = None,
+    out: opt.OutOption = None,
+    checkpoint: opt.CheckpointOption = None,
+    device: opt.DeviceOption = "auto",
 ) -> None:
     """Super-resolve with an SR3-style run (train one with --preset mnist-sr); compares with bicubic."""
     one_of({"--image": image, "--from": source})
@@ -46,7 +47,7 @@ def super_res(
     check_output_dir(out)
     loaded = open_run(run, checkpoint, device)
     require_superres(loaded.settings, loaded.root, scale)
-    d, s = loaded.settings.data, loaded.settings.sample
+    d, plan = loaded.settings.data, loaded.plan(sampler=sampler, steps=steps, seed=seed, cfg=1.0)
     truth: torch.Tensor | None
     if image is not None:
         truth, low, note = read_superres_input(image, image_size=d.image_size, channels=d.channels, scale=scale)
@@ -56,16 +57,16 @@ def super_res(
     else:
         truth, _, what = read_images(None, source, loaded)
         low = degrade(truth, scale)
-    name, n_steps, seed = sampler or s.sampler, s.steps if steps is None else steps, s.seed if seed is None else seed
+    name, n_steps, seed_ = plan.sampler, plan.steps, plan.seed
     console.print(
         f"super-resolving {len(low)} image(s) from {what}, {low.shape[-1]}x{low.shape[-2]} -> "
-        f"{d.image_size}x{d.image_size}, with {name} ({n_steps} steps, seed {seed}) "
+        f"{d.image_size}x{d.image_size}, with {name} ({n_steps} steps, seed {seed_}) "
         f"from {loaded.checkpoint}"
     )
     with progress_task("super-resolving", len(low)) as advance:
-        result = super_resolve(loaded.denoiser(), low, sampler=name, steps=n_steps, seed=seed, progress=advance)
+        result = super_resolve(loaded.denoiser(plan), low, plan, progress=advance)
 
-    folder = fresh_dir(out or loaded.root / "super-res" / f"x{scale}-{name}-{n_steps}-seed{seed}")
+    folder = fresh_dir(out or loaded.root / "super-res" / f"x{scale}-{name}-{n_steps}-seed{seed_}")
     shown_low = F.interpolate(result.low, size=d.image_size, mode="nearest")  # pixels as they are, enlarged
     rows, labels = [shown_low, result.bicubic, result.images], [f"low-res x1/{scale}", "bicubic", "diffusion"]
     record: dict[str, Any] = {
@@ -73,7 +74,7 @@ def super_res(
         "scale": scale,
         "sampler": name,
         "steps": n_steps,
-        "seed": seed,
+        "seed": seed_,
         "nfe": result.nfe,
         "seconds": round(result.seconds, 2),
         "checkpoint": str(loaded.checkpoint),

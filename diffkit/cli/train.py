@@ -12,7 +12,14 @@ from rich.progress import TextColumn
 
 from diffkit.cli.common import DeviceOption, console, done, progress_bar
 from diffkit.errors import DiffkitError
-from diffkit.settings import Settings, load_saved_settings, load_settings, parse_overrides, set_nested
+from diffkit.settings import (
+    Settings,
+    load_saved_settings,
+    load_settings,
+    parse_overrides,
+    resolve_runs_dir,
+    set_nested,
+)
 from diffkit.training import ClockPlan, TrainHooks, TrainingInterrupted, train_run
 
 
@@ -89,7 +96,7 @@ class RichHooks(TrainHooks):
         self.bar.stop()
 
 
-def train(
+def train_command(
     preset: Annotated[
         str, typer.Option("--preset", "-p", help="Preset name (see `diffkit presets`) or a .toml path.")
     ] = "demo",
@@ -146,7 +153,7 @@ def train(
         if resume
         else load_settings(preset, _merge(_merge(overrides, length), {"device": device} if device != "auto" else {}))
     )
-    root = run_dir or Path(settings.runs_dir) / (settings.name or preset)
+    root = run_dir or resolve_runs_dir(settings.runs_dir) / (settings.name or preset)
     hooks = RichHooks()
     try:
         trainer, result = train_run(settings, root, resume=resume, force=force, hooks=hooks, stop_after=stop_after)
@@ -189,7 +196,7 @@ def _resume_settings(
     """A resumed run keeps its saved settings; only its length (and device) may change."""
     if overrides:
         raise DiffkitError("--set cannot change an existing run's settings on --resume: drop --set, or start a new run")
-    root = run_dir or Path(load_settings(preset).runs_dir) / preset
+    root = run_dir or resolve_runs_dir(load_settings(preset).runs_dir) / preset
     from diffkit.runs import RunPaths
 
     saved = load_saved_settings(RunPaths(root).config)

@@ -12,19 +12,20 @@ from typing import Annotated
 
 import typer
 
-from diffkit.cli.common import DeviceOption, RunOption, console
+from diffkit.cli import common as opt
+from diffkit.cli.common import console
 
 INSTALL_HINT = "diffkit app needs the app extra (gradio): pip install 'diffkit[app]'"
 
 
 def app_command(
-    run: RunOption = None,
+    run: opt.RunOption = None,
     host: Annotated[
         str, typer.Option("--host", help="Address to bind (default: this machine only; 0.0.0.0 serves the network).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to serve on.")] = 7860,
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="best, last or a .safetensors path.")] = None,
-    device: DeviceOption = "auto",
+    checkpoint: opt.CheckpointOption = None,
+    device: opt.DeviceOption = "auto",
 ) -> None:
     """Serve a local web page over a trained run: sample, watch it denoise, compare, inpaint, interpolate."""
     if importlib.util.find_spec("gradio") is None:  # checked without importing it: other commands stay fast

@@ -24,7 +24,6 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,7 +32,9 @@ from diffkit.denoiser import DenoiseFn, Denoiser
 from diffkit.editing.masks import check_mask
 from diffkit.errors import DiffkitError
 from diffkit.generation import generate, initial_noise, require_images_input
+from diffkit.progress import Progress
 from diffkit.samplers import Step
+from diffkit.sampling import SamplingPlan, check_guidance
 from diffkit.schedules import NoiseSchedule
 
 METHODS: dict[str, str] = {
@@ -41,8 +42,6 @@ METHODS: dict[str, str] = {
     "repaint": "RePaint (Lugmayr et al. 2022): DDPM steps with jumps back up and resampling",
     "sds": "score distillation sampling (Poole et al. 2022): gradient steps on the hole's pixels",
 }
-
-Progress = Callable[[int, int], None]  # (units done, units total)
 
 
 @dataclass
@@ -65,59 +64,44 @@ def inpaint(
     denoiser: Denoiser,
     images: Tensor,
     mask: Tensor,
+    plan: SamplingPlan,
     *,
     method: str = "replace",
     classes: Tensor | None = None,
-    guidance: float = 1.0,
-    seed: int = 0,
-    sampler: str = "ddim",
-    steps: int = 50,
     jump: int = 5,
     resample: int = 5,
     iterations: int = 200,
     lr: float = 0.1,
     progress: Progress | None = None,
-    **sampler_options: Any,
 ) -> InpaintResult:
     """Fill the holes (mask 0) of `images` (N, C, H, W) in [-1, 1] with a method of `METHODS`.
 
-    `sampler`, `steps` and `sampler_options` drive `replace`; `steps` is also the number of DDPM
-    levels of `repaint`, with `jump` and `resample` (Lugmayr et al. use 250 levels, jump 10,
-    resample 10; the defaults here cost 50 + 4 * 5 * 10 = 250 evaluations with 50 levels);
-    `iterations` and `lr` drive `sds`.
+    `plan` drives `replace` (any sampler); its steps are also the number of DDPM levels of `repaint`,
+    with `jump` and `resample` (Lugmayr et al. use 250 levels, jump 10, resample 10; the defaults here
+    cost 50 + 4 * 5 * 10 = 250 evaluations with 50 levels); `iterations` and `lr` drive `sds`. Its
+    guidance and seed apply to every method.
     """
     if method not in METHODS:
         raise DiffkitError(f"unknown inpainting method {method!r}: choose one of {', '.join(METHODS)}")
     require_images_input(denoiser)
-    if guidance not in (0.0, 1.0) and denoiser.num_classes == 0:
-        raise DiffkitError(
-            f"--cfg {guidance} needs a class-conditional model, and this one is unconditional: drop --cfg"
-        )
+    check_guidance(plan.guidance, denoiser.num_classes)
     mask = check_mask(mask, images)
     start = time.perf_counter()
     if method == "replace":
-        result = _replace(denoiser, images, mask, classes, guidance, seed, sampler, steps, progress, sampler_options)
+        result = _replace(denoiser, images, mask, classes, plan, progress)
     else:
-        if sampler_options:
-            raise DiffkitError(f"sampler options ({', '.join(sampler_options)}) apply to --method replace only")
-        device = next(denoiser.model.parameters()).device
-        denoise = denoiser.conditioned(None if classes is None else classes.to(device), guidance)
+        denoiser, device = plan.configure(denoiser), denoiser.device
+        denoise = denoiser.conditioned(None if classes is None else classes.to(device), plan.guidance)
         known, keep = images.to(device), mask.to(device).bool()
-        gen = torch.Generator(device=device).manual_seed(seed)
+        gen = torch.Generator(device=device).manual_seed(plan.seed)
         if method == "repaint":
-            x_T = _start_noise(images, seed).to(device)
-            result = _repaint(denoise, denoiser.schedule, known, keep, x_T, steps, jump, resample, gen, progress)
+            x_T = initial_noise(len(images), denoiser.image_shape, plan.seed).to(device)  # as `generate` draws it
+            result = _repaint(denoise, denoiser.schedule, known, keep, x_T, plan.steps, jump, resample, gen, progress)
         else:
             result = _sds(denoise, denoiser.schedule, known, keep, iterations, lr, gen, progress)
     result.images = result.images.cpu().clamp(-1, 1)  # known pixels are in range already: unchanged
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _start_noise(images: Tensor, seed: int) -> Tensor:
-    """x_T as `generate` draws it for the same seed, so methods start from the same noise."""
-    c, h, w = images.shape[1:]
-    return initial_noise(len(images), (c, h, w), seed)
 
 
 # ------------------------------------------------------------------------------------ replace
@@ -133,9 +117,9 @@ def replacement(
             progress(step.index + 1, step.total)
         if step.t < 0:  # the clean end: the originals themselves
             return torch.where(keep, known, step.x)
-        ab = float(schedule.alpha_bar_at(torch.tensor([step.t]))[0])
+        t = torch.full((known.shape[0],), step.t, dtype=torch.float64)
         noise = torch.randn(known.shape, generator=generator, device=known.device, dtype=known.dtype)
-        return torch.where(keep, ab**0.5 * known + (1 - ab) ** 0.5 * noise, step.x)
+        return torch.where(keep, schedule.q_sample(known, t, noise), step.x)
 
     return constrain
 
@@ -145,29 +129,14 @@ def _replace(
     images: Tensor,
     mask: Tensor,
     classes: Tensor | None,
-    guidance: float,
-    seed: int,
-    sampler: str,
-    steps: int,
+    plan: SamplingPlan,
     progress: Progress | None,
-    options: dict[str, Any],
 ) -> InpaintResult:
-    device = next(denoiser.model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed + 1)  # the known pixels' noise, apart from x_T's
+    device = denoiser.device
+    gen = torch.Generator(device=device).manual_seed(plan.seed + 1)  # the known pixels' noise, apart from x_T's
     constrain = replacement(images.to(device), mask.to(device).bool(), denoiser.schedule, gen, progress)
-    out = generate(
-        denoiser,
-        num=len(images),
-        classes=classes,
-        sampler=sampler,
-        steps=steps,
-        guidance=guidance,
-        seed=seed,
-        batch_size=len(images),
-        callback=constrain,
-        noise=_start_noise(images, seed),
-        **options,
-    )
+    one_batch = plan.but(batch_size=len(images))
+    out = generate(denoiser, one_batch, num=len(images), classes=classes, callback=constrain)
     return InpaintResult(out.images, "replace", out.nfe, out.seconds)
 
 
@@ -259,8 +228,7 @@ def sds_loss(denoise: DenoiseFn, schedule: NoiseSchedule, x: Tensor, hole: Tenso
     total = 0.0
     for frac, eps in zip(SDS_PROBE_LEVELS, probes, strict=True):
         t = torch.full((x.shape[0],), round(frac * (schedule.timesteps - 1)), dtype=torch.long)
-        ab = schedule.alpha_bar[t].to(x).reshape(-1, 1, 1, 1)
-        pred = denoise(ab.sqrt() * x + (1 - ab).sqrt() * eps, t.to(x.device).float())
+        pred = denoise(schedule.q_sample(x, t, eps), t.to(x.device).float())
         total += float(((x - pred.x0.clamp(-1, 1)) ** 2 * hole).sum() / hole.sum().clamp_min(1) / x.shape[1])
     return total / len(probes)
 
@@ -295,9 +263,7 @@ def _sds(
         top = 0.98 - (0.98 - 0.2) * i / max(iterations - 1, 1)
         u = 0.02 + (top - 0.02) * torch.rand(n, generator=gen, device=known.device)
         t = (u * (T - 1)).round().long()
-        ab = schedule.alpha_bar[t.cpu()].to(known).reshape(-1, 1, 1, 1)
-        eps = randn()
-        pred = denoise(ab.sqrt() * x + (1 - ab).sqrt() * eps, t.float())
+        pred = denoise(schedule.q_sample(x, t, randn()), t.float())
         grad = (x - pred.x0.clamp(-1, 1)) * hole  # = w(t) (ε̂ − ε) with w = σ/α, clipped x̂0; known pixels fixed
         losses.append(float((grad**2).sum() / hole.sum().clamp_min(1) / known.shape[1]))
         x = torch.where(keep, known, (x - lr * grad).clamp(-1, 1))

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +25,11 @@ from torch import Tensor
 from diffkit.denoiser import DenoiseFn, Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.generation import generate, initial_noise, require_images_input
-from diffkit.samplers import Step
+from diffkit.progress import Progress
+from diffkit.samplers import Step, default_spacing
+from diffkit.samplers import _ddim_step as ddim_update
+from diffkit.sampling import SamplingPlan
 from diffkit.schedules import NoiseSchedule
-
-Progress = Callable[[int, int], None]  # (steps done, steps total)
 
 
 @dataclass
@@ -69,40 +68,31 @@ def class_weights(num_classes: int, a: int, b: int, where: list[float]) -> Tenso
     ).float()
 
 
-def _shape(denoiser: Denoiser) -> tuple[int, int, int]:
-    model: Any = denoiser.model  # a UNet, or a stand-in with the same attributes
-    return int(model.in_channels), int(model.image_size), int(model.image_size)
+def decoding_plan(plan: SamplingPlan) -> SamplingPlan:
+    """Deterministic DDIM at the plan's steps, spacing, clipping and guidance: what every frame is decoded with."""
+    spacing = plan.sampler_options.get("spacing")
+    options = (("eta", 0.0),) + ((("spacing", spacing),) if spacing is not None else ())
+    return plan.with_sampler("ddim", plan.steps, options)
 
 
 def _decode(
     denoiser: Denoiser,
+    plan: SamplingPlan,
     noise: Tensor,
     classes: Tensor | None,
-    guidance: float,
-    steps: int,
     progress: Progress | None,
     done: int = 0,
     total: int | None = None,
 ) -> tuple[Tensor, int]:
-    """Deterministic DDIM from `noise`: the same call `diffkit sample --sampler ddim --eta 0` makes."""
+    """Deterministic DDIM from `noise`, all frames in one batch: the call `diffkit sample --sampler ddim
+    --eta 0` makes for the same noise."""
 
     def report(step: Step) -> None:
         if progress is not None:
             progress(done + step.index + 1, total or step.total)
 
-    out = generate(
-        denoiser,
-        num=len(noise),
-        classes=classes,
-        sampler="ddim",
-        steps=steps,
-        guidance=guidance,
-        seed=0,
-        batch_size=len(noise),
-        noise=noise,
-        callback=report,
-        eta=0.0,
-    )
+    frames = decoding_plan(plan).but(batch_size=len(noise))
+    out = generate(denoiser, frames, num=len(noise), classes=classes, noise=noise, callback=report)
     return out.images, out.nfe
 
 
@@ -110,14 +100,12 @@ def interpolate_classes(
     denoiser: Denoiser,
     a: int,
     b: int,
+    plan: SamplingPlan,
     *,
     frames: int = 10,
-    guidance: float = 1.0,
-    steps: int = 50,
-    seed: int = 0,
     progress: Progress | None = None,
 ) -> Interpolation:
-    """Fixed start noise (image 0 of `seed`), class embedding moving from class a to class b."""
+    """Fixed start noise (image 0 of the plan's seed), class embedding moving from class a to class b."""
     require_images_input(denoiser)
     k = denoiser.num_classes
     if k == 0:
@@ -128,8 +116,8 @@ def interpolate_classes(
         if not 0 <= c < k:
             raise DiffkitError(f"class {c} is out of range: this model knows classes 0 to {k - 1}")
     where, start = positions(frames), time.perf_counter()
-    noise = initial_noise(1, _shape(denoiser), seed).expand(frames, -1, -1, -1).contiguous()
-    images, nfe = _decode(denoiser, noise, class_weights(k, a, b, where), guidance, steps, progress)
+    noise = initial_noise(1, denoiser.image_shape, plan.seed).expand(frames, -1, -1, -1).contiguous()
+    images, nfe = _decode(denoiser, plan, noise, class_weights(k, a, b, where), progress)
     return Interpolation(images, where, nfe, time.perf_counter() - start)
 
 
@@ -137,24 +125,25 @@ def interpolate_seeds(
     denoiser: Denoiser,
     seed_a: int,
     seed_b: int,
+    plan: SamplingPlan,
     *,
     frames: int = 10,
     class_id: int | None = None,
-    guidance: float = 1.0,
-    steps: int = 50,
     progress: Progress | None = None,
 ) -> Interpolation:
-    """Slerp between the start noises of two seeds (image 0 of each); one class or unconditional."""
+    """Slerp between the start noises of two seeds (image 0 of each); one class, or unconditional
+    (then the plan's guidance does not apply)."""
     require_images_input(denoiser)
     if class_id is not None and not 0 <= class_id < denoiser.num_classes:
         known = f"classes 0 to {denoiser.num_classes - 1}" if denoiser.num_classes else "it is unconditional"
         raise DiffkitError(f"--class {class_id} is out of range for this model ({known})")
     where, start = positions(frames), time.perf_counter()
-    shape = _shape(denoiser)
+    shape = denoiser.image_shape
     z_a, z_b = initial_noise(1, shape, seed_a)[0], initial_noise(1, shape, seed_b)[0]
     noise = torch.stack([slerp(z_a, z_b, w) for w in where])
     classes = None if class_id is None else torch.full((frames,), class_id, dtype=torch.long)
-    images, nfe = _decode(denoiser, noise, classes, guidance if classes is not None else 1.0, steps, progress)
+    plan = plan if classes is not None else plan.but(guidance=1.0)
+    images, nfe = _decode(denoiser, plan, noise, classes, progress)
     return Interpolation(images, where, nfe, time.perf_counter() - start)
 
 
@@ -180,8 +169,7 @@ def ddim_invert(
     for i, t in enumerate(timesteps):
         eps = denoise(x, torch.full((x.shape[0],), float(t), device=x.device)).eps
         ab = float(schedule.alpha_bar[t])
-        x0 = (x - (1 - ab_prev) ** 0.5 * eps) / ab_prev**0.5
-        x = ab**0.5 * x0 + (1 - ab) ** 0.5 * eps
+        x = ddim_update((x - (1 - ab_prev) ** 0.5 * eps) / ab_prev**0.5, eps, ab)  # DDIM's step, run upwards
         ab_prev = ab
         if progress is not None:
             progress(i + 1, 2 * steps)
@@ -192,17 +180,19 @@ def interpolate_images(
     denoiser: Denoiser,
     image_a: Tensor,
     image_b: Tensor,
+    plan: SamplingPlan,
     *,
     frames: int = 10,
-    steps: int = 50,
     progress: Progress | None = None,
 ) -> Interpolation:
     """Invert both images (1, C, H, W) with the unconditional model, slerp the latents, decode."""
     require_images_input(denoiser)
     where, start = positions(frames), time.perf_counter()
-    device = next(denoiser.model.parameters()).device
-    pair = torch.cat([image_a, image_b]).to(device)
-    latents = ddim_invert(denoiser.conditioned(None), pair, denoiser.schedule, steps, progress=progress).cpu()
+    plan, steps = plan.but(guidance=1.0), plan.steps
+    spacing = str(decoding_plan(plan).sampler_options.get("spacing") or default_spacing("ddim"))
+    pair = torch.cat([image_a, image_b]).to(denoiser.device)
+    inverting = plan.configure(denoiser).conditioned(None)
+    latents = ddim_invert(inverting, pair, denoiser.schedule, steps, spacing, progress=progress).cpu()
     noise = torch.stack([slerp(latents[0], latents[1], w) for w in where])
-    images, nfe = _decode(denoiser, noise, None, 1.0, steps, progress, done=steps, total=2 * steps)
+    images, nfe = _decode(denoiser, plan, noise, None, progress, done=steps, total=2 * steps)
     return Interpolation(images, where, nfe + steps, time.perf_counter() - start)

@@ -2,54 +2,37 @@
 upsample of the low-resolution image as extra input channels (`Denoiser.cond`), and samples the
 high-resolution image given it with any registered sampler.
 
-Degradation, shared by training and evaluation so they agree: area-average downsampling by the
-scale (each low-resolution pixel is the mean of a scale x scale block), then bicubic upsampling back
-to the model's size, clipped to [-1, 1]. The bicubic image is also the baseline the result is
-compared with.
+Degradation (`diffkit.data.degrade` / `upsample`, shared by training and evaluation so they agree):
+area-average downsampling by the scale, then bicubic upsampling back to the model's size, clipped to
+[-1, 1]. The bicubic image is also the baseline the result is compared with.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-import torch
-import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from diffkit.data import degrade, random_condition, read_image, upsample
 from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.generation import generate
+from diffkit.progress import Progress
+from diffkit.sampling import SamplingPlan
 from diffkit.settings import Settings
 
-Progress = Callable[[int, int], None]
-
-
-def degrade(images: Tensor, scale: int) -> Tensor:
-    """(N, C, H, W) -> (N, C, H/scale, W/scale) by area averaging."""
-    h, w = images.shape[-2:]
-    if h % scale or w % scale:
-        raise DiffkitError(f"scale {scale} does not divide the image size {w}x{h}: use a scale that does")
-    return F.interpolate(images, size=(h // scale, w // scale), mode="area")
-
-
-def upsample(low: Tensor, size: int) -> Tensor:
-    """Bicubic upsampling to size x size, clipped to [-1, 1] (bicubic overshoots at edges)."""
-    return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
-
-
-def random_condition(images: Tensor, scales: list[int], generator: torch.Generator) -> Tensor:
-    """Training conditioning: each image degraded by a scale drawn uniformly from `scales`, upsampled back."""
-    pick = torch.randint(len(scales), (images.shape[0],), generator=generator, device=generator.device)
-    cond = torch.empty_like(images)
-    for i, scale in enumerate(scales):
-        chosen = pick.to(images.device) == i
-        if chosen.any():
-            cond[chosen] = upsample(degrade(images[chosen], scale), images.shape[-1])
-    return cond
+__all__ = [
+    "SuperResolved",
+    "degrade",
+    "random_condition",
+    "read_superres_input",
+    "require_superres",
+    "super_resolve",
+    "upsample",
+]
 
 
 def require_superres(settings: Settings, root: Path | str, scale: int) -> None:
@@ -76,42 +59,24 @@ class SuperResolved:
 
 
 def super_resolve(
-    denoiser: Denoiser,
-    low: Tensor,
-    *,
-    sampler: str = "ddim",
-    steps: int = 50,
-    seed: int = 0,
-    batch_size: int = 250,
-    progress: Progress | None = None,
-    **options: Any,
+    denoiser: Denoiser, low: Tensor, plan: SamplingPlan, *, progress: Progress | None = None
 ) -> SuperResolved:
     """Upsample low-resolution images (N, C, h, w) to the model's size with the conditional model."""
-    model: Any = denoiser.model
-    size = int(model.image_size)
-    if not getattr(model, "cond_channels", 0):
+    channels, size, _ = denoiser.image_shape
+    if not getattr(denoiser.model, "cond_channels", 0):
         raise DiffkitError(
             "this model has no conditioning channels, so it cannot do super-resolution: "
             "use a run trained with --preset mnist-sr"
         )
-    if low.shape[1] != model.in_channels or low.shape[-1] > size or size % low.shape[-1]:
+    if low.shape[1] != channels or low.shape[-1] > size or size % low.shape[-1]:
         raise DiffkitError(
             f"low-resolution images of shape {tuple(low.shape[1:])} do not fit the model "
-            f"({model.in_channels} channel(s), {size}x{size}): give a size that divides {size}"
+            f"({channels} channel(s), {size}x{size}): give a size that divides {size}"
         )
     start = time.perf_counter()
     bicubic = upsample(low.float().cpu(), size)
     out = generate(
-        replace(denoiser, cond=bicubic),
-        num=len(low),
-        classes=None,
-        sampler=sampler,
-        steps=steps,
-        guidance=1.0,
-        seed=seed,
-        batch_size=batch_size,
-        progress=progress,
-        **options,
+        replace(denoiser, cond=bicubic), plan.but(guidance=1.0), num=len(low), classes=None, progress=progress
     )
     return SuperResolved(out.images, bicubic, low.cpu(), out.nfe, time.perf_counter() - start)
 
@@ -124,10 +89,6 @@ def read_superres_input(
     A file of the model's full size is ground truth and is degraded by `scale`; any other size is the
     low-resolution input itself, converted to image_size / scale (with a note) when it is not already.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    from diffkit.data import read_image
-
     path = Path(path)
     try:
         with Image.open(path) as img:

@@ -10,14 +10,14 @@ more than the convolutions of a net this size.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Progress = Callable[[int, int, str], None]
+from diffkit.progress import Progress
 
 
 def _conv(in_ch: int, out_ch: int) -> nn.Sequential:

@@ -1,0 +1,163 @@
+"""How images are sampled: one `SamplingPlan`, built once from a run's [sample] settings plus flags.
+
+Every command that generates (sample, export, process pictures, compare-samplers, fid run:DIR,
+inpaint, interpolate, super-res) and the grids and FID drawn during training take a plan; none of
+them merges settings and flags itself. The layering is the one training uses: [sample] settings,
+then the flags given (None = not given). The sampler's own spec (`SamplerSpec.check`) validates the
+steps and options; `SamplingPlan.check` adds what depends on the model (guidance needs classes).
+
+A sampler option is in `options` only when it was asked for (a flag, or a [sample] setting the
+sampler takes): otherwise the sampler's own default applies, so a spec that changes its default
+(say, its spacing) is followed everywhere without anyone restating it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, get_args
+
+from diffkit.denoiser import Clipping, Denoiser
+from diffkit.errors import DiffkitError
+from diffkit.samplers import SAMPLERS, get_sampler
+from diffkit.settings import SampleSettings
+
+PrecisionName = Literal["auto", "fp32", "bf16"]
+Options = tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Everything that decides how images are drawn from a denoiser, except which images (num, classes)."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    options: Options = ()  # sampler options asked for (eta, spacing, rho, variance); absent: the sampler's default
+    guidance: float = 1.0  # 0 unconditional, 1 conditional, > 1 stronger
+    rescale: float = 0.0  # CFG-rescale φ (Lin et al. 2023)
+    clipping: Clipping = "clip"  # of x̂0 at every step
+    precision: PrecisionName = "auto"  # of the network, chosen when a run's denoiser is made
+    seed: int = 0
+    batch_size: int = 250
+
+    # --- building ----------------------------------------------------------------------------------
+    @classmethod
+    def from_settings(
+        cls,
+        sample: SampleSettings,
+        num_classes: int,
+        *,
+        sampler: str | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        eta: float | None = None,
+        spacing: str | None = None,
+        rescale: float | None = None,
+        clip: str | None = None,
+        seed: int | None = None,
+        batch_size: int | None = None,
+    ) -> SamplingPlan:
+        """[sample] settings < flags. A flag for an option the sampler does not take is an error;
+        a setting it does not take is simply not used. Not yet checked against a model: see `check`."""
+        name = sampler or sample.sampler
+        get_sampler(name)
+        given = {"eta": eta, "spacing": spacing}
+        return cls(
+            sampler=name,
+            steps=sample.steps if steps is None else steps,
+            options=options_for(name, given, setting_options(sample), strict=True),
+            guidance=(sample.cfg if num_classes else 1.0) if cfg is None else cfg,
+            rescale=sample.rescale if rescale is None else rescale,
+            clipping=sample.clipping if clip is None else clip,  # type: ignore[arg-type]
+            precision=sample.precision,
+            seed=sample.seed if seed is None else seed,
+            batch_size=batch_size or sample.batch_size,
+        )
+
+    def check(self, timesteps: int, num_classes: int) -> SamplingPlan:
+        """Validated once, before any image is drawn: the sampler's spec, then what the model allows."""
+        get_sampler(self.sampler).check(self.steps, timesteps, dict(self.options))
+        check_guidance(self.guidance, num_classes)
+        if self.clipping not in get_args(Clipping):
+            raise DiffkitError(f"unknown --clip {self.clipping!r}: choose one of {', '.join(get_args(Clipping))}")
+        if not 0.0 <= self.rescale <= 1.0:
+            raise DiffkitError(f"--rescale {self.rescale} is out of range: use 0 (off) to 1 (full; 0.7 is typical)")
+        if self.batch_size < 1:
+            raise DiffkitError(f"--batch-size {self.batch_size} is out of range: use 1 or more")
+        return self
+
+    def with_sampler(self, sampler: str, steps: int, options: Options = ()) -> SamplingPlan:
+        """The same plan with another sampler (its own options only), e.g. a row of a comparison."""
+        return replace(self, sampler=sampler, steps=steps, options=options)
+
+    def but(self, **changes: Any) -> SamplingPlan:
+        return replace(self, **changes)
+
+    # --- using -------------------------------------------------------------------------------------
+    @property
+    def sampler_options(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    @property
+    def label(self) -> str:
+        """ "ddim 20 (eta=0.5)": the sampler, steps and any options asked for."""
+        extra = ", ".join(f"{k}={v}" for k, v in self.options)
+        return f"{self.sampler} {self.steps}" + (f" ({extra})" if extra else "")
+
+    def configure(self, denoiser: Denoiser) -> Denoiser:
+        """The denoiser with this plan's clipping and CFG-rescale (the plan decides them, not its maker)."""
+        if denoiser.clipping == self.clipping and denoiser.rescale_phi == self.rescale:
+            return denoiser
+        return replace(denoiser, clipping=self.clipping, rescale_phi=self.rescale)
+
+
+def setting_options(sample: SampleSettings) -> dict[str, Any]:
+    """Sampler options the [sample] settings ask for (unset, or eta 0 = the sampler's default: not asked)."""
+    return {"eta": sample.eta or None, "spacing": sample.spacing}
+
+
+def options_for(
+    sampler: str, given: Mapping[str, Any], defaults: Mapping[str, Any] = {}, *, strict: bool = False
+) -> Options:
+    """The options `sampler` takes among `given` (flags, winning) and `defaults` (settings); None = not set.
+
+    `strict`: a flag `sampler` cannot take is an error (`rows_for`, for several samplers at once,
+    only needs each flag to apply to one of them).
+    """
+    if strict:
+        refuse_unused_flags([sampler], given)
+    takes = get_sampler(sampler).options
+    merged = {k: v for k, v in defaults.items() if v is not None} | {k: v for k, v in given.items() if v is not None}
+    return tuple((k, v) for k, v in merged.items() if k in takes)
+
+
+def refuse_unused_flags(samplers: Sequence[str], flags: Mapping[str, Any]) -> None:
+    """A flag (an option given by name) that none of `samplers` takes is a one-line error."""
+    for key, value in flags.items():
+        if value is None or any(key in get_sampler(s).options for s in samplers):
+            continue
+        able = ", ".join(name for name, spec in SAMPLERS.items() if key in spec.options)
+        chosen = ", ".join(dict.fromkeys(samplers))
+        raise DiffkitError(f"--{key} applies to {able} only, not {chosen}: drop --{key}")
+
+
+def rows_for(
+    base: SamplingPlan, pairs: Sequence[tuple[str, int]], flags: Mapping[str, Any], defaults: Mapping[str, Any] = {}
+) -> list[SamplingPlan]:
+    """One plan per (sampler, steps) pair from `base`: each flag goes to the samplers that take it."""
+    if not pairs:
+        raise DiffkitError("nothing to compare: give at least one sampler and one step count")
+    for name, _ in pairs:
+        get_sampler(name)
+    refuse_unused_flags([name for name, _ in pairs], flags)
+    return [base.with_sampler(name, steps, options_for(name, flags, defaults)) for name, steps in pairs]
+
+
+def check_guidance(guidance: float, num_classes: int) -> None:
+    """Guidance other than 0 (unconditional) or 1 needs a class-conditional model."""
+    if guidance < 0:
+        raise DiffkitError(f"--cfg {guidance:g} is out of range: use 0 (unconditional), 1 (conditional) or more")
+    if num_classes == 0 and guidance not in (0.0, 1.0):
+        raise DiffkitError(
+            f"--cfg {guidance:g} needs a class-conditional model, and this one is unconditional: drop --cfg"
+        )
