@@ -168,9 +168,13 @@ def test_time_budget_plans_once_and_resume_follows_the_plan(tmp_path: Path, monk
 
 
 def test_a_real_time_budget_run_ends_with_its_plan(tmp_path: Path) -> None:
+    # how many steps fit depends on the machine's load, so only what holds on any machine is asserted here;
+    # whether the budget is met is a benchmark figure (README: 358 s of 360, 3,590 s of 3,600)
     trainer, result = train_run(tiny_settings("train.max_minutes=0.25", "train.max_steps=500"), tmp_path / "clock")
-    assert trainer.clock_plan is not None and result.steps == trainer.total_steps == trainer.clock_plan.planned_steps
-    assert trainer.clock_plan.planned_at_step < result.steps <= 500
+    plan = trainer.clock_plan
+    assert plan is not None and result.steps == trainer.total_steps
+    assert plan.planned_at_step <= result.steps <= 500
+    assert result.steps == plan.planned_steps or result.steps == plan.ended_early_at
     assert trainer.paths.weights("last").is_file() and json.loads(trainer.paths.plan.read_text())["clock"]
 
 

@@ -439,7 +439,9 @@ def _run_tab(app: h.AppRun) -> dict[str, Any]:
         curves = gr.Image(label="training curves", type="filepath", format="png", elem_id="run-curves")
         sweep = gr.Image(label="FID against guidance", type="filepath", format="png")
     sweep_text = gr.Markdown("")
-    grids = gr.Gallery(label="latest grids (newest first)", columns=3, height="auto", elem_id="run-grids")
+    grids = gr.Gallery(
+        label="latest grids (newest first)", columns=3, height="auto", object_fit="contain", elem_id="run-grids"
+    )
     config = gr.Code(label="config.toml", language=None, interactive=False)
 
     def on_run() -> tuple[Any, ...]:
