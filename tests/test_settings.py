@@ -3,10 +3,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tomli
 
 from diffkit.errors import DiffkitError
 from diffkit.settings import (
     Settings,
+    find_preset,
     list_presets,
     load_saved_settings,
     load_settings,
@@ -46,7 +48,8 @@ def test_layering_preset_then_environment_then_flags(monkeypatch: pytest.MonkeyP
     assert s.data_dir == "/some/where"
     s = load_settings("demo", parse_overrides(["train.lr=1e-4"]))
     assert s.train.lr == pytest.approx(1e-4)  # flags beat environment
-    assert s.train.batch_size == 128  # untouched keys keep the preset's value
+    preset = tomli.loads(find_preset("demo").read_text())
+    assert s.train.batch_size == preset["train"]["batch_size"]  # untouched keys keep the preset's value
 
 
 def test_set_parses_toml_values() -> None:
