@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from diffkit.atomic import write_json
+from diffkit.settings import resolve_cache_dir
 
 Precision = Literal["auto", "fp32", "bf16"]
 Mode = Literal["train", "sample"]
@@ -39,11 +40,6 @@ CHANNELS_LAST_MARGIN = 1.05
 _PROBE_ROUNDS = 2  # timed steps per variant, after one warm-up step each
 _CLEARLY_SLOWER = 3.0  # a variant whose warm-up step is this much slower than the best is not timed further
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cache_dir() -> Path:
-    """diffkit's cache: $DIFFKIT_CACHE_DIR, else ~/.cache/diffkit."""
-    return Path(os.environ.get("DIFFKIT_CACHE_DIR") or Path.home() / ".cache" / "diffkit")
 
 
 @dataclass(frozen=True)
@@ -224,7 +220,7 @@ def network_key(model: nn.Module) -> str:
 
 def _cache_path(key: dict[str, Any], root: Path | None) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return (root or cache_dir()) / "precision" / f"{digest}.json"
+    return (root or resolve_cache_dir()) / "precision" / f"{digest}.json"
 
 
 def choose_precision(

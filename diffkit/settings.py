@@ -376,6 +376,12 @@ def resolve_data_dir(configured: str | Path | None = None) -> Path:
     return Path(os.environ.get("DIFFKIT_DATA_DIR") or configured or "data")
 
 
+def resolve_cache_dir() -> Path:
+    """diffkit's cache (digit feature nets, dataset statistics, precision probes): DIFFKIT_CACHE_DIR, else
+    ~/.cache/diffkit."""
+    return Path(os.environ.get("DIFFKIT_CACHE_DIR") or Path.home() / ".cache" / "diffkit")
+
+
 # ---------------------------------------------------------------------------------------- run config
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from diffkit.errors import DiffkitError
 from diffkit.metrics.frechet import Array
 from diffkit.models.classifier import SmallClassifier, train_classifier
 from diffkit.progress import Progress
+from diffkit.settings import resolve_cache_dir as default_cache_dir
 
 DIGIT_NET_VERSION = 1  # bump when the architecture or the training recipe changes: invalidates caches
 # --------------------------------------------------------------------------------- feature nets
@@ -103,10 +103,6 @@ def class_accuracy(
 
 
 # -------------------------------------------------------------------------------- digit CNN net
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DIFFKIT_CACHE_DIR") or Path.home() / ".cache" / "diffkit")
 
 
 # Where each training set is tested; mnist-5k digits are MNIST training digits, so MNIST's test split.
