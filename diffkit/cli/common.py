@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from diffkit.cli.flags import check_output_dir
 from diffkit.errors import DiffkitError
 from diffkit.progress import Progress
 from diffkit.runs import LoadedRun, latest_run, load_run
@@ -60,6 +64,63 @@ def open_run(run: Path | None, checkpoint: str | None, device: str, *, use_ema: 
     loaded = load_run(run, checkpoint or "best", use_ema=use_ema, device=device)
     console.print(f"precision {loaded.precision.summary()}")
     return loaded
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    """--run, --checkpoint, --device, --seed and --out: what every command that samples a run takes.
+
+    A command declares `args: RunArgs` as its first parameter and is wrapped by `run_command`, which
+    puts these five options in its place; `--out` is checked before the command's body runs.
+    """
+
+    run: Path | None = None
+    checkpoint: str | None = None
+    device: str = "auto"
+    seed: int | None = None
+    out: Path | None = None
+
+    def open(self, *, use_ema: bool = True) -> LoadedRun:
+        return open_run(self.run, self.checkpoint, self.device, use_ema=use_ema)
+
+    def folder(self, loaded: LoadedRun, *default: str) -> Path:
+        """--out, else `<run>/<default...>`, as a new or empty folder (see `fresh_dir`)."""
+        return fresh_dir(self.out or loaded.root.joinpath(*default))
+
+
+_RUN_OPTIONS = {  # RunArgs field -> its Typer option and default, in the order --help lists them
+    "run": (RunOption, None),
+    "checkpoint": (CheckpointOption, None),
+    "device": (DeviceOption, "auto"),
+    "seed": (SeedOption, None),
+    "out": (OutOption, None),
+}
+
+
+def run_command(command: Callable[..., None]) -> Callable[..., None]:
+    """`command(args: RunArgs, ...)` as Typer sees it: the five shared options where `args` stood.
+
+    Typer reads a command's signature, so the wrapper shows it one with those options, gathers them
+    into a `RunArgs` and calls the command with it.
+    """
+    params = list(inspect.signature(command, eval_str=True).parameters.values())
+    if not params or params[0].annotation is not RunArgs:
+        raise TypeError(f"{command.__name__}: run_command needs `args: RunArgs` as the first parameter")
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=option)
+        for name, (option, default) in _RUN_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**given: Any) -> None:
+        args = RunArgs(**{name: given.pop(name) for name in _RUN_OPTIONS})
+        check_output_dir(args.out)
+        command(args, **given)
+
+    signature = inspect.Signature([*shared, *params[1:]], return_annotation=None)
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return wrapper
 
 
 def progress_bar(*extra: Any) -> rich.progress.Progress:

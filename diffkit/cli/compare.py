@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from diffkit.cli import common as opt
-from diffkit.cli.common import console, done, fresh_dir, open_run, parse_csv, progress_task
-from diffkit.cli.flags import check_output_dir, check_sample_flags
+from diffkit.cli.common import console, done, parse_csv, progress_task
+from diffkit.cli.flags import check_sample_flags
 from diffkit.compare import DEFAULT_SPREAD, Comparison, QualityFn, compare_samplers, grid_of
 from diffkit.evaluation import sample_quality
 from diffkit.generation import cycled_classes
@@ -19,8 +19,9 @@ from diffkit.sampling import rows_for
 from diffkit.schedules import SPACINGS
 
 
+@opt.run_command
 def compare_samplers_command(
-    run: opt.RunOption = None,
+    args: opt.RunArgs,
     samplers: Annotated[
         str | None,
         typer.Option(
@@ -43,13 +44,9 @@ def compare_samplers_command(
         typer.Option("--spacing", help=f"Timestep spacing for the samplers that take it: {', '.join(SPACINGS)}."),
     ] = None,
     eta: Annotated[float | None, typer.Option("--eta", help="DDIM noise, 0 ... 1 (ddim rows only).")] = None,
-    seed: opt.SeedOption = None,
-    out: opt.OutOption = None,
-    checkpoint: opt.CheckpointOption = None,
     batch_size: opt.BatchSizeOption = None,
     clip: opt.ClipOption = None,
     rescale: opt.RescaleOption = None,
-    device: opt.DeviceOption = "auto",
     fid: Annotated[
         bool,
         typer.Option("--fid", help="Add FID against --fid-ref and class accuracy to each row (use --num 500+)."),
@@ -68,9 +65,8 @@ def compare_samplers_command(
     With no --samplers and no --steps: a spread from DDPM 1000 to DPM++ 2M 10 (a few minutes on the demo model).
     """
     check_sample_flags(cfg=cfg, num=num, batch_size=batch_size)  # steps and eta: checked per sampler below
-    check_output_dir(out)
-    loaded = open_run(run, checkpoint, device)
-    base = loaded.plan(cfg=cfg, rescale=rescale, clip=clip, seed=seed, batch_size=batch_size)
+    loaded = args.open()
+    base = loaded.plan(cfg=cfg, rescale=rescale, clip=clip, seed=args.seed, batch_size=batch_size)
     if samplers is None and steps is None:
         pairs = list(DEFAULT_SPREAD)
     else:
@@ -93,8 +89,7 @@ def compare_samplers_command(
             quality=_quality(loaded, fid, fid_ref, count),
             progress=advance,
         )
-    guidance, seed = base.guidance, base.seed
-    folder = fresh_dir(out or loaded.root / "compare" / f"cfg{guidance:g}-seed{seed}")
+    folder = args.folder(loaded, "compare", f"cfg{base.guidance:g}-seed{base.seed}")
     report, picture = result.save(folder, run=str(loaded.root), checkpoint=str(loaded.checkpoint))
     console.print(_table(result))
     done("report", report)

@@ -10,8 +10,8 @@ import typer
 
 from diffkit.atomic import write_json
 from diffkit.cli import common as opt
-from diffkit.cli.common import console, done, fresh_dir, open_run, progress_task
-from diffkit.cli.flags import check_output_dir, check_sample_flags
+from diffkit.cli.common import console, done, progress_task
+from diffkit.cli.flags import check_sample_flags
 from diffkit.cli.inputs import one_of, read_images, scores_table
 from diffkit.editing import MASK_KINDS, METHODS, InpaintResult, inpaint, mask_from_spec, masked_view, score
 from diffkit.errors import DiffkitError
@@ -27,8 +27,9 @@ MASK_HELP = (
 )
 
 
+@opt.run_command
 def inpaint_command(
-    run: opt.RunOption = None,
+    args: opt.RunArgs,
     image: Annotated[
         Path | None,
         typer.Option("--image", help="A PNG/JPEG to repair (converted to the model's size and colours, with a note)."),
@@ -47,23 +48,18 @@ def inpaint_command(
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="SDS gradient steps.")] = 200,
     lr: Annotated[float, typer.Option("--lr", help="SDS step size, in (0, 1].")] = 0.1,
     num: Annotated[int, typer.Option("--num", min=1, help="Images to generate with --class.")] = 8,
-    seed: opt.SeedOption = None,
-    out: opt.OutOption = None,
-    checkpoint: opt.CheckpointOption = None,
-    device: opt.DeviceOption = "auto",
 ) -> None:
     """Fill a masked region (mask: 1/white = keep, 0/black = hole) with replace, RePaint or SDS."""
     kind = one_of({"--image": image, "--from": source, "--class": class_})
     check_sample_flags(cfg=cfg, steps=steps, num=num)
-    check_output_dir(out)
     methods = [m.strip() for m in method.split(",") if m.strip()]
     for m in methods:
         if m not in METHODS:
             raise DiffkitError(f"unknown inpainting method {m!r}: choose one of {', '.join(METHODS)}")
     if sampler is not None and methods != ["replace"]:
         raise DiffkitError("--sampler applies to --method replace only (repaint uses DDPM steps, sds no sampler)")
-    loaded = open_run(run, checkpoint, device)
-    plan = loaded.plan(sampler=sampler, steps=steps, cfg=cfg, seed=seed)
+    loaded = args.open()
+    plan = loaded.plan(sampler=sampler, steps=steps, cfg=cfg, seed=args.seed)
     originals, labels, what = _originals(loaded, kind, image, source, class_, num, plan)
     masks = mask_from_spec(mask, len(originals), loaded.settings.data.image_size, plan.seed)
     classes = labels if loaded.num_classes and labels is not None else None
@@ -93,7 +89,8 @@ def inpaint_command(
                 lr=lr,
                 progress=advance,
             )
-    _report(loaded, originals, masks, results, mask, what, plan.seed, plan.guidance, out)
+    folder = args.folder(loaded, "inpaint", f"{'+'.join(results)}-{Path(mask).stem}-seed{plan.seed}")
+    _report(loaded, originals, masks, results, mask, what, plan, folder)
 
 
 def _originals(
@@ -127,14 +124,11 @@ def _report(
     results: dict[str, InpaintResult],
     mask: str,
     what: str,
-    seed: int,
-    guidance: float,
-    out: Path | None,
+    plan: SamplingPlan,
+    folder: Path,
 ) -> None:
     hole = 1 - masks
     scores = {m: score(r.images, originals, hole) for m, r in results.items()}
-    tag = f"{'+'.join(results)}-{Path(mask).stem}-seed{seed}"
-    folder = fresh_dir(out or loaded.root / "inpaint" / tag)
     mask_row = (masks * 2 - 1).expand_as(originals)
     figure = save_labelled_rows(
         [originals, mask_row, masked_view(originals, masks), *(r.images for r in results.values())],
@@ -147,8 +141,8 @@ def _report(
     record: dict[str, Any] = {
         "input": what,
         "mask": mask,
-        "seed": seed,
-        "guidance": guidance,
+        "seed": plan.seed,
+        "guidance": plan.guidance,
         "checkpoint": str(loaded.checkpoint),
         "scored_region": "hole (mask 0)",
     }

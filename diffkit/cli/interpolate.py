@@ -10,8 +10,8 @@ import typer
 
 from diffkit.atomic import write_json
 from diffkit.cli import common as opt
-from diffkit.cli.common import console, done, fresh_dir, open_run, progress_task
-from diffkit.cli.flags import MAX_INTERPOLATION_FRAMES, check_bounded, check_output_dir, check_sample_flags
+from diffkit.cli.common import console, done, progress_task
+from diffkit.cli.flags import MAX_INTERPOLATION_FRAMES, check_bounded, check_sample_flags
 from diffkit.cli.inputs import one_of, read_images, scores_table
 from diffkit.editing import Interpolation, interpolate_classes, interpolate_images, interpolate_seeds, score
 from diffkit.errors import DiffkitError
@@ -19,8 +19,9 @@ from diffkit.runs import LoadedRun
 from diffkit.viz import FIGURE_FRAME, save_gif, save_images, save_labelled_rows
 
 
+@opt.run_command
 def interpolate_command(
-    run: opt.RunOption = None,
+    args: opt.RunArgs,
     classes: Annotated[
         tuple[int, int] | None,
         typer.Option("--classes", help="Two classes: fixed noise, class embedding interpolated."),
@@ -41,22 +42,17 @@ def interpolate_command(
         int | None, typer.Option("--class", help="With --seeds: the class to sample (default: unconditional).")
     ] = None,
     steps: opt.StepsOption = None,
-    seed: opt.SeedOption = None,
-    out: opt.OutOption = None,
-    checkpoint: opt.CheckpointOption = None,
-    device: opt.DeviceOption = "auto",
 ) -> None:
     """Interpolate between two classes, two seeds or two images; the end frames are the plain samples."""
     kind = one_of({"--classes": classes, "--seeds": seeds, "--images": images}).removeprefix("--")
     check_sample_flags(cfg=cfg, steps=steps)
     check_bounded(frames, MAX_INTERPOLATION_FRAMES, "--frames", "each frame is a full sampling run")
-    check_output_dir(out)
     if class_ is not None and kind != "seeds":
         raise DiffkitError("--class goes with --seeds only: drop it")
     if cfg is not None and images is not None:
         raise DiffkitError("--cfg does not apply to --images (inversion uses the unconditional model)")
-    loaded = open_run(run, checkpoint, device)
-    plan = loaded.plan(steps=steps, cfg=cfg, seed=seed)
+    loaded = args.open()
+    plan = loaded.plan(steps=steps, cfg=cfg, seed=args.seed)
     inputs: torch.Tensor | None = None
     with progress_task("interpolating", plan.steps) as advance:
         if classes is not None:
@@ -74,7 +70,7 @@ def interpolate_command(
             result = interpolate_images(
                 loaded.denoiser(plan), inputs[:1], inputs[1:], plan, frames=frames, progress=advance
             )
-    _report(loaded, result, inputs, tag, kind, out, plan.steps)
+    _report(loaded, result, inputs, args.folder(loaded, "interpolate", tag), kind, plan.steps)
 
 
 def _image(path_or_source: str, loaded: LoadedRun) -> torch.Tensor:
@@ -93,12 +89,10 @@ def _report(
     loaded: LoadedRun,
     result: Interpolation,
     inputs: torch.Tensor | None,
-    tag: str,
+    folder: Path,
     kind: str,
-    out: Path | None,
     steps: int,
 ) -> None:
-    folder = fresh_dir(out or loaded.root / "interpolate" / tag)
     rows, labels = [result.frames], ["frames"]
     record: dict[str, Any] = {
         "mode": kind,

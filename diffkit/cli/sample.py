@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from diffkit.cli import common as opt
-from diffkit.cli.common import console, done, fresh_dir, open_run, progress_task
+from diffkit.cli.common import console, done, progress_task
 from diffkit.cli.flags import check_bounded, check_output_dir, check_sample_flags
 from diffkit.errors import DiffkitError
 from diffkit.export import export_samples
@@ -22,9 +22,9 @@ from diffkit.sampling import SamplingPlan
 from diffkit.viz import save_grid, save_grid_gif, save_images
 
 
+@opt.run_command
 def sample_command(
-    run: opt.RunOption = None,
-    checkpoint: opt.CheckpointOption = None,
+    args: opt.RunArgs,
     class_: Annotated[int | None, typer.Option("--class", help="Only this class (default: a row per class).")] = None,
     cfg: opt.CfgOption = None,
     num: Annotated[
@@ -53,18 +53,14 @@ def sample_command(
         ),
     ] = None,
     rgb: Annotated[bool, typer.Option("--rgb", help="With --export-dir: 3-channel RGB files.")] = False,
-    seed: opt.SeedOption = None,
-    out: opt.OutOption = None,
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Use the raw weights instead of the EMA weights.")] = False,
     batch_size: opt.BatchSizeOption = None,
-    device: opt.DeviceOption = "auto",
 ) -> None:
     """Generate images from a trained run."""
-    _check_flags(process=process, gif=gif, frames=frames, export_dir=export_dir, rgb=rgb, out=out)
+    _check_flags(process=process, gif=gif, frames=frames, export_dir=export_dir, rgb=rgb, out=args.out)
     check_sample_flags(cfg=cfg, eta=eta, steps=steps, num=num, batch_size=batch_size)
-    check_output_dir(out)
     check_output_dir(export_dir, "--export-dir")
-    loaded = open_run(run, checkpoint, device, use_ema=not no_ema)
+    loaded = args.open(use_ema=not no_ema)
     plan = loaded.plan(
         sampler=sampler,
         steps=steps,
@@ -73,7 +69,7 @@ def sample_command(
         spacing=spacing,
         rescale=rescale,
         clip=clip,
-        seed=seed,
+        seed=args.seed,
         batch_size=batch_size,
     )
     denoiser, per_class = loaded.denoiser(plan), num or loaded.settings.sample.num
@@ -103,7 +99,7 @@ def sample_command(
         else:
             result = generate(denoiser, plan, num=total, classes=classes, progress=advance)
     tag = f"{plan.sampler}-{plan.steps}-cfg{plan.guidance:g}-seed{plan.seed}"
-    folder = fresh_dir(out or loaded.root / "samples" / (tag + (f"-class{class_}" if class_ is not None else "")))
+    folder = args.folder(loaded, "samples", tag + (f"-class{class_}" if class_ is not None else ""))
     nrow = grid_rows(loaded.num_classes if class_ is None else 0, per_class, total)
     grid = save_grid(result.images, folder / "grid.png", nrow=nrow, scale=2)
     save_images(result.images, folder / "images")

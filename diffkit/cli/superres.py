@@ -11,16 +11,17 @@ import typer
 
 from diffkit.atomic import write_json
 from diffkit.cli import common as opt
-from diffkit.cli.common import console, done, fresh_dir, open_run, progress_task
-from diffkit.cli.flags import check_output_dir, check_sample_flags
+from diffkit.cli.common import console, done, progress_task
+from diffkit.cli.flags import check_sample_flags
 from diffkit.cli.inputs import one_of, read_images, scores_table
 from diffkit.editing import degrade, score, super_resolve
 from diffkit.editing.superres import read_superres_input, require_superres
 from diffkit.viz import save_images, save_labelled_rows
 
 
+@opt.run_command
 def super_res_command(
-    run: opt.RunOption = None,
+    args: opt.RunArgs,
     image: Annotated[
         Path | None,
         typer.Option(
@@ -36,18 +37,13 @@ def super_res_command(
     scale: Annotated[int, typer.Option("--scale", help="Upsampling factor; one the run was trained for.")] = 4,
     sampler: opt.SamplerOption = None,
     steps: opt.StepsOption = None,
-    seed: opt.SeedOption = None,
-    out: opt.OutOption = None,
-    checkpoint: opt.CheckpointOption = None,
-    device: opt.DeviceOption = "auto",
 ) -> None:
     """Super-resolve with an SR3-style run (train one with --preset mnist-sr); compares with bicubic."""
     one_of({"--image": image, "--from": source})
     check_sample_flags(steps=steps)
-    check_output_dir(out)
-    loaded = open_run(run, checkpoint, device)
+    loaded = args.open()
     require_superres(loaded.settings, loaded.root, scale)
-    d, plan = loaded.settings.data, loaded.plan(sampler=sampler, steps=steps, seed=seed, cfg=1.0)
+    d, plan = loaded.settings.data, loaded.plan(sampler=sampler, steps=steps, seed=args.seed, cfg=1.0)
     truth: torch.Tensor | None
     if image is not None:
         truth, low, note = read_superres_input(image, image_size=d.image_size, channels=d.channels, scale=scale)
@@ -66,7 +62,7 @@ def super_res_command(
     with progress_task("super-resolving", len(low)) as advance:
         result = super_resolve(loaded.denoiser(plan), low, plan, progress=advance)
 
-    folder = fresh_dir(out or loaded.root / "super-res" / f"x{scale}-{name}-{n_steps}-seed{seed_}")
+    folder = args.folder(loaded, "super-res", f"x{scale}-{name}-{n_steps}-seed{seed_}")
     shown_low = F.interpolate(result.low, size=d.image_size, mode="nearest")  # pixels as they are, enlarged
     rows, labels = [shown_low, result.bicubic, result.images], [f"low-res x1/{scale}", "bicubic", "diffusion"]
     record: dict[str, Any] = {
