@@ -176,3 +176,33 @@ def test_sample_without_run_looks_in_diffkit_runs_dir(
     assert len(list((workdir / "o" / "images").iterdir())) == 4  # one per class of the tiny run
     monkeypatch.setenv("DIFFKIT_RUNS_DIR", str(workdir / "elsewhere"))
     one_line_error(cli("sample"), "no trained run in", "elsewhere")
+
+
+@pytest.mark.parametrize("command", ["sample", "compare-samplers", "inpaint", "interpolate", "super-res"])
+def test_run_commands_take_the_shared_run_options(cli, command: str) -> None:
+    """`common.run_command` shows Typer the five shared options in place of the command's `args: RunArgs`."""
+    code, out, err = cli(command, "--help")
+    assert code == 0, err
+    for flag in ("--run", "--checkpoint", "--device", "--seed", "--out"):
+        assert f" {flag} " in out, flag
+    assert " args " not in out.lower()
+
+
+def test_shared_run_options_reach_the_command(cli, trained: Path, tmp_path: Path) -> None:
+    """--seed, --checkpoint and --out arrive: two seeds differ, a seed repeated is the same image."""
+    base = ["sample", "--run", str(trained), "--class", "0", "--num", "1", "--steps", "2", "--checkpoint", "last"]
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        code, out, err = cli(*base, "--seed", str(seed), "--out", str(tmp_path / name))
+        assert code == 0, err
+        assert "last.safetensors" in out
+    pixels = {n: (tmp_path / n / "grid.png").read_bytes() for n in "abc"}
+    assert pixels["a"] == pixels["b"] != pixels["c"]
+
+
+def test_run_command_needs_run_args_first() -> None:
+    from diffkit.cli.common import run_command
+
+    def command(steps: int = 1) -> None: ...
+
+    with pytest.raises(TypeError, match="args: RunArgs"):
+        run_command(command)
