@@ -5,7 +5,7 @@
 Timed unit tests are flaky on shared machines; targets live here instead. Every figure says how it
 was measured and names the CPU kind; comparisons (bf16 vs fp32, channels-last vs not, CFG vs no CFG)
 are interleaved in the same process. It also writes `samplers.md`: every sampler × spacing × NFE on
-exact Gaussian data (no timing, a few seconds; see `diffkit.samplers_accuracy`), the table the
+exact Gaussian data (no timing, a few seconds; see `diffkit.samplers.accuracy`), the table the
 README's sampler defaults come from.
 """
 
@@ -262,7 +262,7 @@ def sampler_accuracy() -> tuple[dict[str, Any], str]:
     """The Gaussian accuracy table (JSON rows and markdown), from the same harness the tests use."""
     from dataclasses import asdict
 
-    from diffkit.samplers_accuracy import accuracy_table, to_markdown
+    from diffkit.samplers.accuracy import accuracy_table, to_markdown
 
     cells = accuracy_table()
     rows = [{**asdict(c), "default": c.is_default} for c in cells]

@@ -160,7 +160,10 @@ def test_default_spread_is_valid_and_spacing_goes_to_the_samplers_that_take_it(c
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["--samplers", "ddim,plms"], ["unknown sampler 'plms'", "ddpm, ddim, pndm, dpm++2m, euler, heun"]),
+        (
+            ["--samplers", "ddim,plms"],
+            ["unknown sampler 'plms'", "ddpm, ddim, pndm, dpm++2m, dpm++3m, dpm++2m-sde, euler, heun"],
+        ),
         (["--steps", "0"], ["--steps 0", "1 to 100"]),
         (["--steps", "5,101"], ["--steps 101", "1 to 100"]),
         (["--steps", "5,x"], ["--steps", "comma-separated"]),

@@ -1,5 +1,5 @@
 """Samplers checked against Gaussian data, whose exact denoiser and probability-flow ODE are closed-form
-(the oracle and the accuracy harness live in `diffkit.samplers_accuracy`, which `make bench` uses too)."""
+(the oracle and the accuracy harness live in `diffkit.samplers.accuracy`, which `make bench` uses too)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from diffkit.denoiser import Denoiser, Objective, Prediction
 from diffkit.errors import DiffkitError
 from diffkit.samplers import SAMPLERS, Step, default_spacing, sample
-from diffkit.samplers_accuracy import (
+from diffkit.samplers.accuracy import (
     LINEAR,
     MU,
     STD,

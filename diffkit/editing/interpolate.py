@@ -26,8 +26,7 @@ from diffkit.denoiser import DenoiseFn, Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.generation import generate, initial_noise, require_images_input
 from diffkit.progress import Progress
-from diffkit.samplers import Step, default_spacing
-from diffkit.samplers import _ddim_step as ddim_update
+from diffkit.samplers import Step, ddim_update, default_spacing
 from diffkit.sampling import SamplingPlan
 from diffkit.schedules import NoiseSchedule
 
