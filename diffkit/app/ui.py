@@ -99,6 +99,19 @@ def _sample_controls(
     return [klass, guidance, sampler, steps, seed]
 
 
+def _controls(klass: str, guidance: float, sampler: str, steps: int, seed: int) -> dict[str, Any]:
+    """The values of `_sample_controls` as the handlers' keywords."""
+    return {"class_choice": klass, "guidance": guidance, "sampler": sampler, "steps": steps, "seed": seed}
+
+
+def _show_frame(out: h.Denoising | h.Interpolated | None, k: int) -> tuple[Any, ...]:
+    """Frame `k` of a recorded result and its caption (the frame sliders of Watch and Interpolate)."""
+    if out is None:
+        return gr.skip(), gr.skip()
+    k = max(0, min(int(k), len(out.frames) - 1))
+    return str(out.frames[k]), out.caption(k)
+
+
 def _sample_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps: int) -> None:
     gr.Markdown("A grid from noise: a row per class, one class, or unconditional (`diffkit sample`).")
     controls = _sample_controls(app, d, samplers, timesteps, every=True)
@@ -119,16 +132,8 @@ def _sample_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
         def act() -> tuple[Any, ...]:
-            out = h.sample(
-                app,
-                class_choice=klass,
-                guidance=guidance,
-                sampler=sampler,
-                steps=steps,
-                seed=seed,
-                num=num,
-                progress=_ticker(progress, "sampling"),
-            )
+            controls = _controls(klass, guidance, sampler, steps, seed)
+            out = h.sample(app, **controls, num=num, progress=_ticker(progress, "sampling"))
             return str(out.grid), str(out.archive), out.info
 
         return _guard(2, act)
@@ -156,6 +161,15 @@ def _watch_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps:
             strip = gr.Image(label="every frame: x_t (top), x̂0 (bottom)", type="filepath", format="png")
             gif = gr.DownloadButton("Download the GIF")
 
+    on_watch = _watch_action(app)
+
+    run.click(on_watch, [*controls, frames], [state, frame, slider, caption, strip, gif, status], concurrency_id=MODEL)
+    slider.change(_show_frame, [state, slider], [frame, caption], show_progress="hidden")
+
+
+def _watch_action(app: h.AppRun) -> Callable[..., tuple[Any, ...]]:
+    """Record one image's denoising: the Watch tab's action."""
+
     def on_watch(
         klass: str,
         guidance: float,
@@ -166,16 +180,8 @@ def _watch_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps:
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
         def act() -> tuple[Any, ...]:
-            out = h.watch(
-                app,
-                class_choice=klass,
-                guidance=guidance,
-                sampler=sampler,
-                steps=steps,
-                seed=seed,
-                frames=frames,
-                progress=_ticker(progress, "denoising"),
-            )
+            controls = _controls(klass, guidance, sampler, steps, seed)
+            out = h.watch(app, **controls, frames=frames, progress=_ticker(progress, "denoising"))
             last = len(out.frames) - 1
             return (
                 out,
@@ -189,14 +195,7 @@ def _watch_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps:
 
         return _guard(6, act)
 
-    def on_frame(out: h.Denoising | None, k: int) -> tuple[Any, ...]:
-        if out is None:
-            return gr.skip(), gr.skip()
-        k = max(0, min(int(k), len(out.frames) - 1))
-        return str(out.frames[k]), out.caption(k)
-
-    run.click(on_watch, [*controls, frames], [state, frame, slider, caption, strip, gif, status], concurrency_id=MODEL)
-    slider.change(on_frame, [state, slider], [frame, caption], show_progress="hidden")
+    return on_watch
 
 
 def _compare_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], k: int) -> None:
@@ -287,6 +286,24 @@ def _inpaint_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timestep
     )
     table = gr.Markdown("")
 
+    on_load, on_upload, on_inpaint = _inpaint_actions(app)
+
+    load.click(on_load, [index], [state, editor, status])
+    upload.change(on_upload, [upload], [state, editor, status])
+    # painting in the editor (user input only, not loading a picture into it) selects the drawn mask
+    editor.input(lambda: gr.update(value=h.DRAWN), None, [mask_choice], show_progress="hidden", trigger_mode="once")
+    run.click(
+        on_inpaint,
+        [state, editor, mask_choice, mask_file, methods, sampler, steps, iterations, seed],
+        [figure, table, status],
+        concurrency_id=MODEL,
+    )
+    return {"fn": on_load, "inputs": [index], "outputs": [state, editor, status]}
+
+
+def _inpaint_actions(app: h.AppRun) -> tuple[Callable[..., tuple[Any, ...]], ...]:
+    """Load a test image, take an upload, inpaint: the Inpaint tab's three actions."""
+
     def editor_value(inp: h.InpaintInput) -> dict[str, Any]:
         return {"background": str(inp.preview), "layers": [], "composite": str(inp.preview)}
 
@@ -337,17 +354,7 @@ def _inpaint_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timestep
 
         return _guard(2, act)
 
-    load.click(on_load, [index], [state, editor, status])
-    upload.change(on_upload, [upload], [state, editor, status])
-    # painting in the editor (user input only, not loading a picture into it) selects the drawn mask
-    editor.input(lambda: gr.update(value=h.DRAWN), None, [mask_choice], show_progress="hidden", trigger_mode="once")
-    run.click(
-        on_inpaint,
-        [state, editor, mask_choice, mask_file, methods, sampler, steps, iterations, seed],
-        [figure, table, status],
-        concurrency_id=MODEL,
-    )
-    return {"fn": on_load, "inputs": [index], "outputs": [state, editor, status]}
+    return on_load, on_upload, on_inpaint
 
 
 def _interpolate_tab(app: h.AppRun, d: dict[str, Any], k: int) -> None:
@@ -379,6 +386,16 @@ def _interpolate_tab(app: h.AppRun, d: dict[str, Any], k: int) -> None:
             slider = gr.Slider(0, 9, value=0, step=1, label="frame", elem_id="interp-slider")
             caption = gr.Markdown("")
             gif = gr.DownloadButton("Download the GIF")
+
+    on_interpolate = _interpolate_action(app)
+
+    inputs = [mode, class_a, class_b, seed_a, seed_b, seed_class, frames, steps, guidance, seed]
+    run.click(on_interpolate, inputs, [state, strip, frame, slider, caption, gif, status], concurrency_id=MODEL)
+    slider.change(_show_frame, [state, slider], [frame, caption], show_progress="hidden")
+
+
+def _interpolate_action(app: h.AppRun) -> Callable[..., tuple[Any, ...]]:
+    """Interpolate between two classes or two seeds: the Interpolate tab's action."""
 
     def on_interpolate(
         mode: str,
@@ -420,15 +437,7 @@ def _interpolate_tab(app: h.AppRun, d: dict[str, Any], k: int) -> None:
 
         return _guard(6, act)
 
-    def on_frame(out: h.Interpolated | None, k: int) -> tuple[Any, ...]:
-        if out is None:
-            return gr.skip(), gr.skip()
-        k = max(0, min(int(k), len(out.frames) - 1))
-        return str(out.frames[k]), out.caption(k)
-
-    inputs = [mode, class_a, class_b, seed_a, seed_b, seed_class, frames, steps, guidance, seed]
-    run.click(on_interpolate, inputs, [state, strip, frame, slider, caption, gif, status], concurrency_id=MODEL)
-    slider.change(on_frame, [state, slider], [frame, caption], show_progress="hidden")
+    return on_interpolate
 
 
 def _run_tab(app: h.AppRun) -> dict[str, Any]:

@@ -52,12 +52,7 @@ def inpaint_command(
     """Fill a masked region (mask: 1/white = keep, 0/black = hole) with replace, RePaint or SDS."""
     kind = one_of({"--image": image, "--from": source, "--class": class_})
     check_sample_flags(cfg=cfg, steps=steps, num=num)
-    methods = [m.strip() for m in method.split(",") if m.strip()]
-    for m in methods:
-        if m not in METHODS:
-            raise DiffkitError(f"unknown inpainting method {m!r}: choose one of {', '.join(METHODS)}")
-    if sampler is not None and methods != ["replace"]:
-        raise DiffkitError("--sampler applies to --method replace only (repaint uses DDPM steps, sds no sampler)")
+    methods = _methods(method, sampler)
     loaded = args.open()
     plan = loaded.plan(sampler=sampler, steps=steps, cfg=cfg, seed=args.seed)
     originals, labels, what = _originals(loaded, kind, image, source, class_, num, plan)
@@ -91,6 +86,17 @@ def inpaint_command(
             )
     folder = args.folder(loaded, "inpaint", f"{'+'.join(results)}-{Path(mask).stem}-seed{plan.seed}")
     _report(loaded, originals, masks, results, mask, what, plan, folder)
+
+
+def _methods(method: str, sampler: str | None) -> list[str]:
+    """--method as a list of known methods; --sampler only with replace alone."""
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    for m in methods:
+        if m not in METHODS:
+            raise DiffkitError(f"unknown inpainting method {m!r}: choose one of {', '.join(METHODS)}")
+    if sampler is not None and methods != ["replace"]:
+        raise DiffkitError("--sampler applies to --method replace only (repaint uses DDPM steps, sds no sampler)")
+    return methods
 
 
 def _originals(

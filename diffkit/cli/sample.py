@@ -72,42 +72,64 @@ def sample_command(
         seed=args.seed,
         batch_size=batch_size,
     )
-    denoiser, per_class = loaded.denoiser(plan), num or loaded.settings.sample.num
+    per_class = num or loaded.settings.sample.num
     if export_dir is not None:
         total = num or per_class * (loaded.num_classes if class_ is None and loaded.num_classes else 1)
-        _say(loaded, total, plan)
-        with progress_task("exporting", total) as advance:
-            classes = cycled_classes(loaded.num_classes, class_, total)
-            result = export_samples(denoiser, plan, export_dir, num=total, classes=classes, rgb=rgb, progress=advance)
-        _timing(result, total)
-        kind = "RGB" if rgb or result.images.shape[1] == 3 else "grayscale"
-        done(f"{total} {kind} images, {export_dir.name}/00001.png ...", export_dir)
+        _export(loaded, plan, export_dir, total, class_, rgb=rgb)
         return
+    frames_k = (min(plan.steps + 1, 11) if frames is None else frames) if process or gif else 0
+    _grid(args, loaded, plan, class_, per_class, frames_k, grids=process)
+
+
+def _grid(
+    args: opt.RunArgs,
+    loaded: LoadedRun,
+    plan: SamplingPlan,
+    class_: int | None,
+    per_class: int,
+    k: int,
+    *,
+    grids: bool,
+) -> None:
+    """grid.png and images/ (a row per class, or one class); with `k` frames, pictures of the process too."""
     classes, total = class_layout(loaded.num_classes, class_, per_class)
     check_bounded(
         total, MAX_IN_MEMORY, "images", "held in memory at once: write more with --export-dir, batch by batch"
     )
-    if process or gif:
-        frames_k = min(plan.steps + 1, 11) if frames is None else frames
-        check_bounded(total * frames_k, MAX_PROCESS_PICTURES, "images x frames", "lower --num or --frames")
+    check_bounded(total * k, MAX_PROCESS_PICTURES, "images x frames", "lower --num or --frames")
     _say(loaded, total, plan)
     recorded: Process | None = None
     with progress_task("sampling", total) as advance:
-        if process or gif:
-            k = min(plan.steps + 1, 11) if frames is None else frames
-            result, recorded = record_process(denoiser, plan, num=total, classes=classes, frames=k, progress=advance)
+        if k:
+            result, recorded = record_process(
+                loaded.denoiser(plan), plan, num=total, classes=classes, frames=k, progress=advance
+            )
         else:
-            result = generate(denoiser, plan, num=total, classes=classes, progress=advance)
+            result = generate(loaded.denoiser(plan), plan, num=total, classes=classes, progress=advance)
     tag = f"{plan.sampler}-{plan.steps}-cfg{plan.guidance:g}-seed{plan.seed}"
     folder = args.folder(loaded, "samples", tag + (f"-class{class_}" if class_ is not None else ""))
     nrow = grid_rows(loaded.num_classes if class_ is None else 0, per_class, total)
-    grid = save_grid(result.images, folder / "grid.png", nrow=nrow, scale=2)
-    save_images(result.images, folder / "images")
     _timing(result, total)
-    done("grid", grid)
+    done("grid", save_grid(result.images, folder / "grid.png", nrow=nrow, scale=2))
+    save_images(result.images, folder / "images")
     done("images", folder / "images")
     if recorded is not None:
-        _write_process(recorded, folder, nrow, grids=process)
+        _write_process(recorded, folder, nrow, grids=grids)
+
+
+def _export(
+    loaded: LoadedRun, plan: SamplingPlan, export_dir: Path, total: int, class_: int | None, *, rgb: bool
+) -> None:
+    """--export-dir: the numbered files only, written batch by batch."""
+    _say(loaded, total, plan)
+    with progress_task("exporting", total) as advance:
+        classes = cycled_classes(loaded.num_classes, class_, total)
+        result = export_samples(
+            loaded.denoiser(plan), plan, export_dir, num=total, classes=classes, rgb=rgb, progress=advance
+        )
+    _timing(result, total)
+    kind = "RGB" if rgb or result.images.shape[1] == 3 else "grayscale"
+    done(f"{total} {kind} images, {export_dir.name}/00001.png ...", export_dir)
 
 
 MAX_IN_MEMORY = 20_000  # images a grid holds (--export-dir streams any number)

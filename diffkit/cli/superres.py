@@ -15,7 +15,9 @@ from diffkit.cli.common import console, done, progress_task
 from diffkit.cli.flags import check_sample_flags
 from diffkit.cli.inputs import one_of, read_images, scores_table
 from diffkit.editing import degrade, score, super_resolve
-from diffkit.editing.superres import read_superres_input, require_superres
+from diffkit.editing.superres import SuperResolved, read_superres_input, require_superres
+from diffkit.runs import LoadedRun
+from diffkit.sampling import SamplingPlan
 from diffkit.viz import save_images, save_labelled_rows
 
 
@@ -53,15 +55,27 @@ def super_res_command(
     else:
         truth, _, what = read_images(None, source, loaded)
         low = degrade(truth, scale)
-    name, n_steps, seed_ = plan.sampler, plan.steps, plan.seed
     console.print(
         f"super-resolving {len(low)} image(s) from {what}, {low.shape[-1]}x{low.shape[-2]} -> "
-        f"{d.image_size}x{d.image_size}, with {name} ({n_steps} steps, seed {seed_}) "
+        f"{d.image_size}x{d.image_size}, with {plan.sampler} ({plan.steps} steps, seed {plan.seed}) "
         f"from {loaded.checkpoint}"
     )
     with progress_task("super-resolving", len(low)) as advance:
         result = super_resolve(loaded.denoiser(plan), low, plan, progress=advance)
+    _report(args, loaded, result, truth, what, plan, scale)
 
+
+def _report(
+    args: opt.RunArgs,
+    loaded: LoadedRun,
+    result: SuperResolved,
+    truth: torch.Tensor | None,
+    what: str,
+    plan: SamplingPlan,
+    scale: int,
+) -> None:
+    """The figure (low-res / bicubic / diffusion / ground truth), the images, and the scores against the truth."""
+    d, name, n_steps, seed_ = loaded.settings.data, plan.sampler, plan.steps, plan.seed
     folder = args.folder(loaded, "super-res", f"x{scale}-{name}-{n_steps}-seed{seed_}")
     shown_low = F.interpolate(result.low, size=d.image_size, mode="nearest")  # pixels as they are, enlarged
     rows, labels = [shown_low, result.bicubic, result.images], [f"low-res x1/{scale}", "bicubic", "diffusion"]
@@ -84,7 +98,7 @@ def super_res_command(
     figure = save_labelled_rows(rows, labels, folder / "super-res.png", scale=3)
     save_images(result.images, folder / "diffusion")
     save_images(result.bicubic, folder / "bicubic")
-    console.print(f"{len(low)} images in {result.seconds:.1f}s ({result.nfe} model evaluations per image)")
+    console.print(f"{len(result.images)} images in {result.seconds:.1f}s ({result.nfe} model evaluations per image)")
     done("figure (" + " / ".join(labels) + ")", figure)
     done("scores" if truth is not None else "details", write_json(folder / "super-res.json", record))
     done("images", folder)

@@ -8,6 +8,7 @@ map sizes, and a zero-initialised output so training starts from a predictor of 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -113,64 +114,25 @@ class UNet(nn.Module):
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
 
         self.input_conv = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
-        self.down = nn.ModuleList()
-        skip_channels = [base_channels]
-        ch, size = base_channels, image_size
-        for level, mult in enumerate(channel_mults):
-            for _ in range(num_res_blocks):
-                out = base_channels * mult
-                self.down.append(
-                    self._block(ch, out, emb_dim, dropout, norm_groups, size, attention_resolutions, attention_heads)
-                )
-                ch = out
-                skip_channels.append(ch)
-            if level < len(channel_mults) - 1:
-                self.down.append(Downsample(ch))
-                skip_channels.append(ch)
-                size = (size + 1) // 2
+
+        def block(in_ch: int, out_ch: int, size: int) -> nn.Module:
+            """A residual block, followed by attention at the resolutions that have it."""
+            res = ResBlock(in_ch, out_ch, emb_dim, dropout, norm_groups)
+            if size in attention_resolutions:
+                return nn.ModuleList([res, AttentionBlock(out_ch, attention_heads, norm_groups)])
+            return res
+
+        widths = [base_channels * mult for mult in channel_mults]
+        self.down, skip_channels, size = _down_path(block, base_channels, widths, num_res_blocks, image_size)
+        ch = widths[-1]
         mid: list[nn.Module] = [ResBlock(ch, ch, emb_dim, dropout, norm_groups)]
         if mid_attention:
             mid.append(AttentionBlock(ch, attention_heads, norm_groups))
         self.mid = nn.ModuleList([*mid, ResBlock(ch, ch, emb_dim, dropout, norm_groups)])
-        self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(channel_mults))):
-            for _ in range(num_res_blocks + 1):
-                out = base_channels * mult
-                self.up.append(
-                    self._block(
-                        ch + skip_channels.pop(),
-                        out,
-                        emb_dim,
-                        dropout,
-                        norm_groups,
-                        size,
-                        attention_resolutions,
-                        attention_heads,
-                    )
-                )
-                ch = out
-            if level > 0:
-                self.up.append(Upsample(ch))
-                size = size * 2
+        self.up = _up_path(block, widths, num_res_blocks, skip_channels, size)
         self.out = nn.Sequential(
-            nn.GroupNorm(norm_groups, ch), nn.SiLU(), zero_init(nn.Conv2d(ch, in_channels, 3, padding=1))
+            nn.GroupNorm(norm_groups, widths[0]), nn.SiLU(), zero_init(nn.Conv2d(widths[0], in_channels, 3, padding=1))
         )
-
-    @staticmethod
-    def _block(
-        in_ch: int,
-        out_ch: int,
-        emb_dim: int,
-        dropout: float,
-        groups: int,
-        size: int,
-        attention_resolutions: tuple[int, ...] | list[int],
-        heads: int,
-    ) -> nn.Module:
-        res = ResBlock(in_ch, out_ch, emb_dim, dropout, groups)
-        if size in attention_resolutions:
-            return nn.ModuleList([res, AttentionBlock(out_ch, heads, groups)])
-        return res
 
     @property
     def null_class(self) -> int:
@@ -207,6 +169,39 @@ class UNet(nn.Module):
             else:
                 h = _apply(layer, torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)
+
+
+Block = Callable[[int, int, int], nn.Module]  # (in channels, out channels, resolution) -> block
+
+
+def _down_path(
+    block: Block, ch: int, widths: list[int], num_res_blocks: int, size: int
+) -> tuple[nn.ModuleList, list[int], int]:
+    """The encoder: blocks per level, a downsampling between levels; also the skip widths and the final size."""
+    down, skips = nn.ModuleList(), [ch]
+    for level, out in enumerate(widths):
+        for _ in range(num_res_blocks):
+            down.append(block(ch, out, size))
+            ch = out
+            skips.append(ch)
+        if level < len(widths) - 1:
+            down.append(Downsample(ch))
+            skips.append(ch)
+            size = (size + 1) // 2
+    return down, skips, size
+
+
+def _up_path(block: Block, widths: list[int], num_res_blocks: int, skips: list[int], size: int) -> nn.ModuleList:
+    """The decoder: one block more per level than the encoder (each takes a skip), upsampling between levels."""
+    up, ch = nn.ModuleList(), widths[-1]
+    for level in reversed(range(len(widths))):
+        for _ in range(num_res_blocks + 1):
+            up.append(block(ch + skips.pop(), widths[level], size))
+            ch = widths[level]
+        if level > 0:
+            up.append(Upsample(ch))
+            size = size * 2
+    return up
 
 
 def _apply(block: nn.Module, h: Tensor, emb: Tensor) -> Tensor:

@@ -158,7 +158,6 @@ def inpaint_image(
     classes = torch.tensor([source.label]) if source.label is not None and loaded.num_classes else None
     plan = loaded.plan(sampler=sampler, steps=steps, seed=seed)
     plan = plan if classes is not None else plan.but(guidance=1.0)
-    guidance = plan.guidance
     results: dict[str, InpaintResult] = {}
     for m in methods:
         results[m] = inpaint(
@@ -173,6 +172,13 @@ def inpaint_image(
             iterations=whole(iterations, "SDS iterations", 1, 5000),
             progress=progress,
         )
+    return _inpainted(app, source, masks, results, plan.guidance)
+
+
+def _inpainted(
+    app: AppRun, source: InpaintInput, masks: Tensor, results: dict[str, InpaintResult], guidance: float
+) -> Inpainted:
+    """The figure (original / mask / masked input / each method) and the scores over the hole."""
     hole = 1 - masks
     scores = {m: score_images(r.images, source.image, hole).mean() for m, r in results.items()}
     mask_row = (masks * 2 - 1).expand_as(source.image)
