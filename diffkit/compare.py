@@ -4,6 +4,10 @@ Each row records its exact number of model evaluations (NFE), wall time and time
 whatever the pluggable quality metrics return: a quality function takes the row's images (N, C, H, W)
 in [-1, 1] and their classes (or None) and returns named numbers, such as {"fid": 12.3}; they become
 extra columns of the table, the JSON report and the picture.
+
+Memory: one row's images are held while its quality is measured, then only the first `PICTURE_COLUMNS`
+(for the picture), so a comparison holds the starting noise, one row and rows x PICTURE_COLUMNS images;
+a request beyond `generation.MAX_HELD_BYTES` is refused before anything is generated.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from torch import Tensor
 from diffkit.atomic import write_json
 from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
-from diffkit.generation import generate, initial_noise
+from diffkit.generation import check_held, generate, initial_noise
 from diffkit.progress import Progress
 from diffkit.samplers import Step
 from diffkit.sampling import SamplingPlan
@@ -44,6 +48,9 @@ DEFAULT_SPREAD: tuple[tuple[str, int], ...] = (
 )
 
 
+PICTURE_COLUMNS = 32  # images of each row kept for compare.png (quality columns see all of them)
+
+
 def grid_of(samplers: Sequence[str], steps: Sequence[int]) -> list[tuple[str, int]]:
     """Every sampler at every step count, in the order given."""
     return [(name, n) for name in samplers for n in steps]
@@ -56,12 +63,13 @@ class ComparedRow:
     plan: SamplingPlan
     nfe: int
     seconds: float
-    images: Tensor  # (N, C, H, W) in [-1, 1]
+    images: Tensor  # (n, C, H, W) in [-1, 1]: the first PICTURE_COLUMNS of the row's `num`
+    num: int  # images the row generated (and its quality was measured on)
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def seconds_per_image(self) -> float:
-        return self.seconds / len(self.images)
+        return self.seconds / self.num
 
     def record(self) -> dict[str, Any]:
         return {
@@ -94,7 +102,7 @@ class Comparison:
 
     def record(self) -> dict[str, Any]:
         return {
-            "num": len(self.rows[0].images),
+            "num": self.rows[0].num,
             "classes": None if self.classes is None else self.classes.tolist(),
             "guidance": self.guidance,
             "seed": self.seed,
@@ -109,6 +117,9 @@ class Comparison:
             [r.images for r in self.rows], [r.caption() for r in self.rows], folder / "compare.png"
         )
         return report, picture
+
+
+_FEWER = "lower --num, or compare fewer --samplers / --steps"
 
 
 def compare_samplers(
@@ -131,6 +142,8 @@ def compare_samplers(
     plans = [first.with_sampler(p.sampler, p.steps, p.options) for p in plans]
     for plan in plans:  # a typo in the last row wastes no time
         plan.check(denoiser.schedule.timesteps, denoiser.num_classes)
+    held = 2 * num + len(plans) * min(num, PICTURE_COLUMNS)  # the noise, the row being made, the picture's
+    check_held(held, denoiser.image_shape, f"comparing {len(plans)} settings on {num:,} images", _FEWER)
     noise = initial_noise(num, denoiser.image_shape, first.seed)
     # one evaluation first, so the first row's time holds no start-up cost
     warm = min(num, first.batch_size)
@@ -151,5 +164,5 @@ def compare_samplers(
         metrics: dict[str, float] = {}
         for fn in quality:
             metrics.update(fn(out.images, classes))
-        rows.append(ComparedRow(plan, out.nfe, out.seconds, out.images, metrics))
+        rows.append(ComparedRow(plan, out.nfe, out.seconds, out.images[:PICTURE_COLUMNS].clone(), num, metrics))
     return Comparison(rows, classes, first.guidance, first.seed)

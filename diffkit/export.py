@@ -42,11 +42,12 @@ def export_samples(
     rgb: bool = False,
     progress: Progress | None = None,
 ) -> Generated:
-    """Generate `num` images and write each batch as soon as it is done (a stopped export keeps its files)."""
+    """Generate `num` images and write each batch as soon as it is done (a stopped export keeps its files);
+    one batch is held at a time, so any number can be exported (the result holds no images)."""
     check_export_dir(directory)  # the folder itself appears with the first batch
     digits = export_digits(num)
 
     def write(first: int, images: Tensor) -> None:
         save_images(images, directory, start=first + 1, digits=digits, rgb=rgb)
 
-    return generate(denoiser, plan, num=num, classes=classes, progress=progress, on_batch=write)
+    return generate(denoiser, plan, num=num, classes=classes, progress=progress, on_batch=write, keep=0)

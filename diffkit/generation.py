@@ -22,6 +22,19 @@ from diffkit.progress import Progress
 from diffkit.samplers import Callback, sample
 from diffkit.sampling import SamplingPlan
 
+MAX_HELD_BYTES = 2 * 2**30  # float32 images one request may hold at once; beyond it, refused with the fix
+
+
+def check_held(count: int, shape: tuple[int, ...], what: str, fix: str) -> None:
+    """Refuse, before any work, a request that would hold `count` images of `shape` in memory at once."""
+    need = count * math.prod(shape) * 4
+    if need > MAX_HELD_BYTES:
+        size = "x".join(map(str, shape))
+        raise DiffkitError(
+            f"{what} is too large: it holds {count:,} images of {size} at once ({need / 2**30:.1f} GiB, "
+            f"at most {MAX_HELD_BYTES / 2**30:g} GiB): {fix}"
+        )
+
 
 @dataclass
 class Generated:
@@ -53,12 +66,12 @@ def require_images_input(denoiser: Denoiser) -> None:
         )
 
 
-def initial_noise(n: int, shape: tuple[int, int, int], seed: int) -> Tensor:
-    """x_T for images 0..n-1: image i's noise depends only on (seed, i)."""
+def initial_noise(n: int, shape: tuple[int, int, int], seed: int, *, start: int = 0) -> Tensor:
+    """x_T for images start..start+n-1: image i's noise depends only on (seed, i)."""
     out = torch.empty(n, *shape)
     g = torch.Generator()
     for i in range(n):
-        g.manual_seed(seed * 1_000_003 + i)
+        g.manual_seed(seed * 1_000_003 + start + i)
         out[i] = torch.randn(shape, generator=g)
     return out
 
@@ -73,19 +86,23 @@ def generate(
     callback: Callback | None = None,
     noise: Tensor | None = None,
     on_batch: Callable[[int, Tensor], None] | None = None,
+    keep: int | None = None,
 ) -> Generated:
     """Generate `num` images (classes per image or None) as `plan` says.
 
-    `on_batch(first_index, images)` sees each finished batch, so long exports can write files as they go.
+    `on_batch(first_index, images)` sees each finished batch, so long exports can write files as they go;
+    `keep` limits the images returned to the first `keep` (None: all): with `on_batch`, any number of
+    images is then made holding one batch at a time (the starting noise too is made batch by batch).
     """
     plan.check(denoiser.schedule.timesteps, denoiser.num_classes)
     require_images_input(denoiser)
     denoiser = plan.configure(denoiser)
-    x_T = noise if noise is not None else initial_noise(num, denoiser.image_shape, plan.seed)
-    device, size = denoiser.device, plan.batch_size
-    out, nfe, start = [], 0, time.perf_counter()
+    device, size, shape = denoiser.device, plan.batch_size, denoiser.image_shape
+    kept: list[Tensor] = []
+    nfe, start = 0, time.perf_counter()
     for b in range(max(1, math.ceil(num / size))):
         lo, hi = b * size, min(num, (b + 1) * size)
+        x_T = noise[lo:hi] if noise is not None else initial_noise(hi - lo, shape, plan.seed, start=lo)
         batch_classes = classes[lo:hi].to(device) if classes is not None else None
         gen = torch.Generator(device=device).manual_seed(plan.seed * 7919 + b)  # stochastic samplers' step noise
         # conditioning channels (super-resolution) belong to images, so they are batched with them
@@ -93,20 +110,23 @@ def generate(
         result = sample(
             plan.sampler,
             batch_denoiser.conditioned(batch_classes, plan.guidance),
-            x_T[lo:hi].to(device),
+            x_T.to(device),
             denoiser.schedule,
             plan.steps,
             generator=gen,
             callback=callback,
             **plan.sampler_options,
         )
-        out.append(result.images.clamp(-1, 1).cpu())
+        images = result.images.clamp(-1, 1).cpu()
         nfe = result.nfe
         if on_batch is not None:
-            on_batch(lo, out[-1])
+            on_batch(lo, images)
+        if keep is None or lo < keep:
+            kept.append(images if keep is None else images[: keep - lo])
         if progress is not None:
             progress(hi, num)
-    return Generated(torch.cat(out), classes, nfe, time.perf_counter() - start)
+    images = torch.cat(kept) if kept else torch.empty(0, *shape)
+    return Generated(images, classes, nfe, time.perf_counter() - start)
 
 
 def grid_rows(num_classes: int, per_class: int, total: int) -> int:

@@ -122,6 +122,8 @@ CASES: list[tuple[str, list[str], list[str], Setup]] = [
     ("sample-process-too-many", ["sample", "--run", R, "--num", "1000", "--steps", "20", "--process"], ["images x frames"], None),
     ("interpolate-too-many-frames", ["interpolate", "--run", R, "--seeds", "1", "2", "--frames", "100000"], ["--frames"], None),
     ("inpaint-huge-image", ["inpaint", "--run", R, "--image", "big.png"], ["larger than"], None),
+    ("compare-too-many-images", ["compare-samplers", "--run", R, "--samplers", "ddim", "--steps", "1", "--num", "1000000"], ["too large", "GiB", "lower --num"], None),
+    ("fid-too-many-run-samples", ["fid", f"run:{R}", "synthetic:test", "--num", "200000"], ["--num 200,000", "at most 100,000"], None),
     # outputs that exist and are not folders, or would be replaced: checked before the work
     ("sample-out-is-a-file", [*S, "--out", "a-file"], ["not a directory"], None),
     ("sample-out-under-a-file", [*S, "--out", "a-file/sub"], ["not a directory"], None),

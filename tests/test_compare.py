@@ -416,3 +416,58 @@ def test_sample_spacing_clipping_and_rescale_reach_the_sampler(
 def test_sample_bad_input(cli, run: Path, tmp_path: Path, args: list[str], fragments: list[str]) -> None:
     one_line_error(cli("sample", "--run", str(run), *args, "--out", str(tmp_path / "o")), *fragments)
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------ memory: batch by batch
+
+
+def test_generate_holds_one_batch_when_asked(loaded: LoadedRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With on_batch and keep, the images and their starting noise are made and dropped a batch at a time,
+    and every image is still exactly the one the all-at-once call makes (noise depends on (seed, i) only)."""
+    import diffkit.generation as generation
+
+    plan, classes = SamplingPlan(steps=2, guidance=2.0, seed=3, batch_size=4), cycled_classes(4, None, 10)
+    whole = generate(loaded.denoiser(), plan, num=10, classes=classes)
+    noise_sizes: list[int] = []
+    real_noise = generation.initial_noise
+
+    def counted_noise(n: int, *args, **kwargs) -> Tensor:
+        noise_sizes.append(n)
+        return real_noise(n, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "initial_noise", counted_noise)
+    batches: list[Tensor] = []
+    kept = generate(loaded.denoiser(), plan, num=10, classes=classes, on_batch=lambda _, x: batches.append(x), keep=3)
+    assert noise_sizes == [4, 4, 2] and [len(b) for b in batches] == [4, 4, 2]
+    assert torch.equal(torch.cat(batches), whole.images) and torch.equal(kept.images, whole.images[:3])
+    none = generate(loaded.denoiser(), plan, num=10, classes=classes, keep=0)
+    assert none.images.shape == (0, 1, 28, 28) and none.nfe == whole.nfe
+
+
+def test_compare_keeps_a_picture_of_each_row_and_measures_all(loaded: LoadedRun) -> None:
+    """A row measures every one of its images, keeps the first PICTURE_COLUMNS for the picture."""
+    from diffkit.compare import PICTURE_COLUMNS
+
+    seen: list[int] = []
+
+    def count(images: Tensor, _: Tensor | None) -> dict[str, float]:
+        seen.append(len(images))
+        return {"n": float(len(images))}
+
+    num = PICTURE_COLUMNS + 5
+    plans = rows_for(SamplingPlan(steps=1, seed=0, batch_size=64), [("ddim", 1), ("euler", 1)], {})
+    result = compare_samplers(loaded.denoiser(), plans, num=num, classes=None, quality=[count])
+    assert seen == [num, num]
+    assert [len(r.images) for r in result.rows] == [PICTURE_COLUMNS] * 2 and result.record()["num"] == num
+    row = result.rows[0]
+    assert row.metrics["n"] == num and math.isclose(row.seconds_per_image, row.seconds / num)
+
+
+def test_held_images_are_bounded_by_bytes_not_count() -> None:
+    from diffkit.errors import DiffkitError
+    from diffkit.generation import MAX_HELD_BYTES, check_held
+
+    fits = MAX_HELD_BYTES // (4 * 28 * 28)
+    check_held(fits, (1, 28, 28), "this", "fix")  # exactly at the limit: fine
+    with pytest.raises(DiffkitError, match=r"this is too large: it holds 685 images of 3x512x512 .*: fix"):
+        check_held(685, (3, 512, 512), "this", "fix")  # 685 x 3 MiB > 2 GiB

@@ -245,3 +245,32 @@ def test_real_digits_against_real_digits(mnist_dir: Path, monkeypatch: pytest.Mo
     assert report.feature_net.startswith(f"digits-cnn v1 ({trained_on}, test acc")
     dist = report.rows[0].distance
     assert dist is not None and 0 <= dist.fid < 5 and dist.kid is not None
+
+
+def test_run_sources_are_measured_batch_by_batch(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fid run:DIR never holds more than a batch of generated images (and a preview), and its features and
+    class accuracy are those of the same images generated all at once."""
+    from diffkit.generation import cycled_classes, generate
+    from diffkit.runs import load_run
+
+    run = load_run(tiny_run, device="cpu")
+    plan, net, judge = run.plan(steps=2, seed=5, batch_size=8), fake_net(4), fake_net(4, "judge")
+    sizes: list[int] = []
+    features = net.features
+
+    def measured(images: torch.Tensor, *args, **kwargs) -> np.ndarray:
+        sizes.append(len(images))
+        return features(images, *args, **kwargs)
+
+    monkeypatch.setattr(net, "features", measured)
+    streamed, accuracy, preview = evaluation.measure_run(run, 50, plan, net, judge=judge)
+    assert sizes == [8] * 6 + [2]  # one generated batch at a time
+    assert len(preview) == 4 * measure_module.PREVIEW_ROWS  # 10 a class kept to show, the rest dropped
+    classes = cycled_classes(4, None, 50)
+    images = generate(run.denoiser(plan), plan, num=50, classes=classes).images
+    at_once = features(images)
+    assert np.allclose(streamed.features, at_once, rtol=0, atol=1e-5)
+    assert np.allclose(streamed.mu, at_once.mean(0), rtol=0, atol=1e-6) and streamed.num == 50
+    expected = float((judge.predict(images) == classes).float().mean())
+    assert accuracy is not None and accuracy.overall == pytest.approx(expected)
+    assert torch.equal(preview, images[:40])

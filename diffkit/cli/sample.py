@@ -15,7 +15,7 @@ from diffkit.cli.common import console, done, progress_task
 from diffkit.cli.flags import check_bounded, check_output_dir, check_sample_flags
 from diffkit.errors import DiffkitError
 from diffkit.export import export_samples
-from diffkit.generation import Generated, class_layout, cycled_classes, generate, grid_rows
+from diffkit.generation import Generated, check_held, class_layout, cycled_classes, generate, grid_rows
 from diffkit.process import MAX_FRAMES, Process, record_process
 from diffkit.runs import LoadedRun
 from diffkit.sampling import SamplingPlan
@@ -97,6 +97,8 @@ def _grid(
         total, MAX_IN_MEMORY, "images", "held in memory at once: write more with --export-dir, batch by batch"
     )
     check_bounded(total * k, MAX_PROCESS_PICTURES, "images x frames", "lower --num or --frames")
+    d = loaded.settings.data  # the images, and with frames x_t and x̂0 at each frame: all held at once
+    check_held(total * (1 + 2 * k), (d.channels, d.image_size, d.image_size), "this sample", _FEWER)
     _say(loaded, total, plan)
     recorded: Process | None = None
     with progress_task("sampling", total) as advance:
@@ -133,6 +135,7 @@ def _export(
 
 
 MAX_IN_MEMORY = 20_000  # images a grid holds (--export-dir streams any number)
+_FEWER = "lower --num (or --frames), or write any number with --export-dir, batch by batch"
 MAX_PROCESS_PICTURES = 20_000  # images x frames of --process / --gif
 
 

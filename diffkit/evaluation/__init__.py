@@ -31,8 +31,8 @@ from diffkit.evaluation.measuring import (
     distance,
     kid_subset_size,
     measure,
+    measure_run,
     read_statistics,
-    run_images,
     save_measured,
 )
 from diffkit.evaluation.quality import SampleQuality, TrainingFid, default_reference, sample_quality, training_fid
@@ -66,9 +66,9 @@ __all__ = [
     "kid_subset_size",
     "load_source_images",
     "measure",
+    "measure_run",
     "parse_eval_source",
     "read_statistics",
-    "run_images",
     "sample_quality",
     "save_measured",
     "training_fid",

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from diffkit.atomic import atomic_write
+from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.evaluation.sources import SUBSET_SEED, Images, Source
 from diffkit.generation import cycled_classes, generate
@@ -23,6 +24,7 @@ from diffkit.metrics.features import (
     classifier_feature_net,
     default_cache_dir,
     digit_feature_net,
+    prediction_accuracy,
 )
 from diffkit.metrics.frechet import (
     MIN_SAMPLES,
@@ -274,14 +276,61 @@ def accuracy_of(judge: ClassifierFeatureNet, images: Images) -> Accuracy:
 # -------------------------------------------------------------------------------------------- runs
 
 
-def run_images(run: LoadedRun, num: int, plan: SamplingPlan, progress: Progress | None = None) -> Images:
-    """`num` images from a run, classes in turn (so each class gets num / K of them), one seed for all."""
+PREVIEW_ROWS = 10  # generated images kept per class (or in all, unconditional) for the report's picture
+
+
+def generated_features(
+    denoiser: Denoiser,
+    plan: SamplingPlan,
+    num: int,
+    classes: torch.Tensor | None,
+    net: FeatureNet,
+    *,
+    judge: ClassifierFeatureNet | None = None,
+    keep: int = 0,
+    progress: Progress | None = None,
+) -> tuple[Array, torch.Tensor | None, torch.Tensor]:
+    """Generate `num` images and measure them as they are made: each batch's features (and the judge's
+    predicted classes) are kept and its images dropped, so what is held is the features and one batch,
+    whatever `num`. Returns the features, the predictions (with a judge) and the first `keep` images."""
+    features: list[Array] = []
+    predicted: list[torch.Tensor] = []
+
+    def take(first: int, images: torch.Tensor) -> None:
+        features.append(net.features(images))
+        if judge is not None:
+            predicted.append(judge.predict(images))
+
+    out = generate(denoiser, plan, num=num, classes=classes, progress=progress, on_batch=take, keep=keep)
+    return np.concatenate(features), torch.cat(predicted) if judge is not None else None, out.images
+
+
+def measure_run(
+    run: LoadedRun,
+    num: int,
+    plan: SamplingPlan,
+    net: FeatureNet,
+    *,
+    judge: ClassifierFeatureNet | None = None,
+    progress: Progress | None = None,
+) -> tuple[Measured, Accuracy | None, torch.Tensor]:
+    """`num` images from a run, classes in turn (num / K each), one seed for all, measured batch by batch
+    (see `generated_features`): the statistics, the class accuracy (with a judge), a few images to show."""
     classes = cycled_classes(run.num_classes, None, num)
     label = f"run:{run.root} ({plan.sampler} {plan.steps} steps)"  # guidance: a column of its own
+    if judge is not None and classes is None:
+        raise DiffkitError(f"{label} has no classes: class accuracy needs a class-conditional run")
 
     def tick(done: int, total: int, message: str = "") -> None:
         if progress is not None:
             progress(done, total, f"sampling, guidance {plan.guidance:g}")
 
-    out = generate(run.denoiser(plan), plan, num=num, classes=classes, progress=tick)
-    return Images(out.images, classes, label)
+    keep = max(1, run.num_classes) * PREVIEW_ROWS
+    feats, predicted, preview = generated_features(
+        run.denoiser(plan), plan, num, classes, net, judge=judge, keep=keep, progress=tick
+    )
+    mu, sigma = feature_statistics(feats)
+    accuracy = None
+    if predicted is not None and classes is not None:
+        accuracy = Accuracy(*prediction_accuracy(predicted, classes))
+    return Measured(label, num, mu, sigma, feats, net.name), accuracy, preview

@@ -17,13 +17,15 @@ from diffkit.evaluation.measuring import (
     choose_feature_net,
     class_judge,
     dataset_cache_key,
+    generated_features,
     measure,
     probe,
     read_statistics,
 )
 from diffkit.evaluation.sources import _loadable, load_source_images, parse_eval_source
-from diffkit.generation import cycled_classes, generate
+from diffkit.generation import cycled_classes
 from diffkit.metrics import (
+    Array,
     ClassifierFeatureNet,
     FeatureNet,
     class_accuracy,
@@ -47,11 +49,15 @@ class SampleQuality:
     judge: ClassifierFeatureNet | None = None
 
     def __call__(self, images: Tensor, classes: Tensor | None) -> dict[str, float]:
-        mu, sigma = feature_statistics(self.net.features(images))
-        out = {"fid": frechet_distance(mu, sigma, self.reference.mu, self.reference.sigma)}
+        out = {"fid": self.fid(self.net.features(images))}
         if self.judge is not None and classes is not None:
             out["class_acc"] = class_accuracy(self.judge, images, classes)[0]
         return out
+
+    def fid(self, features: Array) -> float:
+        """FID of images with these features (from `net`) against the reference."""
+        mu, sigma = feature_statistics(features)
+        return frechet_distance(mu, sigma, self.reference.mu, self.reference.sigma)
 
     def describe(self, num: int) -> str:
         """What the numbers are, to print beside them: sample count, reference, feature space."""
@@ -119,8 +125,8 @@ class TrainingFid:
     def __call__(self, denoiser: Denoiser) -> dict[str, Any]:
         classes = cycled_classes(denoiser.num_classes, None, self.num)
         plan = self.plan.with_sampler(TRAIN_FID_SAMPLER, min(TRAIN_FID_STEPS, denoiser.schedule.timesteps))
-        out = generate(denoiser, plan, num=self.num, classes=classes)
-        fid = self.quality(out.images, None)["fid"]
+        features, _, _ = generated_features(denoiser, plan, self.num, classes, self.quality.net)  # batch by batch
+        fid = self.quality.fid(features)
         # the sample count and feature space travel with the number: a 500-image FID is not a 10k one
         return {
             "fid": fid,

@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from diffkit.data import DATASETS, load_images, parse_source, to_float
+from diffkit.data import DATASETS, load_images, parse_source
 from diffkit.errors import DiffkitError
 
 SourceKind = Literal["dataset", "folder", "stats", "run"]
@@ -73,7 +73,11 @@ def parse_eval_source(text: str) -> Source:
 
 @dataclass
 class Images:
-    """Images of a source as measured: float [-1, 1] (N, C, H, W), their classes (or None), a description."""
+    """Images of a source as measured (N, C, H, W), their classes (or None), a description.
+
+    Real images stay uint8 [0, 255] (a quarter of float32's memory; feature nets convert batch by batch),
+    generated ones are float [-1, 1].
+    """
 
     images: Tensor
     labels: Tensor | None
@@ -98,7 +102,7 @@ def load_source_images(source: Source, num: int | None = None, *, data_dir: Path
     elif num is not None and num > total:
         notes.append(f"{source.text} has only {total} images (asked for {num}): using all of them")
     has_labels = bool((labels >= 0).all())
-    return Images(to_float(images), labels if has_labels else None, label, notes)
+    return Images(images, labels if has_labels else None, label, notes)
 
 
 def _folder_images(path: Path | None) -> tuple[Tensor, Tensor]:

@@ -9,15 +9,14 @@ from pathlib import Path
 from diffkit.errors import DiffkitError
 from diffkit.evaluation.measuring import (
     Measured,
-    accuracy_of,
     choose_feature_net,
     class_judge,
     dataset_cache_key,
     distance,
     measure,
+    measure_run,
     probe,
     read_statistics,
-    run_images,
     save_measured,
 )
 from diffkit.evaluation.report import FidReport, Floor, Row
@@ -33,6 +32,9 @@ from diffkit.sampling import SamplingPlan
 from diffkit.settings import resolve_data_dir
 
 DEFAULT_RUN_SAMPLES = 1000  # generated images per run source when --num is not given
+# generated images per run source at most: they are measured batch by batch, but their features are kept
+# (for the covariance and KID), 16 kB an image with Inception; FID's usual protocol takes 50,000
+MAX_RUN_SAMPLES = 100_000
 # --------------------------------------------------------------------------------------- the command
 
 
@@ -68,6 +70,11 @@ def check_request(request: FidRequest, sources: Sequence[Source]) -> None:
         raise DiffkitError(
             f"--num {request.num} is too few: a covariance needs at least {MIN_SAMPLES} images "
             "(FID is only meaningful with hundreds)"
+        )
+    if runs and request.num is not None and request.num > MAX_RUN_SAMPLES:
+        raise DiffkitError(
+            f"--num {request.num:,} is too large for a run source: at most {MAX_RUN_SAMPLES:,} generated images "
+            "(the features of each are held for FID and KID; the usual FID protocol takes 50,000)"
         )
     if request.kid and len(sources) != 2:
         raise DiffkitError("--kid compares two sources: give a second source or drop --kid")
@@ -236,13 +243,10 @@ def _rows(
                 measured.append(fixed[i])
                 continue
             plan, run = plans[(i, scale)], opened.runs[i]
-            images = run_images(run, num, plan, progress)
             assert net is not None
-            measured.append(measure(images, net, progress=progress))
+            generated, row.accuracy, row.preview = measure_run(run, num, plan, net, judge=judge, progress=progress)
+            measured.append(generated)
             row.guidance = plan.guidance
-            row.preview = images.images[: max(1, run.num_classes) * 10]
-            if judge is not None:
-                row.accuracy = accuracy_of(judge, images)
         if count == 2:
             row.distance = distance(*measured, kid=request.kid)
         rows.append(row)

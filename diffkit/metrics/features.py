@@ -97,7 +97,12 @@ def class_accuracy(
         )
     if bool((target < 0).any()):
         raise DiffkitError("some images have no label (-1): class accuracy needs labelled images")
-    correct = net.predict(images) == target
+    return prediction_accuracy(net.predict(images), target)
+
+
+def prediction_accuracy(predicted: Tensor, target: Tensor) -> tuple[float, dict[int, float]]:
+    """Fraction of `predicted` classes equal to `target` (both (N,)), overall and per class present."""
+    correct = predicted == target
     per_class = {int(c): float(correct[target == c].float().mean()) for c in torch.unique(target)}
     return float(correct.float().mean()), per_class
 
