@@ -3,6 +3,11 @@
 The operating system releases the lock when its process dies, however it dies, so a lock can never
 be left held by a dead process. The file records the owner's pid: a file left behind by a process
 that died without cleaning up (kill -9, a crash) is *stale*: it is reported and taken over.
+
+Training holds the lock exclusively (`RunLock`). A command that only writes files of its own inside a
+run (samples/..., compare/..., eval/...) holds it shared (`SharedRunLock`) while it works: any number
+of those run side by side, none while the run trains, and no training (nor `--force`) starts under
+them. Reading a run's checkpoints takes no lock: they are replaced atomically.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import fcntl
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -77,6 +83,63 @@ def check_not_in_use(root: Path) -> None:
         raise in_use_error(root)
 
 
+def _lock_file(root: Path, operation: int, refused: Callable[[Path], DiffkitError]) -> int:
+    """An open descriptor of `root`'s lock file holding `operation` (LOCK_EX or LOCK_SH), else `refused(root)`."""
+    path = lock_path(root)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DiffkitError(f"cannot lock run directory {root} ({exc.strerror}): is it writable?") from None
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise refused(root) from None
+        try:  # the file we locked may have been removed and replaced by its owner's release: retry
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def being_trained_error(root: Path) -> DiffkitError:
+    owner = read_owner(root)
+    who = f" (pid {owner})" if owner else ""
+    return DiffkitError(
+        f"run {root} is being trained by another diffkit process{who}, and this would write inside it: "
+        "write elsewhere (--out DIR outside the run; reading its checkpoints is fine) or wait for it to finish"
+    )
+
+
+class SharedRunLock:
+    """`with SharedRunLock(root):` while writing files of one's own inside run `root` (see the module's
+    docstring); raises DiffkitError while the run trains. The lock file is removed by the last holder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.fd: int | None = None
+
+    def __enter__(self) -> SharedRunLock:
+        self.fd = _lock_file(self.root, fcntl.LOCK_SH, being_trained_error)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.fd is None:
+            return
+        try:  # the last holder (no one else shares it) tidies the file away, as RunLock does
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with contextlib.suppress(OSError):
+                lock_path(self.root).unlink(missing_ok=True)
+        except BlockingIOError:
+            pass
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+
 class RunLock:
     """`with RunLock(root) as lock:` holds the run's lock (creating `root` if needed) or raises DiffkitError.
 
@@ -109,21 +172,7 @@ class RunLock:
                 raise DiffkitError(
                     f"cannot create run directory {self.root} ({exc.strerror}): choose another --run-dir"
                 ) from None
-        path = lock_path(self.root)
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise in_use_error(self.root) from None
-            try:  # the file we locked may have been removed and replaced by its owner's release: retry
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
+        fd = _lock_file(self.root, fcntl.LOCK_EX, in_use_error)
         owner = read_owner(self.root)
         if owner is not None and owner != os.getpid():  # a clean release removes the file: this one was left
             self.stale_pid, self.stale_alive = owner, _pid_alive(owner)

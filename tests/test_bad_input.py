@@ -13,13 +13,14 @@ import os
 import shutil
 import zlib
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffkit.runlock import RunLock
+from diffkit.runlock import RunLock, SharedRunLock
 from diffkit.settings import load_settings, parse_overrides
 from diffkit.training import train_run
 
@@ -158,6 +159,15 @@ CASES: list[tuple[str, list[str], list[str], Setup]] = [
     # a run directory another process owns
     ("resume-locked-run", ["train", "--run-dir", R, "--resume"], ["in use by another diffkit process"], "lock"),
     ("force-locked-run", ["train", "--preset", "tiny", "--run-dir", R, "--force", *TINY], ["in use"], "lock"),
+    # writing inside a run being trained (its lock held exclusively), and training one being written into
+    ("sample-into-a-training-run", [*S], ["being trained", "--out DIR outside the run"], "lock"),
+    ("export-into-a-training-run", [*S, "--export-dir", f"{R}/export"], ["being trained"], "lock"),
+    ("compare-into-a-training-run", ["compare-samplers", "--run", R, "--samplers", "ddim", "--steps", "1"], ["being trained"], "lock"),
+    ("interpolate-into-a-training-run", ["interpolate", "--run", R, "--seeds", "1", "2", "--frames", "2"], ["being trained"], "lock"),
+    ("fid-into-a-training-run", ["fid", f"run:{R}", "synthetic:test"], ["being trained"], "lock"),
+    ("schedules-into-a-training-run", ["plot-schedules", "--run", R], ["being trained"], "lock"),
+    ("resume-a-run-being-written-into", ["train", "--run-dir", R, "--resume"], ["in use by another diffkit process"], "shared"),
+    ("force-a-run-being-written-into", ["train", "--preset", "tiny", "--run-dir", R, "--force", *TINY], ["in use"], "shared"),
 ]  # fmt: skip
 
 
@@ -182,17 +192,16 @@ def test_bad_input(cli, workdir: Path, trained: Path, args: list[str], fragments
     run = workdir / R
     shutil.copytree(trained, run)
     _files(workdir)
-    lock = None
+    held: ExitStack = ExitStack()  # another owner (flock conflicts between open files, even in one process)
     if setup == "lock":
-        lock = RunLock(run).acquire()  # another owner (flock conflicts between open files, even in one process)
+        held.enter_context(RunLock(run))  # a training
+    elif setup == "shared":
+        held.enter_context(SharedRunLock(run))  # a command writing inside the run
     elif setup is not None:
         setup(run)
     before = _tree(workdir)
-    try:
+    with held:
         result = cli(*args)
-    finally:
-        if lock is not None:
-            lock.release()
     one_line_error(result, *fragments)
     assert "weights_only=False" not in result[2]
     assert _tree(workdir) == before  # nothing written, replaced or removed

@@ -206,3 +206,25 @@ def test_run_command_needs_run_args_first() -> None:
 
     with pytest.raises(TypeError, match="args: RunArgs"):
         run_command(command)
+
+
+def test_writing_inside_a_run_holds_it_for_the_whole_command(
+    cli, trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While `sample` writes into the run, no training may start there; writing elsewhere holds nothing."""
+    import diffkit.cli.sample as sample_module
+    from diffkit.runlock import is_locked, lock_path
+
+    seen: list[bool] = []
+    real = sample_module.save_grid
+
+    def save_grid(*args, **kwargs):
+        seen.append(is_locked(trained))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sample_module, "save_grid", save_grid)
+    base = ["sample", "--run", str(trained), "--class", "1", "--num", "1", "--steps", "1"]
+    assert cli(*base)[0] == 0
+    assert cli(*base, "--out", str(tmp_path / "elsewhere"))[0] == 0
+    assert seen == [True, False]
+    assert not is_locked(trained) and not lock_path(trained).exists()  # released and tidied on the way out

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_line_error
 
 from diffkit.errors import DiffkitError
-from diffkit.runlock import RunLock, lock_path
+from diffkit.runlock import RunLock, SharedRunLock, is_locked, lock_path
 from diffkit.runs import RunPaths, read_checkpoint, save_checkpoint
 from diffkit.settings import load_settings, parse_overrides
 from diffkit.training import Trainer, TrainingDiverged, train_run
@@ -159,16 +160,23 @@ def test_sigterm_before_any_checkpoint_is_resumable(straight: Path, tmp_path: Pa
     assert _losses(straight) == _losses(run)
 
 
-def test_second_process_and_force_are_refused_while_training(tmp_path: Path) -> None:
+def test_second_process_and_force_are_refused_while_training(tmp_path: Path, cli) -> None:
     run = tmp_path / "run"
     proc = _spawn(run, *FLAGS, "--max-steps", "100000")  # runs until stopped below
     try:
-        _wait_for_step(proc, run, 2)
+        _wait_for_step(proc, run, 4)  # past the first periodic checkpoint (step 3)
         for extra in (FLAGS, ["--force", *FLAGS], ["--resume"]):
             rc, _, err = _finish(_spawn(run, *extra))
             assert rc == 2, err
             lines = [x for x in err.splitlines() if x.strip()]
             assert len(lines) == 1 and "in use by another diffkit process" in lines[0], err
+        # sampling from the live run: writing inside it is refused, reading its checkpoint to write elsewhere is not
+        sample = ["sample", "--run", str(run), "--checkpoint", "last", "--num", "1", "--steps", "1", "--class", "0"]
+        one_line_error(cli(*sample), "being trained", f"pid {proc.pid}", "--out DIR outside the run")
+        assert not (run / "samples").exists() or not any(p.is_dir() for p in (run / "samples").iterdir())
+        code, _, err = cli(*sample, "--out", str(tmp_path / "elsewhere"))
+        assert code == 0, err
+        assert (tmp_path / "elsewhere" / "grid.png").is_file()
         assert proc.poll() is None  # still training, its run intact
         proc.send_signal(signal.SIGTERM)
         rc, _, err = _finish(proc)
@@ -187,7 +195,16 @@ def test_lock_in_process(tmp_path: Path) -> None:
         assert lock.created_root and lock.stale_pid is None
         with pytest.raises(DiffkitError, match="in use"), RunLock(run):
             pass
+        with pytest.raises(DiffkitError, match="being trained"), SharedRunLock(run):
+            pass
     assert not lock_path(run).exists()
+    with SharedRunLock(run), SharedRunLock(run):  # writers share it, and keep training out
+        assert is_locked(run)
+        with pytest.raises(DiffkitError, match="in use"), RunLock(run):
+            pass
+    assert not lock_path(run).exists()  # the last writer tidies the file away
+    with RunLock(run) as lock:  # and a training can start again, with no stale owner to report
+        assert lock.stale_pid is None
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock_path(run).write_text(f"{dead.pid} somehost\n")  # what kill -9 leaves

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +24,7 @@ from rich.progress import (
 from diffkit.cli.flags import check_output_dir
 from diffkit.errors import DiffkitError
 from diffkit.progress import Progress
+from diffkit.runlock import SharedRunLock
 from diffkit.runs import LoadedRun, latest_run, load_run
 from diffkit.samplers import SAMPLERS
 from diffkit.schedules import SPACINGS
@@ -71,7 +72,8 @@ class RunArgs:
     """--run, --checkpoint, --device, --seed and --out: what every command that samples a run takes.
 
     A command declares `args: RunArgs` as its first parameter and is wrapped by `run_command`, which
-    puts these five options in its place; `--out` is checked before the command's body runs.
+    puts these five options in its place; `--out` is checked before the command's body runs, and a run
+    the command writes inside is held (shared, see `runlock`) until it returns.
     """
 
     run: Path | None = None
@@ -79,13 +81,27 @@ class RunArgs:
     device: str = "auto"
     seed: int | None = None
     out: Path | None = None
+    held: ExitStack = field(default_factory=ExitStack, compare=False, repr=False)
 
-    def open(self, *, use_ema: bool = True) -> LoadedRun:
-        return open_run(self.run, self.checkpoint, self.device, use_ema=use_ema)
+    def open(self, *, use_ema: bool = True, output: Path | None = None) -> LoadedRun:
+        """The run; its lock is shared from here to the command's end when the outputs go inside it
+        (--out, else `output`, e.g. --export-dir, else the run's own folder)."""
+        loaded = open_run(self.run, self.checkpoint, self.device, use_ema=use_ema)
+        hold_runs_written(self.held, [loaded.root], [self.out or output or loaded.root])
+        return loaded
 
     def folder(self, loaded: LoadedRun, *default: str) -> Path:
         """--out, else `<run>/<default...>`, as a new or empty folder (see `fresh_dir`)."""
         return fresh_dir(self.out or loaded.root.joinpath(*default))
+
+
+def hold_runs_written(held: ExitStack, roots: Iterable[Path], places: Iterable[Path | None]) -> None:
+    """Take, on `held`, the shared lock of each run that one of `places` (outputs) lies inside: a command
+    then never writes into a run being trained, and no training starts in a run being written into."""
+    inside = [p.resolve() for p in places if p is not None]
+    for root in roots:
+        if any(p.is_relative_to(root.resolve()) for p in inside):
+            held.enter_context(SharedRunLock(root))
 
 
 _RUN_OPTIONS = {  # RunArgs field -> its Typer option and default, in the order --help lists them
@@ -115,7 +131,8 @@ def run_command(command: Callable[..., None]) -> Callable[..., None]:
     def wrapper(**given: Any) -> None:
         args = RunArgs(**{name: given.pop(name) for name in _RUN_OPTIONS})
         check_output_dir(args.out)
-        command(args, **given)
+        with args.held:
+            command(args, **given)
 
     signature = inspect.Signature([*shared, *params[1:]], return_annotation=None)
     wrapper.__signature__ = signature  # type: ignore[attr-defined]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -9,9 +10,9 @@ import typer
 from rich.table import Table
 
 from diffkit.cli import common as opt
-from diffkit.cli.common import console, done, fresh_dir, parse_csv, progress_task
+from diffkit.cli.common import console, done, fresh_dir, hold_runs_written, parse_csv, progress_task
 from diffkit.cli.flags import check_output_dir, check_output_file, check_sample_flags
-from diffkit.evaluation import FEATURE_CHOICES, Accuracy, FidReport, FidRequest, evaluate
+from diffkit.evaluation import FEATURE_CHOICES, Accuracy, FidReport, FidRequest, evaluate, parse_eval_source
 from diffkit.samplers import SAMPLERS
 
 SOURCES_HELP = (
@@ -87,8 +88,16 @@ def fid_command(
         device=device,
         batch_size=batch_size,
     )
-    with progress_task("starting") as progress:
-        report = evaluate(request, progress)
+    runs = [s.path for s in map(parse_eval_source, sources) if s.path is not None and s.kind == "run"]
+    with ExitStack() as held:  # the default --out is inside the first run
+        hold_runs_written(held, runs, [out or next(iter(runs), None), save_stats])
+        with progress_task("starting") as progress:
+            report = evaluate(request, progress)
+        _show(report, out)
+
+
+def _show(report: FidReport, out: Path | None) -> None:
+    """The tables and notes, then the files: statistics, and the report folder (see `_report_folder`)."""
     console.print(f"features: [bold]{report.feature_net}[/bold]")
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")

@@ -60,7 +60,7 @@ def sample_command(
     _check_flags(process=process, gif=gif, frames=frames, export_dir=export_dir, rgb=rgb, out=args.out)
     check_sample_flags(cfg=cfg, eta=eta, steps=steps, num=num, batch_size=batch_size)
     check_output_dir(export_dir, "--export-dir")
-    loaded = args.open(use_ema=not no_ema)
+    loaded = args.open(use_ema=not no_ema, output=export_dir)
     plan = loaded.plan(
         sampler=sampler,
         steps=steps,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +10,7 @@ import typer
 from rich.table import Table
 
 from diffkit.atomic import write_json
-from diffkit.cli.common import OutOption, console, done, fresh_dir, parse_csv
+from diffkit.cli.common import OutOption, console, done, fresh_dir, hold_runs_written, parse_csv
 from diffkit.cli.flags import check_output_dir
 from diffkit.runs import RunPaths, build_schedule
 from diffkit.schedules import SCHEDULE_KINDS, NoiseSchedule, named_schedules, schedule_curves, schedule_key_values
@@ -39,10 +40,12 @@ def plot_schedules_command(
     chosen = named_schedules(names, timesteps, zero_terminal_snr=zero_terminal_snr)
     if run is not None:
         chosen[f"run {run.name}"] = _run_schedule(run)
-    folder = fresh_dir(out or (run / "schedules" if run else Path("schedules")))
-    plots = plot_schedules({name: schedule_curves(s) for name, s in chosen.items()}, folder)
-    values = {name: {"timesteps": s.timesteps, **schedule_key_values(s)} for name, s in chosen.items()}
-    report = write_json(folder / "schedules.json", values)
+    with ExitStack() as held:  # the default --out is inside the run
+        hold_runs_written(held, [run] if run else [], [out or run])
+        folder = fresh_dir(out or (run / "schedules" if run else Path("schedules")))
+        plots = plot_schedules({name: schedule_curves(s) for name, s in chosen.items()}, folder)
+        values = {name: {"timesteps": s.timesteps, **schedule_key_values(s)} for name, s in chosen.items()}
+        report = write_json(folder / "schedules.json", values)
     console.print(_table(values))
     done("plots", plots[0])
     done("one plot per quantity", folder)
