@@ -68,12 +68,16 @@ def is_locked(root: Path) -> bool:
         os.close(fd)
 
 
-def in_use_error(root: Path) -> DiffkitError:
+def _owner(root: Path) -> str:
+    """` (pid N)` when the lock file names its owner (a training does; writers sharing it do not)."""
     owner = read_owner(root)
-    who = f" (pid {owner})" if owner else ""
+    return f" (pid {owner})" if owner else ""
+
+
+def in_use_error(root: Path) -> DiffkitError:
     return DiffkitError(
-        f"run directory {root} is in use by another diffkit process{who}: wait for it to finish or choose "
-        "another --run-dir"
+        f"run directory {root} is in use by another diffkit process{_owner(root)}: wait for it to finish or "
+        "choose another --run-dir"
     )
 
 
@@ -106,10 +110,8 @@ def _lock_file(root: Path, operation: int, refused: Callable[[Path], DiffkitErro
 
 
 def being_trained_error(root: Path) -> DiffkitError:
-    owner = read_owner(root)
-    who = f" (pid {owner})" if owner else ""
     return DiffkitError(
-        f"run {root} is being trained by another diffkit process{who}, and this would write inside it: "
+        f"run {root} is being trained by another diffkit process{_owner(root)}, and this would write inside it: "
         "write elsewhere (--out DIR outside the run; reading its checkpoints is fine) or wait for it to finish"
     )
 
