@@ -10,6 +10,7 @@ runs/<name>/
   checkpoints/last.state.pt      optimizer, LR schedule, RNG and loop state (tensors only; weights_only load)
   checkpoints/best.safetensors   lowest validation loss
   checkpoints/step_000500.safetensors  periodic (train.checkpoint_every_steps)
+  tb/                            TensorBoard event files, with train.tensorboard (diffkit.runlog)
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class RunPaths:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tb"
 
     def weights(self, name: str) -> Path:
         return self.checkpoints / f"{name}.safetensors"

@@ -139,6 +139,7 @@ class TrainSettings(_Group):
     threads: int | None = Field(None, ge=1, le=512)  # torch intra-op threads; unset = torch's default
     fid_every_epochs: int = Field(0, ge=0)  # small-sample FID of EMA samples into metrics.jsonl; 0: off
     fid_samples: int = Field(500, ge=2, le=100_000)  # images per such FID (it is biased upwards at small counts)
+    tensorboard: bool = False  # mirror metrics.jsonl, the grids and the hparams into <run>/tb/ (diffkit.runlog)
 
     @model_validator(mode="before")
     @classmethod

@@ -10,7 +10,6 @@ an interrupted run continues with the same losses as an uninterrupted one. A run
 from __future__ import annotations
 
 import copy
-import json
 import math
 import shutil
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffkit.atomic import write_json, write_text
+from diffkit.atomic import write_json
 from diffkit.clock import ClockPlan, ClockWatch, plan_steps, read_plan
 from diffkit.data import random_condition, resolve_data, train_val_split
 from diffkit.denoiser import Denoiser
@@ -34,6 +33,7 @@ from diffkit.optim import ema_decay_at, ema_update, lr_factor, param_groups
 from diffkit.precision import FP32, PrecisionChoice, choose_precision, cpu_kind, machine_description
 from diffkit.previews import class_grid, preview_images, superres_grid
 from diffkit.runlock import RunLock, check_not_in_use
+from diffkit.runlog import RunLog, truncate_metrics
 from diffkit.runs import (
     RunPaths,
     build_model,
@@ -48,7 +48,7 @@ from diffkit.runs import (
     split_weights,
 )
 from diffkit.sampling import SamplingPlan
-from diffkit.settings import Settings
+from diffkit.settings import Settings, settings_to_dict
 from diffkit.viz import plot_training_curves
 
 
@@ -143,6 +143,7 @@ class Trainer:
         self.clock_start = time.perf_counter() if clock_start is None else clock_start
         self.spent_before = 0.0  # training seconds of earlier sessions of this run (resume)
         t = settings.train
+        self.runlog = RunLog(paths, tensorboard=t.tensorboard)  # metrics.jsonl (+ TensorBoard); writes lazily
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(settings.device)
@@ -259,7 +260,7 @@ class Trainer:
                 f"{reason}); start again with --force"
             ) from None
         self.saved_step = self.step
-        truncate_metrics(self.paths.metrics, self.step)
+        self.runlog.truncate(self.step)
         plan = read_plan(self.paths.plan)
         if "precision" in plan:  # the format the run was trained in, not a fresh probe: resume stays exact
             self.precision = PrecisionChoice.from_dict(plan["precision"])
@@ -357,8 +358,7 @@ class Trainer:
         return str(path)
 
     def _log(self, record: dict[str, Any]) -> None:
-        with self.paths.metrics.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.runlog.append(record)
 
     def train(self, stop_after: int | None = None) -> TrainResult:
         """Run to total_steps (or `stop_after`): a step, its log line, the clock plan, checkpoints, epoch ends."""
@@ -389,6 +389,7 @@ class Trainer:
                 self._after_step()
         if self.step < self.total_steps or self.step % self.steps_per_epoch:
             self._save("last", with_state=True)  # stopped early or mid-epoch: keep the exact place
+        self.runlog.hparams(settings_to_dict(self.settings))
         return TrainResult(
             self.step,
             math.ceil(self.step / self.steps_per_epoch),
@@ -529,6 +530,7 @@ class Trainer:
         if final or (every and epoch % every == 0):
             self.model.eval()
             grid = self.draw_grid(f"epoch_{epoch:04d}")
+            self.runlog.image("samples/grid", grid, self.step)
             self.model.train()
         improved = val is not None and val < self.best_val
         if improved:  # best before last: killed in between, the resumed run redoes this epoch end
@@ -559,27 +561,6 @@ class _LossWindow:
         record = {"loss": sum(self._window) / len(self._window), "lr": lr, "images_per_s": round(self.images_per_s, 1)}
         self._window, self._seen, self._start = [], 0, time.perf_counter()
         return record
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metrics.jsonl records up to `step` (a resumed run logs the later ones again); a torn
-    last line (a kill mid-write) is dropped too. Written atomically."""
-    if not path.is_file():
-        return
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        raise DiffkitError(f"{path} cannot be read as text: move it away and --resume again") from None
-    kept = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            kept.append(line)
-    if len(kept) != len(lines):
-        write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def train_run(
@@ -615,4 +596,7 @@ def train_run(
         else:
             create_run_dir(paths, settings)
             trainer.choose_precision()
-        return trainer, trainer.train(stop_after)
+        try:
+            return trainer, trainer.train(stop_after)
+        finally:
+            trainer.runlog.close()

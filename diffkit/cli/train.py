@@ -128,6 +128,14 @@ def train_command(
             help="Stop at this step (the schedule still plans the full run); continue later with --resume.",
         ),
     ] = None,
+    tensorboard: Annotated[
+        bool | None,
+        typer.Option(
+            "--tensorboard/--no-tensorboard",
+            help="Also log scalars, grids and hparams to <run>/tb/ for TensorBoard (train.tensorboard).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train a diffusion model from a preset."""
     if resume and force:
@@ -148,6 +156,8 @@ def train_command(
             set_nested(length, "train.max_steps", None)  # the clock decides; --max-steps would cap it
     elif max_steps is not None or epochs is not None:
         set_nested(length, "train.max_minutes", None)  # an explicit length replaces a preset's budget
+    if tensorboard is not None:  # logging, not maths: like the length, a resumed run may change it
+        set_nested(length, "train.tensorboard", tensorboard)
     settings = (
         _resume_settings(run_dir, preset, overrides, length, device)
         if resume
@@ -181,6 +191,8 @@ def train_command(
     done("samples", trainer.paths.samples)
     done("training curves", trainer.paths.curves)
     done("precision and plan", trainer.paths.plan)
+    if trainer.runlog.tensorboard:
+        done("TensorBoard", f"{trainer.paths.tensorboard} (view: tensorboard --logdir {trainer.paths.tensorboard})")
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +205,7 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 def _resume_settings(
     run_dir: Path | None, preset: str, overrides: dict[str, Any], length: dict[str, Any], device: str
 ) -> Settings:
-    """A resumed run keeps its saved settings; only its length (and device) may change."""
+    """A resumed run keeps its saved settings; only its length, device and TensorBoard logging may change."""
     if overrides:
         raise DiffkitError("--set cannot change an existing run's settings on --resume: drop --set, or start a new run")
     root = run_dir or resolve_runs_dir(load_settings(preset).runs_dir) / preset
