@@ -106,7 +106,7 @@ class DataSettings(_Group):
     path: str | None = None  # the directory for the `folder` dataset
     val_fraction: float = Field(0.05, ge=0.0, lt=0.5)
     limit: int | None = Field(None, ge=2)  # use only the first N images (quick experiments)
-    download: bool = False  # let torchvision fetch mnist / fashion-mnist / cifar10 when missing
+    download: bool = True  # torchvision fetches a missing mnist / fashion-mnist / cifar10 (DIFFKIT_OFFLINE=1 forbids)
     hflip: bool = False  # random horizontal flips (natural images, not digits)
 
 
@@ -375,6 +375,11 @@ def resolve_data_dir(configured: str | Path | None = None) -> Path:
     """Where datasets live: DIFFKIT_DATA_DIR when set (it wins over the data_dir a run was trained
     with, which may be another machine's), else `configured`, else data/."""
     return Path(os.environ.get("DIFFKIT_DATA_DIR") or configured or "data")
+
+
+def offline() -> bool:
+    """DIFFKIT_OFFLINE=1 (or true / yes / on): nothing is downloaded, whatever data.download says."""
+    return os.environ.get("DIFFKIT_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def resolve_cache_dir() -> Path:
