@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffkit.distributed import Rows, draw_rows
 from diffkit.errors import DiffkitError
 from diffkit.settings import Settings, offline, resolve_data_dir
 
@@ -499,9 +500,14 @@ def upsample(low: Tensor, size: int) -> Tensor:
     return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
-def random_condition(images: Tensor, scales: list[int], generator: torch.Generator) -> Tensor:
-    """Training conditioning: each image degraded by a scale drawn uniformly from `scales`, upsampled back."""
-    pick = torch.randint(len(scales), (images.shape[0],), generator=generator, device=generator.device)
+def random_condition(images: Tensor, scales: list[int], generator: torch.Generator, rows: Rows | None = None) -> Tensor:
+    """Training conditioning: each image degraded by a scale drawn uniformly from `scales`, upsampled back.
+
+    With `rows`, `images` are this process's rows of a global batch and the scales are drawn for all of it.
+    """
+    pick = draw_rows(
+        rows, images.shape[0], lambda k: torch.randint(len(scales), (k,), generator=generator, device=generator.device)
+    )
     cond = torch.empty_like(images)
     for i, scale in enumerate(scales):
         chosen = pick.to(images.device) == i

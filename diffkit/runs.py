@@ -30,6 +30,7 @@ from torch import nn
 
 from diffkit.atomic import atomic_write
 from diffkit.denoiser import Denoiser
+from diffkit.devices import resolve_device
 from diffkit.errors import DiffkitError
 from diffkit.models import UNet
 from diffkit.precision import PrecisionChoice, choose_precision
@@ -160,14 +161,6 @@ def build_schedule(settings: Settings) -> NoiseSchedule:
         sigmoid_tau=d.sigmoid_tau,
         zero_terminal_snr=d.zero_terminal_snr,
     )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DiffkitError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------------- checkpoints

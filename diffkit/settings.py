@@ -127,8 +127,9 @@ class TrainSettings(_Group):
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
     ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step))
     p_uncond: float = Field(0.1, ge=0.0, le=1.0)  # label dropout that teaches the unconditional model
-    # bf16 autocast or fp32; "auto" times both on this machine for this network (diffkit.precision)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # bf16 / fp16 autocast or fp32; "auto" times bf16 and fp32 on this CPU for this network, and on
+    # CUDA takes bf16, else fp16 with a gradient scaler, else fp32 (diffkit.precision)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     max_minutes: float | None = Field(None, gt=0.0, le=100_000.0)  # plan the run's length by the clock
     seed: int = 0
     log_every: int = Field(25, ge=1)
@@ -179,7 +180,7 @@ class SampleSettings(_Group):
     # clip x̂0 to [-1, 1] at every step (as diffusers' and lucidrains' samplers do): without it, early
     # high-noise ε-predictions leave speckle in the background; "dynamic" is Imagen's thresholding
     clipping: Literal["none", "clip", "dynamic"] = "clip"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # as train.precision, timed for inference
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # as train.precision, timed for inference
 
 
 class Settings(BaseSettings):

@@ -11,6 +11,7 @@ import typer
 from rich.progress import TextColumn
 
 from diffkit.cli.common import DeviceOption, console, done, progress_bar
+from diffkit.distributed import launched_rank
 from diffkit.errors import DiffkitError
 from diffkit.settings import (
     Settings,
@@ -40,7 +41,7 @@ class RichHooks(TrainHooks):
             f"UNet with [bold]{info['parameters']:,}[/bold] parameters on {info['device']}; "
             f"{info['train_images']:,} training / {info['val_images']:,} validation images, "
             f"{info['classes'] or 'no'} classes, {info['steps_per_epoch']} steps per epoch, "
-            f"batch {info['batch_size']}"
+            f"batch {info['batch_size']}" + _split(info)
         )
         console.print(f"CPU: {info['cpu']}" if info["device"] == "cpu" else f"device: {info['cpu']}")
         console.print(f"precision {info['precision']}")
@@ -94,6 +95,13 @@ class RichHooks(TrainHooks):
 
     def stop(self) -> None:
         self.bar.stop()
+
+
+def _split(info: dict[str, Any]) -> str:
+    processes = int(info.get("processes", 1))
+    if processes <= 1:
+        return ""
+    return f" (global: {processes} processes x {info['batch_size'] // processes} images each)"
 
 
 def train_command(
@@ -164,6 +172,8 @@ def train_command(
         else load_settings(preset, _merge(_merge(overrides, length), {"device": device} if device != "auto" else {}))
     )
     root = run_dir or resolve_runs_dir(settings.runs_dir) / (settings.name or preset)
+    if launched_rank() != 0:  # under torchrun only rank 0 shows progress and prints
+        console.quiet = True
     hooks = RichHooks()
     try:
         trainer, result = train_run(settings, root, resume=resume, force=force, hooks=hooks, stop_after=stop_after)
