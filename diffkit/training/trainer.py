@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -308,7 +309,9 @@ class Trainer:
         lr = self.opt.param_groups[0]["lr"]
         self.scaler.step(self.opt)
         self.scaler.update()
-        self.lr_sched.step()
+        with warnings.catch_warnings():  # after a step the fp16 scaler skipped, torch warns of a wrong order
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.lr_sched.step()
         ema_update(self.ema, self.model, ema_decay_at(self.step, t.ema_decay, t.ema_warmup))
         self.step += 1
         return mean_loss, lr, x0.shape[0] * self.world.size
