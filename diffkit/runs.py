@@ -30,7 +30,7 @@ from torch import nn
 
 from diffkit.atomic import atomic_write
 from diffkit.denoiser import Denoiser
-from diffkit.devices import resolve_device
+from diffkit.devices import configure, resolve_device
 from diffkit.errors import DiffkitError
 from diffkit.models import UNet
 from diffkit.precision import PrecisionChoice, choose_precision
@@ -350,5 +350,6 @@ def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, d
             f"checkpoint {path} does not match the model in {run_dir}/config.toml: use a checkpoint from this run"
         ) from None
     dev = resolve_device(device)
+    configure(dev)
     model.to(dev).eval()
     return LoadedRun(run_dir, settings, model, build_schedule(settings), path, meta, dev)

@@ -21,7 +21,7 @@ from diffkit.settings import (
     resolve_runs_dir,
     set_nested,
 )
-from diffkit.training import ClockPlan, TrainHooks, TrainingInterrupted, train_run
+from diffkit.training import ClockPlan, Trainer, TrainHooks, TrainingInterrupted, TrainResult, train_run
 
 
 class RichHooks(TrainHooks):
@@ -149,21 +149,7 @@ def train_command(
     if resume and force:
         raise DiffkitError("--resume and --force contradict each other: give one")
     overrides = parse_overrides(set_ or [])
-    length: dict[str, Any] = {}
-    if max_steps is not None:
-        set_nested(length, "train.max_steps", max_steps)
-    if epochs is not None:
-        set_nested(length, "train.epochs", epochs)
-        if max_steps is None:
-            set_nested(length, "train.max_steps", None)
-    if minutes is not None:
-        if resume:
-            raise DiffkitError("--minutes cannot change a resumed run: it follows the plan it made; drop --minutes")
-        set_nested(length, "train.max_minutes", minutes)
-        if max_steps is None:
-            set_nested(length, "train.max_steps", None)  # the clock decides; --max-steps would cap it
-    elif max_steps is not None or epochs is not None:
-        set_nested(length, "train.max_minutes", None)  # an explicit length replaces a preset's budget
+    length = _length(max_steps, epochs, minutes, resume)
     if tensorboard is not None:  # logging, not maths: like the length, a resumed run may change it
         set_nested(length, "train.tensorboard", tensorboard)
     settings = (
@@ -187,6 +173,30 @@ def train_command(
         raise typer.Exit(stop.exit_code) from None
     finally:
         hooks.stop()
+    _report(trainer, result, root)
+
+
+def _length(max_steps: int | None, epochs: int | None, minutes: float | None, resume: bool) -> dict[str, Any]:
+    """The run's length from the flags: each of --max-steps / --epochs / --minutes replaces a preset's others."""
+    length: dict[str, Any] = {}
+    if max_steps is not None:
+        set_nested(length, "train.max_steps", max_steps)
+    if epochs is not None:
+        set_nested(length, "train.epochs", epochs)
+        if max_steps is None:
+            set_nested(length, "train.max_steps", None)
+    if minutes is not None:
+        if resume:
+            raise DiffkitError("--minutes cannot change a resumed run: it follows the plan it made; drop --minutes")
+        set_nested(length, "train.max_minutes", minutes)
+        if max_steps is None:
+            set_nested(length, "train.max_steps", None)  # the clock decides; --max-steps would cap it
+    elif max_steps is not None or epochs is not None:
+        set_nested(length, "train.max_minutes", None)  # an explicit length replaces a preset's budget
+    return length
+
+
+def _report(trainer: Trainer, result: TrainResult, root: Path) -> None:
     best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
     console.print(
         f"trained {result.steps:,} of {trainer.total_steps:,} steps in {result.seconds:.0f}s "

@@ -1,7 +1,7 @@
 """What a time-budgeted run must keep in reserve besides its steps: validation, grids, FID, checkpoints.
 
-`diffkit.clock` turns these seconds and the measured step time into the run's length; this module
-estimates them from one timed forward pass of the network as the run uses it.
+`diffkit.clock.plan_steps` turns these seconds and the measured step time into the run's length;
+this module estimates them from one timed forward pass of the network as the run uses it.
 """
 
 from __future__ import annotations
@@ -9,13 +9,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from diffkit import clock
+from diffkit.clock import ClockPlan
 from diffkit.precision import PrecisionChoice
 from diffkit.previews import preview_images
 from diffkit.settings import Settings
+
+if TYPE_CHECKING:
+    from diffkit.training.trainer import Trainer
 
 SAVE_S = 1.0  # a checkpoint, curves.png and the metrics: about a second on a laptop
 
@@ -60,3 +66,30 @@ def reserve(settings: Settings, per_image_s: float, *, val_images: int, timestep
     if with_fid and t.fid_every_epochs:
         epoch_end_s += fid_s / t.fid_every_epochs
     return Reserve(epoch_end_s, val_s + grid_s + (fid_s if with_fid else 0.0))
+
+
+def measure_plan(trainer: Trainer, step_s: float) -> ClockPlan:
+    """The plan for the rest of `trainer`'s budget: its steps at `step_s` each, and the reserve."""
+    per_image = forward_seconds_per_image(
+        trainer.ema, trainer.settings, trainer.precision, trainer.device, trainer.batch_size
+    )
+    costs = reserve(
+        trainer.settings,
+        per_image,
+        val_images=len(trainer.val_set),
+        timesteps=trainer.schedule.timesteps,
+        with_fid=trainer.fid is not None,
+    )
+    budget_s, elapsed = trainer.budget_s or 0.0, trainer.elapsed_s()
+    total = clock.plan_steps(
+        budget_s=budget_s,
+        elapsed_s=elapsed,
+        step=trainer.step,
+        step_s=step_s,
+        epoch_end_s=costs.epoch_end_s,
+        steps_per_epoch=trainer.steps_per_epoch,
+        final_s=costs.final_s,
+        cap=trainer.step_cap,
+    )
+    total = max(total, trainer.step)
+    return ClockPlan(budget_s, total, trainer.step, step_s, costs.epoch_end_s, costs.final_s, elapsed)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from diffkit import clock
 from diffkit.atomic import write_json
 from diffkit.clock import ClockPlan, ClockWatch, read_plan
 from diffkit.data import random_condition, resolve_data, to_float, train_val_split
@@ -44,7 +44,7 @@ from diffkit.runs import (
 )
 from diffkit.sampling import SamplingPlan
 from diffkit.settings import Settings, settings_to_dict
-from diffkit.training.budget import forward_seconds_per_image, reserve
+from diffkit.training.budget import measure_plan
 from diffkit.training.outcomes import (
     LossWindow,
     TrainHooks,
@@ -311,7 +311,9 @@ class Trainer:
         lr = self.opt.param_groups[0]["lr"]
         self.scaler.step(self.opt)
         self.scaler.update()
-        self.lr_sched.step()
+        with warnings.catch_warnings():  # after a step the fp16 scaler skipped, torch warns of a wrong order
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.lr_sched.step()
         ema_update(self.ema, self.model, ema_decay_at(self.step, t.ema_decay, t.ema_warmup))
         self.step += 1
         return mean_loss, lr, x0.shape[0] * self.world.size
@@ -459,34 +461,11 @@ class Trainer:
 
     def _make_plan(self, step_s: float) -> None:
         """Fix total_steps (rank 0 decides) so that the rest of the run, its last epoch end and grid fit."""
-        self.clock_plan = self.world.from_main(self._measure_plan(step_s) if self.world.is_main else None)
+        self.clock_plan = self.world.from_main(measure_plan(self, step_s) if self.world.is_main else None)
         assert self.clock_plan is not None
         self.total_steps = self.clock_plan.planned_steps
         self._write_plan()
         self.hooks.plan(self.clock_plan)
-
-    def _measure_plan(self, step_s: float) -> ClockPlan:
-        per_image = forward_seconds_per_image(self.ema, self.settings, self.precision, self.device, self.batch_size)
-        costs = reserve(
-            self.settings,
-            per_image,
-            val_images=len(self.val_set),
-            timesteps=self.schedule.timesteps,
-            with_fid=self.fid is not None,
-        )
-        elapsed = self.elapsed_s()
-        total = clock.plan_steps(
-            budget_s=self.budget_s or 0.0,
-            elapsed_s=elapsed,
-            step=self.step,
-            step_s=step_s,
-            epoch_end_s=costs.epoch_end_s,
-            steps_per_epoch=self.steps_per_epoch,
-            final_s=costs.final_s,
-            cap=self.step_cap,
-        )
-        total = max(total, self.step)
-        return ClockPlan(self.budget_s or 0.0, total, self.step, step_s, costs.epoch_end_s, costs.final_s, elapsed)
 
     def _end_epoch(self) -> None:
         epoch = math.ceil(self.step / self.steps_per_epoch)
