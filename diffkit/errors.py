@@ -3,3 +3,5 @@
 
 class DiffkitError(Exception):
     """A problem with the user's input or files, with the fix in the message."""
+
+    quiet = False  # True: already printed elsewhere (by rank 0 of a multi-process run); exit 2 silently

@@ -14,11 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffkit.denoiser import Objective, min_snr_weight, training_target
+from diffkit.distributed import Rows, draw_rows
 from diffkit.precision import FP32, PrecisionChoice
 from diffkit.schedules import NoiseSchedule, gather
 
-# extra input channels for the batch (super-resolution's degraded images), drawn from the same generator
-Condition = Callable[[Tensor, torch.Generator], Tensor | None]
+# extra input channels for the batch (super-resolution's degraded images), drawn from the same generator;
+# the third argument is the batch's `rows` (see diffusion_loss)
+Condition = Callable[[Tensor, torch.Generator, Rows | None], Tensor | None]
 
 
 def diffusion_loss(
@@ -34,21 +36,23 @@ def diffusion_loss(
     p_uncond: float = 0.0,
     condition: Condition | None = None,
     precision: PrecisionChoice = FP32,
+    rows: Rows | None = None,
 ) -> Tensor:
     """The mean weighted denoising loss of clean images `x0` (N, C, H, W) with labels (N,).
 
     Every random draw comes from `generator`, in a fixed order (t, noise, label dropout, condition),
-    so a resumed run draws exactly what an unbroken one would.
+    so a resumed run draws exactly what an unbroken one would. With `rows`, `x0` is this process's
+    part of a global batch and every draw is the global batch's, sliced (`Rows`).
     """
     n, device = x0.shape[0], x0.device
-    t = torch.randint(0, schedule.timesteps, (n,), generator=generator, device=device)
-    noise = torch.randn(x0.shape, generator=generator, device=device)
+    t = draw_rows(rows, n, lambda k: torch.randint(0, schedule.timesteps, (k,), generator=generator, device=device))
+    noise = draw_rows(rows, n, lambda k: torch.randn((k, *x0.shape[1:]), generator=generator, device=device))
     classes = None
     if num_classes:
-        drop = torch.rand(n, generator=generator, device=device) < p_uncond
+        drop = draw_rows(rows, n, lambda k: torch.rand(k, generator=generator, device=device)) < p_uncond
         classes = torch.where(drop, torch.full_like(labels, num_classes), labels)
     x_t = precision.layout(schedule.q_sample(x0, t, noise))  # the memory format the probe chose
-    cond = condition(x0, generator) if condition is not None else None
+    cond = condition(x0, generator, rows) if condition is not None else None
     with precision.autocast(device):
         out = model(x_t, t, classes) if cond is None else model(x_t, t, classes, cond=cond)
     target = training_target(objective, x0, noise, gather(schedule.alpha_bar, t, x0))

@@ -5,8 +5,9 @@ to 17x (inference) *slower* on AVX2-only CPUs, where it is emulated; channels-la
 fp32 convolutions on some CPUs and slow down bf16 ones on others. So `precision = "auto"` times a few
 steps of the run's own network in each combination (a probe of a few seconds), keeps the fastest,
 and caches the answer under the cache dir, keyed by the CPU, torch and the network's shape. On CUDA
-it uses bf16 where the GPU supports it. Explicit "fp32" / "bf16" are taken as given (with the
-default layout). The layout never changes the maths, only the speed.
+the rule is fixed (`cuda_choice`): bf16 where the GPU supports it, else fp16 with a gradient scaler
+on GPUs with fp16 tensor cores, else fp32. Explicit "fp32" / "bf16" / "fp16" are taken as given
+(with the default layout). The layout never changes the maths, only the speed.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from torch import nn
 from diffkit.atomic import write_json
 from diffkit.settings import resolve_cache_dir
 
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Format = Literal["fp32", "bf16", "fp16"]
 Mode = Literal["train", "sample"]
 
 # bf16 must win by this much to be chosen: a tie is not worth its rounding error
@@ -46,7 +48,7 @@ _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 class PrecisionChoice:
     """The format chosen, why, and (when measured) the seconds per probe step of each format."""
 
-    name: Literal["fp32", "bf16"]
+    name: Format
     reason: str
     fp32_s: float | None = None  # seconds per probe step in the best layout of each format
     bf16_s: float | None = None
@@ -63,7 +65,12 @@ class PrecisionChoice:
     @property
     def dtype(self) -> torch.dtype | None:
         """The autocast dtype, or None for plain fp32."""
-        return torch.bfloat16 if self.name == "bf16" else None
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        """fp16 gradients underflow without loss scaling (bf16 has fp32's exponent range and needs none)."""
+        return self.name == "fp16"
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
         if self.dtype is None:
@@ -223,6 +230,16 @@ def _cache_path(key: dict[str, Any], root: Path | None) -> Path:
     return (root or resolve_cache_dir()) / "precision" / f"{digest}.json"
 
 
+def cuda_choice(gpu: str, bf16_supported: bool, capability: tuple[int, int]) -> PrecisionChoice:
+    """The GPU rule: bf16 where supported (Ampere and later); else fp16 with a gradient scaler where
+    the GPU has fp16 tensor cores (compute capability 7.0, Volta, and later); else fp32."""
+    if bf16_supported:
+        return PrecisionChoice("bf16", f"{gpu} supports bf16")
+    if capability >= (7, 0):
+        return PrecisionChoice("fp16", f"{gpu} has no bf16 but fp16 tensor cores (with a gradient scaler)")
+    return PrecisionChoice("fp32", f"{gpu} has neither bf16 nor fp16 tensor cores")
+
+
 def choose_precision(
     requested: Precision,
     model: nn.Module,
@@ -240,12 +257,14 @@ def choose_precision(
     """
     if requested == "fp32":
         return PrecisionChoice("fp32", "set to fp32")
-    if requested == "bf16":
-        return PrecisionChoice("bf16", "set to bf16")
+    if requested in ("bf16", "fp16"):
+        return PrecisionChoice(requested, f"set to {requested}")
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return PrecisionChoice("bf16", f"{torch.cuda.get_device_name(device)} supports bf16")
-        return PrecisionChoice("fp32", f"{torch.cuda.get_device_name(device)} has no bf16")
+        return cuda_choice(
+            torch.cuda.get_device_name(device),
+            torch.cuda.is_bf16_supported(),
+            torch.cuda.get_device_capability(device),
+        )
     if device.type != "cpu":
         return PrecisionChoice("fp32", f"no bf16 probe for device {device.type}")
     key = {"machine": machine_description(), "network": network_key(model), "mode": mode, "batch": batch, "probe": 2}

@@ -10,6 +10,7 @@ runs/<name>/
   checkpoints/last.state.pt      optimizer, LR schedule, RNG and loop state (tensors only; weights_only load)
   checkpoints/best.safetensors   lowest validation loss
   checkpoints/step_000500.safetensors  periodic (train.checkpoint_every_steps)
+  tb/                            TensorBoard event files, with train.tensorboard (diffkit.runlog)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import nn
 
 from diffkit.atomic import atomic_write
 from diffkit.denoiser import Denoiser
+from diffkit.devices import configure, resolve_device
 from diffkit.errors import DiffkitError
 from diffkit.models import UNet
 from diffkit.precision import PrecisionChoice, choose_precision
@@ -65,6 +67,10 @@ class RunPaths:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tb"
 
     def weights(self, name: str) -> Path:
         return self.checkpoints / f"{name}.safetensors"
@@ -155,14 +161,6 @@ def build_schedule(settings: Settings) -> NoiseSchedule:
         sigmoid_tau=d.sigmoid_tau,
         zero_terminal_snr=d.zero_terminal_snr,
     )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DiffkitError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -352,5 +350,6 @@ def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, d
             f"checkpoint {path} does not match the model in {run_dir}/config.toml: use a checkpoint from this run"
         ) from None
     dev = resolve_device(device)
+    configure(dev)
     model.to(dev).eval()
     return LoadedRun(run_dir, settings, model, build_schedule(settings), path, meta, dev)

@@ -22,7 +22,7 @@ from diffkit.errors import DiffkitError
 from diffkit.samplers import SAMPLERS, get_sampler
 from diffkit.settings import SampleSettings
 
-PrecisionName = Literal["auto", "fp32", "bf16"]
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
 Options = tuple[tuple[str, Any], ...]
 
 

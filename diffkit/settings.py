@@ -106,7 +106,7 @@ class DataSettings(_Group):
     path: str | None = None  # the directory for the `folder` dataset
     val_fraction: float = Field(0.05, ge=0.0, lt=0.5)
     limit: int | None = Field(None, ge=2)  # use only the first N images (quick experiments)
-    download: bool = False  # let torchvision fetch mnist / fashion-mnist / cifar10 when missing
+    download: bool = True  # torchvision fetches a missing mnist / fashion-mnist / cifar10 (DIFFKIT_OFFLINE=1 forbids)
     hflip: bool = False  # random horizontal flips (natural images, not digits)
 
 
@@ -127,8 +127,9 @@ class TrainSettings(_Group):
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
     ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step))
     p_uncond: float = Field(0.1, ge=0.0, le=1.0)  # label dropout that teaches the unconditional model
-    # bf16 autocast or fp32; "auto" times both on this machine for this network (diffkit.precision)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # bf16 / fp16 autocast or fp32; "auto" times bf16 and fp32 on this CPU for this network, and on
+    # CUDA takes bf16, else fp16 with a gradient scaler, else fp32 (diffkit.precision)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     max_minutes: float | None = Field(None, gt=0.0, le=100_000.0)  # plan the run's length by the clock
     seed: int = 0
     log_every: int = Field(25, ge=1)
@@ -139,6 +140,7 @@ class TrainSettings(_Group):
     threads: int | None = Field(None, ge=1, le=512)  # torch intra-op threads; unset = torch's default
     fid_every_epochs: int = Field(0, ge=0)  # small-sample FID of EMA samples into metrics.jsonl; 0: off
     fid_samples: int = Field(500, ge=2, le=100_000)  # images per such FID (it is biased upwards at small counts)
+    tensorboard: bool = False  # mirror metrics.jsonl, the grids and the hparams into <run>/tb/ (diffkit.runlog)
 
     @model_validator(mode="before")
     @classmethod
@@ -178,7 +180,7 @@ class SampleSettings(_Group):
     # clip x̂0 to [-1, 1] at every step (as diffusers' and lucidrains' samplers do): without it, early
     # high-noise ε-predictions leave speckle in the background; "dynamic" is Imagen's thresholding
     clipping: Literal["none", "clip", "dynamic"] = "clip"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # as train.precision, timed for inference
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # as train.precision, timed for inference
 
 
 class Settings(BaseSettings):
@@ -374,6 +376,11 @@ def resolve_data_dir(configured: str | Path | None = None) -> Path:
     """Where datasets live: DIFFKIT_DATA_DIR when set (it wins over the data_dir a run was trained
     with, which may be another machine's), else `configured`, else data/."""
     return Path(os.environ.get("DIFFKIT_DATA_DIR") or configured or "data")
+
+
+def offline() -> bool:
+    """DIFFKIT_OFFLINE=1 (or true / yes / on): nothing is downloaded, whatever data.download says."""
+    return os.environ.get("DIFFKIT_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def resolve_cache_dir() -> Path:

@@ -70,6 +70,15 @@ def _to_pil(img: Tensor) -> Any:
     return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, mode="L" if arr.shape[2] == 1 else "RGB")
 
 
+def read_rgb(path: str | Path) -> Any:
+    """A PNG this module wrote, back as an (H, W, 3) uint8 array (what TensorBoard's image summary takes)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
 def plot_training_curves(metrics_file: str | Path, out: str | Path) -> Path | None:
     """Training loss (smoothed), validation loss and learning rate against step, from metrics.jsonl."""
     import matplotlib

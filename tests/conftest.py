@@ -10,6 +10,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# No test may reach the network: a missing torchvision dataset is an error here, never a download
+# (data.download defaults to true). The download tests unset it for themselves (tests/test_data_download.py).
+os.environ["DIFFKIT_OFFLINE"] = "1"
+
 
 def shared_data_dir() -> Path | None:
     for candidate in (os.environ.get("DIFFKIT_DATA_DIR"), REPO.parent / "shared" / "data"):

@@ -221,8 +221,8 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(
 ) -> None:
     real = Trainer.loss
 
-    def poisoned(self, model, x0, labels, gen, p_uncond):  # the loss turns NaN at the 5th step
-        loss = real(self, model, x0, labels, gen, p_uncond)
+    def poisoned(self, model, x0, labels, gen, p_uncond, rows=None):  # the loss turns NaN at the 5th step
+        loss = real(self, model, x0, labels, gen, p_uncond, rows)
         return loss * float("nan") if self.step == 4 and model is self.model else loss
 
     monkeypatch.setattr(Trainer, "loss", poisoned)

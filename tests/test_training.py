@@ -141,8 +141,6 @@ def test_plan_steps_fits_the_budget_in_closed_form() -> None:
 
 
 def test_time_budget_plans_once_and_resume_follows_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import diffkit.training as training
-
     budget = ["train.max_minutes=5", "train.max_steps=100", "train.precision=fp32"]
     planned: list[int] = []
 
@@ -150,7 +148,7 @@ def test_time_budget_plans_once_and_resume_follows_the_plan(tmp_path: Path, monk
         planned.append(int(kwargs["step"]))  # type: ignore[call-overload]
         return 12  # the clock is the one thing a test cannot repeat: fix what it decides
 
-    monkeypatch.setattr(training, "plan_steps", fixed_plan)
+    monkeypatch.setattr(clock, "plan_steps", fixed_plan)
     monkeypatch.setattr(clock.ClockWatch, "ready", lambda self, budget_s: self.count >= 3)
     trainer, straight = train_run(tiny_settings(*budget), tmp_path / "straight")
     assert straight.steps == trainer.total_steps == 12 and planned == [5]  # 2 warm-up steps + 3 timed
@@ -181,7 +179,7 @@ def test_a_real_time_budget_run_ends_with_its_plan(tmp_path: Path) -> None:
 def test_a_run_that_outlives_its_budget_ends_with_its_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import diffkit.training as training
 
-    monkeypatch.setattr(training, "plan_steps", lambda **kwargs: 30)
+    monkeypatch.setattr(clock, "plan_steps", lambda **kwargs: 30)
     monkeypatch.setattr(clock.ClockWatch, "ready", lambda self, budget_s: self.count >= 3)
     # the machine slows down after planning: at step 9 the budget is gone
     monkeypatch.setattr(training.Trainer, "_out_of_time", lambda self: self.step >= 9)

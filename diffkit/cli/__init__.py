@@ -11,6 +11,7 @@ from diffkit import __version__
 
 # not cli/app.py: a submodule named `app` would replace the Typer `app` here
 from diffkit.cli import compare, fid, inpaint, interpolate, presets, sample, schedules, superres, train, webapp
+from diffkit.distributed import launched_rank
 from diffkit.errors import DiffkitError
 
 app = typer.Typer(
@@ -75,8 +76,10 @@ def main() -> None:
         print("diffkit: interrupted", file=sys.stderr)
         sys.exit(130)
     except DiffkitError as exc:
-        message = " ".join(str(exc).split())
-        print(f"diffkit: error: {message}", file=sys.stderr)
+        if not exc.quiet:
+            message = " ".join(str(exc).split())
+            rank = launched_rank()  # under torchrun every process may fail; each says which it is
+            print(f"diffkit{f' (rank {rank})' if rank else ''}: error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("diffkit: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ import typer
 from rich.progress import TextColumn
 
 from diffkit.cli.common import DeviceOption, console, done, progress_bar
+from diffkit.distributed import launched_rank
 from diffkit.errors import DiffkitError
 from diffkit.settings import (
     Settings,
@@ -20,7 +21,7 @@ from diffkit.settings import (
     resolve_runs_dir,
     set_nested,
 )
-from diffkit.training import ClockPlan, TrainHooks, TrainingInterrupted, train_run
+from diffkit.training import ClockPlan, Trainer, TrainHooks, TrainingInterrupted, TrainResult, train_run
 
 
 class RichHooks(TrainHooks):
@@ -40,7 +41,7 @@ class RichHooks(TrainHooks):
             f"UNet with [bold]{info['parameters']:,}[/bold] parameters on {info['device']}; "
             f"{info['train_images']:,} training / {info['val_images']:,} validation images, "
             f"{info['classes'] or 'no'} classes, {info['steps_per_epoch']} steps per epoch, "
-            f"batch {info['batch_size']}"
+            f"batch {info['batch_size']}" + _split(info)
         )
         console.print(f"CPU: {info['cpu']}" if info["device"] == "cpu" else f"device: {info['cpu']}")
         console.print(f"precision {info['precision']}")
@@ -96,6 +97,13 @@ class RichHooks(TrainHooks):
         self.bar.stop()
 
 
+def _split(info: dict[str, Any]) -> str:
+    processes = int(info.get("processes", 1))
+    if processes <= 1:
+        return ""
+    return f" (global: {processes} processes x {info['batch_size'] // processes} images each)"
+
+
 def train_command(
     preset: Annotated[
         str, typer.Option("--preset", "-p", help="Preset name (see `diffkit presets`) or a .toml path.")
@@ -128,11 +136,48 @@ def train_command(
             help="Stop at this step (the schedule still plans the full run); continue later with --resume.",
         ),
     ] = None,
+    tensorboard: Annotated[
+        bool | None,
+        typer.Option(
+            "--tensorboard/--no-tensorboard",
+            help="Also log scalars, grids and hparams to <run>/tb/ for TensorBoard (train.tensorboard).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train a diffusion model from a preset."""
     if resume and force:
         raise DiffkitError("--resume and --force contradict each other: give one")
     overrides = parse_overrides(set_ or [])
+    length = _length(max_steps, epochs, minutes, resume)
+    if tensorboard is not None:  # logging, not maths: like the length, a resumed run may change it
+        set_nested(length, "train.tensorboard", tensorboard)
+    settings = (
+        _resume_settings(run_dir, preset, overrides, length, device)
+        if resume
+        else load_settings(preset, _merge(_merge(overrides, length), {"device": device} if device != "auto" else {}))
+    )
+    root = run_dir or resolve_runs_dir(settings.runs_dir) / (settings.name or preset)
+    if launched_rank() != 0:  # under torchrun only rank 0 shows progress and prints
+        console.quiet = True
+    hooks = RichHooks()
+    try:
+        trainer, result = train_run(settings, root, resume=resume, force=force, hooks=hooks, stop_after=stop_after)
+    except TrainingInterrupted as stop:
+        hooks.stop()
+        why = f" by {signal.Signals(stop.signum).name}" if stop.signum else ""
+        console.print(
+            f"[yellow]interrupted{why} at step {stop.step:,}[/yellow]: saved the exact state after it as "
+            f"{root / 'checkpoints' / 'last.safetensors'}; continue with: diffkit train --run-dir {root} --resume"
+        )
+        raise typer.Exit(stop.exit_code) from None
+    finally:
+        hooks.stop()
+    _report(trainer, result, root)
+
+
+def _length(max_steps: int | None, epochs: int | None, minutes: float | None, resume: bool) -> dict[str, Any]:
+    """The run's length from the flags: each of --max-steps / --epochs / --minutes replaces a preset's others."""
     length: dict[str, Any] = {}
     if max_steps is not None:
         set_nested(length, "train.max_steps", max_steps)
@@ -148,25 +193,10 @@ def train_command(
             set_nested(length, "train.max_steps", None)  # the clock decides; --max-steps would cap it
     elif max_steps is not None or epochs is not None:
         set_nested(length, "train.max_minutes", None)  # an explicit length replaces a preset's budget
-    settings = (
-        _resume_settings(run_dir, preset, overrides, length, device)
-        if resume
-        else load_settings(preset, _merge(_merge(overrides, length), {"device": device} if device != "auto" else {}))
-    )
-    root = run_dir or resolve_runs_dir(settings.runs_dir) / (settings.name or preset)
-    hooks = RichHooks()
-    try:
-        trainer, result = train_run(settings, root, resume=resume, force=force, hooks=hooks, stop_after=stop_after)
-    except TrainingInterrupted as stop:
-        hooks.stop()
-        why = f" by {signal.Signals(stop.signum).name}" if stop.signum else ""
-        console.print(
-            f"[yellow]interrupted{why} at step {stop.step:,}[/yellow]: saved the exact state after it as "
-            f"{root / 'checkpoints' / 'last.safetensors'}; continue with: diffkit train --run-dir {root} --resume"
-        )
-        raise typer.Exit(stop.exit_code) from None
-    finally:
-        hooks.stop()
+    return length
+
+
+def _report(trainer: Trainer, result: TrainResult, root: Path) -> None:
     best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
     console.print(
         f"trained {result.steps:,} of {trainer.total_steps:,} steps in {result.seconds:.0f}s "
@@ -181,6 +211,8 @@ def train_command(
     done("samples", trainer.paths.samples)
     done("training curves", trainer.paths.curves)
     done("precision and plan", trainer.paths.plan)
+    if trainer.runlog.tensorboard:
+        done("TensorBoard", f"{trainer.paths.tensorboard} (view: tensorboard --logdir {trainer.paths.tensorboard})")
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +225,7 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 def _resume_settings(
     run_dir: Path | None, preset: str, overrides: dict[str, Any], length: dict[str, Any], device: str
 ) -> Settings:
-    """A resumed run keeps its saved settings; only its length (and device) may change."""
+    """A resumed run keeps its saved settings; only its length, device and TensorBoard logging may change."""
     if overrides:
         raise DiffkitError("--set cannot change an existing run's settings on --resume: drop --set, or start a new run")
     root = run_dir or resolve_runs_dir(load_settings(preset).runs_dir) / preset

@@ -1,30 +1,28 @@
-"""The training loop: AdamW, warm-up + cosine LR, gradient clipping, EMA, measured precision, validation.
+"""The Trainer: a run's model, EMA, optimiser and data, and the loop that steps them.
 
-Resuming is exact: the run's data order is a pure function of (seed, epoch), and the state saved
-with `last` holds the model, EMA, optimiser, LR schedule, both random generators and the step, so
-an interrupted run continues with the same losses as an uninterrupted one. A run with a time budget
-(`train.max_minutes`) measures its speed over its first seconds and then fixes its length once
-(`plan.json`), so the LR schedule ends with the budget and a resumed run follows the same plan.
+One code path for one process and for N (`diffkit.distributed.World`): every rank builds the same
+model from the same seed and draws the same global batch and noise; DDP averages the gradients, so
+the weights and the EMA stay identical on every rank; rank 0 alone prints, logs and writes files.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-import shutil
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
-from diffkit.atomic import write_json, write_text
-from diffkit.clock import ClockPlan, ClockWatch, plan_steps, read_plan
-from diffkit.data import random_condition, resolve_data, train_val_split
+from diffkit.atomic import write_json
+from diffkit.clock import ClockPlan, ClockWatch, read_plan
+from diffkit.data import random_condition, resolve_data, to_float, train_val_split
 from diffkit.denoiser import Denoiser
+from diffkit.devices import configure, resolve_device, to_device
+from diffkit.distributed import Rows, World, draw_rows
 from diffkit.errors import DiffkitError
 from diffkit.evaluation import training_fid
 from diffkit.interrupts import StopRequest, deferred_signals
@@ -32,97 +30,31 @@ from diffkit.loss import diffusion_loss
 from diffkit.models import count_parameters
 from diffkit.optim import ema_decay_at, ema_update, lr_factor, param_groups
 from diffkit.precision import FP32, PrecisionChoice, choose_precision, cpu_kind, machine_description
-from diffkit.previews import class_grid, preview_images, superres_grid
-from diffkit.runlock import RunLock, check_not_in_use
+from diffkit.previews import class_grid, superres_grid
+from diffkit.runlog import RunLog
 from diffkit.runs import (
     RunPaths,
     build_model,
     build_schedule,
-    check_run_dir,
-    create_run_dir,
     load_state,
     make_denoiser,
     read_checkpoint,
-    resolve_device,
     save_checkpoint,
     split_weights,
 )
 from diffkit.sampling import SamplingPlan
-from diffkit.settings import Settings
+from diffkit.settings import Settings, settings_to_dict
+from diffkit.training.budget import measure_plan
+from diffkit.training.outcomes import (
+    LossWindow,
+    TrainHooks,
+    TrainingDiverged,
+    TrainingInterrupted,
+    TrainResult,
+)
 from diffkit.viz import plot_training_curves
 
-
-class TrainHooks:
-    """What the loop reports; the CLI overrides these to draw rich progress. Defaults do nothing."""
-
-    def start(self, total_steps: int, start_step: int, info: dict[str, Any]) -> None: ...
-
-    def step(self, step: int, loss: float, lr: float, images_per_s: float) -> None: ...
-
-    def epoch(self, epoch: int, step: int, val_loss: float | None, grid: str | None) -> None: ...
-
-    def plan(self, plan: ClockPlan) -> None: ...
-
-    def ran_out(self, step: int, planned: int) -> None: ...
-
-    def stale_lock(self, run_dir: Path, pid: int) -> None: ...
-
-
-__all__ = [
-    "ClockPlan",
-    "TrainHooks",
-    "TrainResult",
-    "Trainer",
-    "TrainingDiverged",
-    "TrainingInterrupted",
-    "ema_decay_at",
-    "ema_update",
-    "lr_factor",
-    "param_groups",
-    "plan_steps",
-    "train_run",
-    "truncate_metrics",
-]
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT / SIGTERM, acted on between steps: `last` holds the exact state after step `step`."""
-
-    def __init__(self, step: int, signum: int | None = None) -> None:
-        super().__init__(f"interrupted at step {step}")
-        self.step, self.signum = step, signum
-
-    @property
-    def exit_code(self) -> int:
-        return StopRequest(self.signum).exit_code if self.signum else 130
-
-
-class TrainingDiverged(DiffkitError):
-    """A non-finite loss or gradient: the step is not applied and nothing is saved from it."""
-
-    def __init__(self, step: int, what: str, saved_step: int | None, run_dir: Path) -> None:
-        kept = (
-            f"the last good checkpoint (step {saved_step:,}) is kept"
-            if saved_step is not None
-            else "no checkpoint was saved yet"
-        )
-        super().__init__(
-            f"training diverged at step {step + 1:,}: the {what} is not finite, so the step was not applied and "
-            f"nothing was saved from it ({kept}); lower train.lr or set train.grad_clip, and start again "
-            f"(diffkit train --force --run-dir {run_dir})"
-        )
-        self.step = step
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    epochs: int
-    final_loss: float
-    best_val_loss: float | None
-    images_per_s: float
-    seconds: float
-    losses: list[float] = field(default_factory=list)  # every step's training loss, for checks
+VAL_SEED = 12345  # validation noise: fixed per batch, so epochs (and any number of processes) compare fairly
 
 
 class Trainer:
@@ -133,24 +65,34 @@ class Trainer:
         hooks: TrainHooks | None = None,
         *,
         clock_start: float | None = None,
+        world: World | None = None,
     ) -> None:
         """Load data and build everything; writes nothing (see `diffkit.runs.create_run_dir`).
 
         `clock_start` (a `time.perf_counter()` value) is when the time budget began: `train_run` passes
         its own start, so loading and probing count against `train.max_minutes` too.
         """
-        self.settings, self.paths, self.hooks = settings, paths, hooks or TrainHooks()
+        self.world = world or World()
+        self.settings, self.paths = settings, paths
+        self.hooks = (hooks or TrainHooks()) if self.world.is_main else TrainHooks()
         self.clock_start = time.perf_counter() if clock_start is None else clock_start
         self.spent_before = 0.0  # training seconds of earlier sessions of this run (resume)
         t = settings.train
+        # metrics.jsonl (+ TensorBoard), written lazily by rank 0 alone; built there first, so a missing
+        # tensorboard package stops every rank
+        self.runlog = self.world.main_first(
+            lambda: RunLog(paths, tensorboard=t.tensorboard, enabled=self.world.is_main)
+        )
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.device = resolve_device(settings.device)
-        data = resolve_data(settings)
+        self.device = self.world.device(resolve_device(settings.device))
+        configure(self.device)
+        data = self.world.main_first(lambda: resolve_data(settings))  # rank 0 downloads, then the rest read
         self.train_set, self.val_set = train_val_split(data, settings.data.val_fraction)
         if len(self.train_set) < 1:
             raise DiffkitError("no training images left after the validation split: lower data.val_fraction")
-        self.batch_size = min(t.batch_size, len(self.train_set))
+        self.batch_size = min(t.batch_size, len(self.train_set))  # the global batch, all processes together
+        self.rows: Rows | None = self.world.split(self.batch_size) if self.world.distributed else None
         self.steps_per_epoch = max(1, len(self.train_set) // self.batch_size)
         # with a budget the clock fixes the length and only max_steps caps it (a parent preset's epochs do not)
         if t.max_minutes is not None:
@@ -159,12 +101,12 @@ class Trainer:
             self.step_cap = t.max_steps or (t.epochs or 1) * self.steps_per_epoch
         self.total_steps = self.step_cap or 10**9
         self.clock_plan: ClockPlan | None = None
-        self.precision: PrecisionChoice = FP32  # set by choose_precision() or resume()
         self.num_classes = settings.model.num_classes or 0
 
         torch.manual_seed(t.seed)
         self.model = build_model(settings).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.net: nn.Module = self.model  # what the training forward runs through (DDP under several processes)
         self.schedule = build_schedule(settings)
         self.opt = torch.optim.AdamW(
             param_groups(self.model, t.weight_decay), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2)
@@ -172,14 +114,15 @@ class Trainer:
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, self.total_steps, t.warmup_steps, t.lr_schedule, t.min_lr_ratio)
         )
+        self.precision: PrecisionChoice = FP32  # set by choose_precision() or resume()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)  # on for fp16 only
         self.gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)  # noise, timesteps, label dropout
         self.step, self.best_val = 0, math.inf
         self.stop = StopRequest()  # set by deferred_signals() in train(): stop at the next step boundary
         self.saved_step: int | None = None  # the step of the newest `last` checkpoint
         self.last_saved_at = time.perf_counter()
-        self.fid = None  # built now, so a setting that cannot work fails before the first step
-        if t.fid_every_epochs:
-            self.fid = training_fid(settings)
+        # built now, so a setting that cannot work fails before the first step; rank 0 measures FID alone
+        self.fid = self.world.on_main(lambda: training_fid(settings)) if t.fid_every_epochs else None
 
     @property
     def num_parameters(self) -> int:
@@ -190,15 +133,19 @@ class Trainer:
         minutes = self.settings.train.max_minutes
         return None if minutes is None else 60.0 * minutes
 
+    # --- precision and the plan ------------------------------------------------------------------
     def choose_precision(self) -> PrecisionChoice:
-        """train.precision, with "auto" timed on this machine (cached), then saved in plan.json."""
-        self.precision = choose_precision(
-            self.settings.train.precision,
-            self.model,
-            mode="train",
-            device=self.device,
-            batch=min(self.batch_size, 32),
+        """train.precision, with "auto" timed on this machine (cached) by rank 0, then saved in plan.json."""
+        choice = self.world.on_main(
+            lambda: choose_precision(
+                self.settings.train.precision,
+                self.model,
+                mode="train",
+                device=self.device,
+                batch=min(self.batch_size, 32),
+            )
         )
+        self.precision = self.world.from_main(choice) or FP32
         self._apply_precision()
         self._write_plan()
         return self.precision
@@ -206,14 +153,18 @@ class Trainer:
     def _apply_precision(self) -> None:
         for net in (self.model, self.ema):
             self.precision.prepare(net)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_grad_scaler)
 
     def _write_plan(self) -> None:
         """plan.json: what this machine chose for the run (precision and, with a budget, the length)."""
+        if not self.world.is_main:
+            return
         record: dict[str, Any] = {
             "cpu_kind": cpu_kind(),
             "machine": machine_description(),
             "precision": self.precision.to_dict(),
             "total_steps": None if self.total_steps >= 10**9 else self.total_steps,
+            "processes": self.world.size,
         }
         if self.budget_s is not None:
             record["budget_minutes"] = self.settings.train.max_minutes
@@ -227,15 +178,18 @@ class Trainer:
             "best_val": self.best_val,
             "optimizer": self.opt.state_dict(),
             "lr_schedule": self.lr_sched.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "gen_rng": self.gen.get_state(),
             "total_steps": self.total_steps,
             "planned": self.clock_plan is not None,
             "precision": self.precision.name,
+            "processes": self.world.size,
             "train_seconds": self.spent_before + (time.perf_counter() - self.clock_start),
         }
 
     def resume(self) -> None:
+        """Every rank reads the same `last` state (written by rank 0), whatever the number of processes then."""
         tensors, meta = read_checkpoint(self.paths.weights("last"))
         state = load_state(self.paths.state("last"))
         if meta.get("step") != state.get("step"):
@@ -259,28 +213,31 @@ class Trainer:
                 f"{reason}); start again with --force"
             ) from None
         self.saved_step = self.step
-        truncate_metrics(self.paths.metrics, self.step)
+        self.runlog.truncate(self.step)
         plan = read_plan(self.paths.plan)
         if "precision" in plan:  # the format the run was trained in, not a fresh probe: resume stays exact
             self.precision = PrecisionChoice.from_dict(plan["precision"])
             self._apply_precision()
         else:
             self.choose_precision()
+        if state.get("grad_scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["grad_scaler"])
         if state.get("planned") and isinstance(plan.get("clock"), dict):
             self.clock_plan = ClockPlan(**plan["clock"])
             self.total_steps = int(state["total_steps"])
 
     def _save(self, name: str, with_state: bool, val_loss: float | None = None) -> None:
+        if not self.world.is_main:
+            return
         meta = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "val_loss": val_loss}
         save_checkpoint(self.paths, name, self.model, self.ema, meta, self._state() if with_state else None)
         if name == "last":
             self.saved_step, self.last_saved_at = self.step, time.perf_counter()
 
-    def _check_finite(self, loss: Tensor, grad_norm: Tensor | None) -> None:
+    def _check_finite(self, loss: float, grad_norm: Tensor | None) -> None:
         """Finite or stop: a NaN / inf loss or gradient ends the run before the step is applied."""
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrainingDiverged(self.step, f"loss ({value})", self.saved_step, self.paths.root)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(self.step, f"loss ({loss})", self.saved_step, self.paths.root)
         if grad_norm is not None and not math.isfinite(float(grad_norm)):
             raise TrainingDiverged(self.step, f"gradient norm ({float(grad_norm)})", self.saved_step, self.paths.root)
 
@@ -291,22 +248,35 @@ class Trainer:
         minutes = t.checkpoint_every_minutes
         return bool(minutes) and time.perf_counter() - self.last_saved_at >= 60.0 * minutes
 
-    # --- the loop --------------------------------------------------------------------------------
+    # --- one step --------------------------------------------------------------------------------
     def _batch(self, step: int) -> tuple[Tensor, Tensor]:
-        """Batch `step`: the data order is a fixed permutation per epoch, so resuming mid-epoch is exact."""
+        """This process's rows of global batch `step`: the data order is a fixed permutation per epoch
+        (so resuming mid-epoch is exact), the same on every rank."""
         epoch, pos = divmod(step, self.steps_per_epoch)
         order = torch.randperm(
             len(self.train_set),
             generator=torch.Generator().manual_seed(self.settings.train.seed * 1_000_003 + epoch),
         )
         idx = order[pos * self.batch_size : (pos + 1) * self.batch_size]
-        x0 = self.train_set.floats(idx).to(self.device)
+        flip = None
         if self.settings.data.hflip:
-            flip = torch.rand(len(idx), generator=self.gen, device=self.device) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        return x0, self.train_set.labels[idx].to(self.device)
+            flip = draw_rows(self.rows, len(idx), lambda k: torch.rand(k, generator=self.gen, device=self.device))
+        if self.rows is not None:
+            idx = idx[self.rows.start : self.rows.stop]
+        x0 = to_float(to_device(self.train_set.images[idx], self.device))
+        if flip is not None:
+            x0 = torch.where((flip < 0.5)[:, None, None, None], x0.flip(-1), x0)
+        return x0, to_device(self.train_set.labels[idx], self.device)
 
-    def loss(self, model: nn.Module, x0: Tensor, labels: Tensor, gen: torch.Generator, p_uncond: float) -> Tensor:
+    def loss(
+        self,
+        model: nn.Module,
+        x0: Tensor,
+        labels: Tensor,
+        gen: torch.Generator,
+        p_uncond: float,
+        rows: Rows | None = None,
+    ) -> Tensor:
         """The weighted denoising loss of one batch (`diffkit.loss.diffusion_loss` with this run's settings)."""
         d, m = self.settings.diffusion, self.settings.model
         return diffusion_loss(
@@ -319,23 +289,53 @@ class Trainer:
             min_snr_gamma=d.min_snr_gamma,
             num_classes=self.num_classes,
             p_uncond=p_uncond,
-            condition=(lambda x, g: random_condition(x, m.sr_scales, g)) if m.task == "super-res" else None,
+            condition=(lambda x, g, r: random_condition(x, m.sr_scales, g, r)) if m.task == "super-res" else None,
             precision=self.precision,
+            rows=rows,
         )
 
+    def _optimise_step(self) -> tuple[float, float, int]:
+        """One optimiser step on batch `self.step`, then EMA: (mean loss over all ranks, its LR, images)."""
+        t = self.settings.train
+        x0, labels = self._batch(self.step)
+        loss = self.loss(self.net, x0, labels, self.gen, t.p_uncond, self.rows)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # under DDP the gradients are averaged over the ranks here
+        self.scaler.unscale_(self.opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), t.grad_clip or math.inf, error_if_nonfinite=False
+        )
+        mean_loss = self.world.mean(float(loss.detach()))
+        # with fp16 an overflowing gradient is routine: the scaler skips that step and lowers its scale
+        self._check_finite(mean_loss, None if self.scaler.is_enabled() else grad_norm)
+        lr = self.opt.param_groups[0]["lr"]
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        with warnings.catch_warnings():  # after a step the fp16 scaler skipped, torch warns of a wrong order
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.lr_sched.step()
+        ema_update(self.ema, self.model, ema_decay_at(self.step, t.ema_decay, t.ema_warmup))
+        self.step += 1
+        return mean_loss, lr, x0.shape[0] * self.world.size
+
+    # --- validation and grids --------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> float | None:
-        """Loss of the EMA weights on the held-out images, with fixed noise so epochs compare fairly."""
+        """Loss of the EMA weights on the held-out images; each rank takes every size-th batch, with
+        noise fixed per batch, so the value is the same for any number of processes."""
         if len(self.val_set) == 0:
             return None
-        gen = torch.Generator(device=self.device).manual_seed(12345)
         total, count = 0.0, 0
-        for lo in range(0, len(self.val_set), self.batch_size):
-            idx = torch.arange(lo, min(lo + self.batch_size, len(self.val_set)))
-            x0, labels = self.val_set.floats(idx).to(self.device), self.val_set.labels[idx].to(self.device)
+        batches = math.ceil(len(self.val_set) / self.batch_size)
+        for b in range(self.world.rank, batches, self.world.size):
+            gen = torch.Generator(device=self.device).manual_seed(VAL_SEED + b)
+            idx = torch.arange(b * self.batch_size, min((b + 1) * self.batch_size, len(self.val_set)))
+            x0 = to_float(to_device(self.val_set.images[idx], self.device))
+            labels = to_device(self.val_set.labels[idx], self.device)
             total += float(self.loss(self.ema, x0, labels, gen, p_uncond=0.0)) * len(idx)
             count += len(idx)
-        return total / count
+        total, count_all = self.world.sum([total, count])
+        return total / count_all
 
     @property
     def grid_plan(self) -> SamplingPlan:
@@ -357,38 +357,42 @@ class Trainer:
         return str(path)
 
     def _log(self, record: dict[str, Any]) -> None:
-        with self.paths.metrics.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.runlog.append(record)  # writes nothing on ranks other than 0
 
+    # --- the loop --------------------------------------------------------------------------------
     def train(self, stop_after: int | None = None) -> TrainResult:
         """Run to total_steps (or `stop_after`): a step, its log line, the clock plan, checkpoints, epoch ends."""
         self.hooks.start(self.total_steps, self.step, self._start_info())
+        self.net = self._wrap()
         self.model.train()
-        window, run_start = _LossWindow(), time.perf_counter()
-        clock = ClockWatch() if self.budget_s is not None and self.clock_plan is None else None
+        window, run_start = LossWindow(), time.perf_counter()
+        watch = ClockWatch() if self.budget_s is not None and self.clock_plan is None else None
         self.last_saved_at = time.perf_counter()
         with deferred_signals() as self.stop:
             while self.step < self._end(stop_after):
-                if self.stop:  # between steps: the state is exactly that after step `self.step`
+                # one decision for all ranks: a signal seen by any, the budget as rank 0 reads it
+                stop, out_of_time = self.world.agree(bool(self.stop), self._out_of_time())
+                if stop:  # between steps: the state is exactly that after step `self.step`
                     self._save("last", with_state=True)
                     raise TrainingInterrupted(self.step, self.stop.signum)
-                if self._out_of_time():
+                if out_of_time:
                     self._finish_early()
                     break
                 step_start = time.perf_counter()
                 loss, lr, images = self._optimise_step()
-                if clock is not None:
-                    clock.add(time.perf_counter() - step_start)
                 window.add(loss, images)
                 if self.step % self.settings.train.log_every == 0 or self.step == self._end(stop_after):
                     self._log({"step": self.step, "epoch": self.step / self.steps_per_epoch, **window.flush(lr)})
                 self.hooks.step(self.step, loss, lr, window.images_per_s)
-                if clock is not None and clock.ready(self.budget_s or 0.0):
-                    self._make_plan(clock.step_s)
-                    clock = None
+                if watch is not None:
+                    watch.add(time.perf_counter() - step_start)
+                    if self.world.agree(False, watch.ready(self.budget_s or 0.0))[1]:
+                        self._make_plan(watch.step_s)
+                        watch = None
                 self._after_step()
         if self.step < self.total_steps or self.step % self.steps_per_epoch:
             self._save("last", with_state=True)  # stopped early or mid-epoch: keep the exact place
+        self.runlog.hparams(settings_to_dict(self.settings))
         return TrainResult(
             self.step,
             math.ceil(self.step / self.steps_per_epoch),
@@ -399,26 +403,16 @@ class Trainer:
             window.losses,
         )
 
+    def _wrap(self) -> nn.Module:
+        """The model as the training forward sees it: DDP over the process group, or itself."""
+        if not self.world.distributed:
+            return self.model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # buffers are equal on every rank by construction (same seed): no need to re-send them each step
+        return DistributedDataParallel(self.model, device_ids=ids, forward_sync_buffers=False)
+
     def _end(self, stop_after: int | None) -> int:
         return min(self.total_steps, stop_after or self.total_steps)
-
-    def _optimise_step(self) -> tuple[float, float, int]:
-        """One optimiser step on batch `self.step`, then EMA: (loss, the LR it used, images)."""
-        t = self.settings.train
-        x0, labels = self._batch(self.step)
-        loss = self.loss(self.model, x0, labels, self.gen, t.p_uncond)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), t.grad_clip or math.inf, error_if_nonfinite=False
-        )
-        self._check_finite(loss, grad_norm)
-        lr = self.opt.param_groups[0]["lr"]
-        self.opt.step()
-        self.lr_sched.step()
-        ema_update(self.ema, self.model, ema_decay_at(self.step, t.ema_decay, t.ema_warmup))
-        self.step += 1
-        return loss.item(), lr, x0.shape[0]
 
     def _after_step(self) -> None:
         """Periodic checkpoints, and the epoch end (validation, FID, grid, checkpoints, curves)."""
@@ -437,6 +431,7 @@ class Trainer:
             "val_images": len(self.val_set),
             "steps_per_epoch": self.steps_per_epoch,
             "batch_size": self.batch_size,
+            "processes": self.world.size,
             "device": str(self.device),
             "classes": self.num_classes,
             "precision": self.precision.summary(),
@@ -464,60 +459,17 @@ class Trainer:
         self._write_plan()
         self._end_epoch()
 
-    @torch.no_grad()
-    def _forward_seconds_per_image(self) -> float:
-        """Inference cost of the network, for the grids and validation the plan must leave time for."""
-        n = min(self.batch_size, 64)
-        size, channels = self.settings.data.image_size, self.settings.data.channels
-        x = self.precision.layout(torch.zeros(n, channels, size, size, device=self.device))
-        steps = torch.zeros(n, dtype=torch.long, device=self.device)
-        classes = torch.zeros(n, dtype=torch.long, device=self.device) if self.num_classes else None
-        extra = {"cond": x} if self.settings.model.cond_channels else {}
-        best = math.inf
-        for _ in range(2):
-            start = time.perf_counter()
-            with self.precision.autocast(self.device):
-                self.ema(x, steps, classes, **extra)
-            best = min(best, time.perf_counter() - start)
-        return best / n
-
     def _make_plan(self, step_s: float) -> None:
-        """Fix total_steps so that the rest of the run, its last epoch end and grid fit the budget."""
-        t, s = self.settings.train, self.settings.sample
-        per_image = self._forward_seconds_per_image()
-        guided = 2 if self.num_classes and s.cfg not in (0.0, 1.0) else 1
-        grid_images = preview_images(self.num_classes)
-        grid_s = min(t.grid_steps, self.schedule.timesteps) * grid_images * guided * per_image
-        fid_s = min(t.grid_steps, self.schedule.timesteps) * t.fid_samples * guided * per_image
-        save_s = 1.0  # checkpoint, curves.png, metrics: about a second on a laptop
-        val_s = len(self.val_set) * per_image + save_s
-        epoch_end_s = val_s
-        if t.sample_every_epochs:
-            epoch_end_s += grid_s / t.sample_every_epochs
-        if self.fid is not None:
-            epoch_end_s += fid_s / t.fid_every_epochs
-        final_s = val_s + grid_s + (fid_s if self.fid is not None else 0.0)
-        elapsed = self.elapsed_s()
-        total = plan_steps(
-            budget_s=self.budget_s or 0.0,
-            elapsed_s=elapsed,
-            step=self.step,
-            step_s=step_s,
-            epoch_end_s=epoch_end_s,
-            steps_per_epoch=self.steps_per_epoch,
-            final_s=final_s,
-            cap=self.step_cap,
-        )
-        self.total_steps = max(total, self.step)
-        self.clock_plan = ClockPlan(
-            self.budget_s or 0.0, self.total_steps, self.step, step_s, epoch_end_s, final_s, elapsed
-        )
+        """Fix total_steps (rank 0 decides) so that the rest of the run, its last epoch end and grid fit."""
+        self.clock_plan = self.world.from_main(measure_plan(self, step_s) if self.world.is_main else None)
+        assert self.clock_plan is not None
+        self.total_steps = self.clock_plan.planned_steps
         self._write_plan()
         self.hooks.plan(self.clock_plan)
 
     def _end_epoch(self) -> None:
         epoch = math.ceil(self.step / self.steps_per_epoch)
-        val = self.validate()
+        val = self.validate()  # every rank: validation is sharded
         if val is not None:
             self._log({"step": self.step, "epoch": epoch, "val_loss": val})
         fid_every = self.settings.train.fid_every_epochs
@@ -526,93 +478,16 @@ class Trainer:
         every = self.settings.train.sample_every_epochs
         final = self.step == self.total_steps
         grid = None
-        if final or (every and epoch % every == 0):
+        if self.world.is_main and (final or (every and epoch % every == 0)):
             self.model.eval()
             grid = self.draw_grid(f"epoch_{epoch:04d}")
+            self.runlog.image("samples/grid", grid, self.step)
             self.model.train()
         improved = val is not None and val < self.best_val
         if improved:  # best before last: killed in between, the resumed run redoes this epoch end
             self._save("best", with_state=False, val_loss=val)
             self.best_val = val  # type: ignore[assignment]
         self._save("last", with_state=True, val_loss=val)
-        plot_training_curves(self.paths.metrics, self.paths.curves)
+        if self.world.is_main:
+            plot_training_curves(self.paths.metrics, self.paths.curves)
         self.hooks.epoch(epoch, self.step, val, grid)
-
-
-class _LossWindow:
-    """Every step's loss, and the losses and images since the last log line (their mean, images/s)."""
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-        self.images_per_s = 0.0
-        self._window: list[float] = []
-        self._seen, self._start = 0, time.perf_counter()
-
-    def add(self, loss: float, images: int) -> None:
-        self.losses.append(loss)
-        self._window.append(loss)
-        self._seen += images
-
-    def flush(self, lr: float) -> dict[str, float]:
-        """The log line's numbers; starts a new window."""
-        self.images_per_s = self._seen / max(time.perf_counter() - self._start, 1e-9)
-        record = {"loss": sum(self._window) / len(self._window), "lr": lr, "images_per_s": round(self.images_per_s, 1)}
-        self._window, self._seen, self._start = [], 0, time.perf_counter()
-        return record
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the metrics.jsonl records up to `step` (a resumed run logs the later ones again); a torn
-    last line (a kill mid-write) is dropped too. Written atomically."""
-    if not path.is_file():
-        return
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        raise DiffkitError(f"{path} cannot be read as text: move it away and --resume again") from None
-    kept = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            kept.append(line)
-    if len(kept) != len(lines):
-        write_text(path, "".join(f"{line}\n" for line in kept))
-
-
-def train_run(
-    settings: Settings,
-    run_dir: Path,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    hooks: TrainHooks | None = None,
-    stop_after: int | None = None,
-) -> tuple[Trainer, TrainResult]:
-    """What `diffkit train` does: check the run directory, lock it, load data, build, (re)start, train.
-
-    The run directory's lock (`diffkit.runlock`) is held throughout: a second process, or a `--force`
-    from one, is refused. SIGINT / SIGTERM are deferred to the next step boundary (`TrainingInterrupted`).
-    """
-    clock_start = time.perf_counter()
-    check_not_in_use(run_dir)
-    check_run_dir(run_dir, resume=resume, force=force)  # before the lock creates anything
-    with deferred_signals(), RunLock(run_dir) as lock:
-        if lock.stale_pid is not None:
-            (hooks or TrainHooks()).stale_lock(run_dir, lock.stale_pid)
-        try:
-            paths = check_run_dir(run_dir, resume=resume, force=force)  # again, now that it is ours
-            trainer = Trainer(settings, paths, hooks, clock_start=clock_start)
-        except BaseException:
-            if lock.created_top is not None:  # a failed start leaves nothing behind
-                lock.release()
-                shutil.rmtree(lock.created_top, ignore_errors=True)
-            raise
-        if resume:
-            trainer.resume()
-        else:
-            create_run_dir(paths, settings)
-            trainer.choose_precision()
-        return trainer, trainer.train(stop_after)

@@ -1,0 +1,95 @@
+"""What a time-budgeted run must keep in reserve besides its steps: validation, grids, FID, checkpoints.
+
+`diffkit.clock.plan_steps` turns these seconds and the measured step time into the run's length;
+this module estimates them from one timed forward pass of the network as the run uses it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from diffkit import clock
+from diffkit.clock import ClockPlan
+from diffkit.precision import PrecisionChoice
+from diffkit.previews import preview_images
+from diffkit.settings import Settings
+
+if TYPE_CHECKING:
+    from diffkit.training.trainer import Trainer
+
+SAVE_S = 1.0  # a checkpoint, curves.png and the metrics: about a second on a laptop
+
+
+@dataclass(frozen=True)
+class Reserve:
+    epoch_end_s: float  # validation and checkpoint at every epoch end, with grids and FID amortised
+    final_s: float  # the last epoch end, its grid and FID
+
+
+@torch.no_grad()
+def forward_seconds_per_image(
+    net: nn.Module, settings: Settings, precision: PrecisionChoice, device: torch.device, batch: int
+) -> float:
+    """Inference cost of the network (best of two timed passes), for the grids and validation to leave time for."""
+    n = min(batch, 64)
+    size, channels = settings.data.image_size, settings.data.channels
+    x = precision.layout(torch.zeros(n, channels, size, size, device=device))
+    steps = torch.zeros(n, dtype=torch.long, device=device)
+    classes = torch.zeros(n, dtype=torch.long, device=device) if settings.model.num_classes else None
+    extra = {"cond": x} if settings.model.cond_channels else {}
+    best = math.inf
+    for _ in range(2):
+        start = time.perf_counter()
+        with precision.autocast(device):
+            net(x, steps, classes, **extra)
+        best = min(best, time.perf_counter() - start)
+    return best / n
+
+
+def reserve(settings: Settings, per_image_s: float, *, val_images: int, timesteps: int, with_fid: bool) -> Reserve:
+    """The seconds each epoch end and the final one cost, from the network's seconds per image."""
+    t, s = settings.train, settings.sample
+    guided = 2 if settings.model.num_classes and s.cfg not in (0.0, 1.0) else 1
+    steps = min(t.grid_steps, timesteps)
+    grid_s = steps * preview_images(settings.model.num_classes or 0) * guided * per_image_s
+    fid_s = steps * t.fid_samples * guided * per_image_s
+    val_s = val_images * per_image_s + SAVE_S
+    epoch_end_s = val_s
+    if t.sample_every_epochs:
+        epoch_end_s += grid_s / t.sample_every_epochs
+    if with_fid and t.fid_every_epochs:
+        epoch_end_s += fid_s / t.fid_every_epochs
+    return Reserve(epoch_end_s, val_s + grid_s + (fid_s if with_fid else 0.0))
+
+
+def measure_plan(trainer: Trainer, step_s: float) -> ClockPlan:
+    """The plan for the rest of `trainer`'s budget: its steps at `step_s` each, and the reserve."""
+    per_image = forward_seconds_per_image(
+        trainer.ema, trainer.settings, trainer.precision, trainer.device, trainer.batch_size
+    )
+    costs = reserve(
+        trainer.settings,
+        per_image,
+        val_images=len(trainer.val_set),
+        timesteps=trainer.schedule.timesteps,
+        with_fid=trainer.fid is not None,
+    )
+    budget_s, elapsed = trainer.budget_s or 0.0, trainer.elapsed_s()
+    total = clock.plan_steps(
+        budget_s=budget_s,
+        elapsed_s=elapsed,
+        step=trainer.step,
+        step_s=step_s,
+        epoch_end_s=costs.epoch_end_s,
+        steps_per_epoch=trainer.steps_per_epoch,
+        final_s=costs.final_s,
+        cap=trainer.step_cap,
+    )
+    total = max(total, trainer.step)
+    return ClockPlan(budget_s, total, trainer.step, step_s, costs.epoch_end_s, costs.final_s, elapsed)

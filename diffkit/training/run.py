@@ -1,0 +1,79 @@
+"""`train_run`: what `diffkit train` does, in one process or in each of torchrun's processes."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from diffkit.devices import resolve_device
+from diffkit.distributed import World
+from diffkit.interrupts import deferred_signals
+from diffkit.runlock import RunLock, check_not_in_use
+from diffkit.runs import RunPaths, check_run_dir, create_run_dir
+from diffkit.settings import Settings
+from diffkit.training.outcomes import TrainHooks, TrainResult
+from diffkit.training.trainer import Trainer
+
+
+def train_run(
+    settings: Settings,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    hooks: TrainHooks | None = None,
+    stop_after: int | None = None,
+    world: World | None = None,
+) -> tuple[Trainer, TrainResult]:
+    """Check the run directory, lock it, load data, build, (re)start, train.
+
+    The run directory's lock (`diffkit.runlock`) is held throughout: a second process, or a `--force`
+    from one, is refused. SIGINT / SIGTERM are deferred to the next step boundary (`TrainingInterrupted`).
+    Under torchrun (`world` None: joined from the environment) rank 0 owns the directory and the others
+    only read it; a failed start on rank 0 ends every rank with its error.
+    """
+    clock_start = time.perf_counter()
+    own_world = world is None
+    world = World.from_env(resolve_device(settings.device)) if world is None else world
+    try:
+        with ExitStack() as stack:
+            stack.enter_context(deferred_signals())
+            lock = world.on_main(lambda: _claim(run_dir, resume, force, hooks, stack))
+            try:
+                trainer = Trainer(settings, RunPaths(run_dir), hooks, clock_start=clock_start, world=world)
+            except BaseException:
+                if lock is not None and lock.created_top is not None:  # a failed start leaves nothing behind
+                    lock.release()
+                    shutil.rmtree(lock.created_top, ignore_errors=True)
+                raise
+            if resume:
+                trainer.resume()
+            else:
+                world.on_main(lambda: create_run_dir(trainer.paths, settings))
+                trainer.choose_precision()
+            try:
+                return trainer, trainer.train(stop_after)
+            finally:
+                trainer.runlog.close()
+    finally:
+        if own_world:
+            world.close()
+
+
+def _claim(run_dir: Path, resume: bool, force: bool, hooks: TrainHooks | None, stack: ExitStack) -> RunLock:
+    """Rank 0's start: the directory may be trained here, then locked for the rest of `stack`."""
+    check_not_in_use(run_dir)
+    check_run_dir(run_dir, resume=resume, force=force)  # before the lock creates anything
+    lock = stack.enter_context(RunLock(run_dir))
+    if lock.stale_pid is not None:
+        (hooks or TrainHooks()).stale_lock(run_dir, lock.stale_pid)
+    try:
+        check_run_dir(run_dir, resume=resume, force=force)  # again, now that it is ours
+    except BaseException:
+        if lock.created_top is not None:
+            lock.release()
+            shutil.rmtree(lock.created_top, ignore_errors=True)
+        raise
+    return lock
