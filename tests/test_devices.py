@@ -72,3 +72,20 @@ def test_device_cuda_without_a_gpu_is_one_line(cli, monkeypatch: pytest.MonkeyPa
     result = cli("train", "--preset", "tiny", "--run-dir", str(tmp_path / "r"), "--device", "cuda")
     one_line_error(result, "--device cuda was asked for but no CUDA GPU is available")
     assert not (tmp_path / "r").exists()
+
+
+def test_sampling_runs_in_inference_mode() -> None:
+    from diffkit.denoiser import Prediction
+    from diffkit.runs import build_schedule
+    from diffkit.samplers import sample
+
+    seen: list[bool] = []
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> Prediction:
+        seen.append(torch.is_inference_mode_enabled())
+        return Prediction(torch.zeros_like(x), x)
+
+    schedule = build_schedule(load_settings("tiny"))
+    out = sample("ddim", denoise, torch.randn(2, 1, 8, 8), schedule, 3)
+    assert seen == [True, True, True] and out.nfe == 3 and torch.is_inference(out.images)
+    assert not torch.is_inference_mode_enabled()  # and only inside the sampler

@@ -139,5 +139,6 @@ def sample(
         calls += 1
         return denoise(x, t)
 
-    images = spec.fn(counted, x_T, schedule, steps, generator=generator, callback=callback, **options)
+    with torch.inference_mode():  # no autograd bookkeeping at all: sampling never needs gradients
+        images = spec.fn(counted, x_T, schedule, steps, generator=generator, callback=callback, **options)
     return SampleResult(images, calls)
