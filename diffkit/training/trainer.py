@@ -87,21 +87,8 @@ class Trainer:
             torch.set_num_threads(t.threads)
         self.device = self.world.device(resolve_device(settings.device))
         configure(self.device)
-        data = self.world.main_first(lambda: resolve_data(settings))  # rank 0 downloads, then the rest read
-        self.train_set, self.val_set = train_val_split(data, settings.data.val_fraction)
-        if len(self.train_set) < 1:
-            raise DiffkitError("no training images left after the validation split: lower data.val_fraction")
-        self.batch_size = min(t.batch_size, len(self.train_set))  # the global batch, all processes together
-        self.rows: Rows | None = self.world.split(self.batch_size) if self.world.distributed else None
-        self.steps_per_epoch = max(1, len(self.train_set) // self.batch_size)
-        # with a budget the clock fixes the length and only max_steps caps it (a parent preset's epochs do not)
-        if t.max_minutes is not None:
-            self.step_cap = t.max_steps
-        else:
-            self.step_cap = t.max_steps or (t.epochs or 1) * self.steps_per_epoch
-        self.total_steps = self.step_cap or 10**9
-        self.clock_plan: ClockPlan | None = None
         self.num_classes = settings.model.num_classes or 0
+        self._load_data()
 
         torch.manual_seed(t.seed)
         self.model = build_model(settings).to(self.device)
@@ -123,6 +110,24 @@ class Trainer:
         self.last_saved_at = time.perf_counter()
         # built now, so a setting that cannot work fails before the first step; rank 0 measures FID alone
         self.fid = self.world.on_main(lambda: training_fid(settings)) if t.fid_every_epochs else None
+
+    def _load_data(self) -> None:
+        """The training and validation images, the global batch, and the run's length in steps."""
+        settings, t = self.settings, self.settings.train
+        data = self.world.main_first(lambda: resolve_data(settings))  # rank 0 downloads, then the rest read
+        self.train_set, self.val_set = train_val_split(data, settings.data.val_fraction)
+        if len(self.train_set) < 1:
+            raise DiffkitError("no training images left after the validation split: lower data.val_fraction")
+        self.batch_size = min(t.batch_size, len(self.train_set))  # the global batch, all processes together
+        self.rows: Rows | None = self.world.split(self.batch_size) if self.world.distributed else None
+        self.steps_per_epoch = max(1, len(self.train_set) // self.batch_size)
+        # with a budget the clock fixes the length and only max_steps caps it (a parent preset's epochs do not)
+        if t.max_minutes is not None:
+            self.step_cap = t.max_steps
+        else:
+            self.step_cap = t.max_steps or (t.epochs or 1) * self.steps_per_epoch
+        self.total_steps = self.step_cap or 10**9
+        self.clock_plan: ClockPlan | None = None
 
     @property
     def num_parameters(self) -> int:
