@@ -87,8 +87,8 @@ class Trainer:
             torch.set_num_threads(t.threads)
         self.device = self.world.device(resolve_device(settings.device))
         configure(self.device)
-        self.num_classes = settings.model.num_classes or 0
         self._load_data()
+        self.num_classes = settings.model.num_classes or 0  # after the data: a dataset's classes fill it in
 
         torch.manual_seed(t.seed)
         self.model = build_model(settings).to(self.device)
