@@ -23,7 +23,7 @@ from diffkit.errors import DiffkitError
 from diffkit.runlock import RunLock, SharedRunLock, is_locked, lock_path
 from diffkit.runs import RunPaths, read_checkpoint, save_checkpoint
 from diffkit.settings import load_settings, parse_overrides
-from diffkit.training import Trainer, TrainingDiverged, train_run
+from diffkit.training import Trainer, TrainingDiverged, TrainingInterrupted, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 40
@@ -259,3 +259,39 @@ def test_nonfinite_weights_are_never_saved_nor_loaded(tmp_path: Path) -> None:
     save_file({"model.weight": bad.weight.detach()}, str(tmp_path / "broken.safetensors"))
     with pytest.raises(DiffkitError, match="non-finite weights"):
         read_checkpoint(tmp_path / "broken.safetensors")
+
+
+def test_a_stop_during_an_epoch_end_drops_its_fid_and_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the epoch end measures FID: the FID stops between its batches, the grid is not drawn,
+    the run stops with its exact state, and the resumed run trains what an unbroken one would."""
+    import diffkit.training.trainer as trainer_module
+
+    signalled: list[int] = []
+
+    class FakeFid:  # a two-batch measurement; the first call of the interrupted run presses Ctrl-C in between
+        def __init__(self, interrupt: bool) -> None:
+            self.interrupt = interrupt
+
+        def __call__(self, denoiser: object, progress=None) -> dict[str, float]:
+            progress(1, 2)
+            if self.interrupt and not signalled:
+                signalled.append(1)
+                os.kill(os.getpid(), signal.SIGINT)
+            progress(2, 2)
+            return {"fid": 1.0}
+
+    sets = ["train.fid_every_epochs=1", "train.sample_every_epochs=1", "train.max_steps=14"]
+    monkeypatch.setattr(trainer_module, "training_fid", lambda settings: FakeFid(interrupt=False))
+    _, straight = train_run(tiny(*sets), tmp_path / "straight")
+    monkeypatch.setattr(trainer_module, "training_fid", lambda settings: FakeFid(interrupt=True))
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_run(tiny(*sets), run)
+    assert stopped.value.step == 7 and stopped.value.exit_code == 130
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"step": 7, "epoch": 1, "skipped": "fid, grid: stop requested"} in records
+    assert not any("fid" in r for r in records) and not (run / "samples" / "epoch_0001.png").exists()
+    assert read_checkpoint(RunPaths(run).weights("last"))[1]["step"] == 7
+    _, resumed = train_run(tiny(*sets), run, resume=True)
+    assert resumed.losses == straight.losses[7:]
+    assert (run / "samples" / "epoch_0002.png").is_file()

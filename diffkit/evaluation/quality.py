@@ -122,10 +122,11 @@ class TrainingFid:
     num: int
     plan: SamplingPlan
 
-    def __call__(self, denoiser: Denoiser) -> dict[str, Any]:
+    def __call__(self, denoiser: Denoiser, progress: Progress | None = None) -> dict[str, Any]:
         classes = cycled_classes(denoiser.num_classes, None, self.num)
         plan = self.plan.with_sampler(TRAIN_FID_SAMPLER, min(TRAIN_FID_STEPS, denoiser.schedule.timesteps))
-        features, _, _ = generated_features(denoiser, plan, self.num, classes, self.quality.net)  # batch by batch
+        net = self.quality.net
+        features, _, _ = generated_features(denoiser, plan, self.num, classes, net, progress=progress)  # by batch
         fid = self.quality.fid(features)
         # the sample count and feature space travel with the number: a 500-image FID is not a 10k one
         return {

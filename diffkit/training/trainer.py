@@ -54,6 +54,11 @@ from diffkit.training.outcomes import (
 )
 from diffkit.viz import plot_training_curves
 
+
+class _StopRequested(Exception):
+    """Raised inside an epoch end's FID when a stop was requested: the measurement is dropped."""
+
+
 VAL_SEED = 12345  # validation noise: fixed per batch, so epochs (and any number of processes) compare fairly
 
 
@@ -361,6 +366,11 @@ class Trainer:
             class_grid(self.ema_denoiser(), self.grid_plan, path)
         return str(path)
 
+    def _unless_stopped(self, done: int = 0, total: int = 0, message: str = "", /) -> None:
+        """A `Progress` for the epoch end's measurements that ends them once a stop is requested."""
+        if self.stop:
+            raise _StopRequested
+
     def _log(self, record: dict[str, Any]) -> None:
         self.runlog.append(record)  # writes nothing on ranks other than 0
 
@@ -477,17 +487,29 @@ class Trainer:
         val = self.validate()  # every rank: validation is sharded
         if val is not None:
             self._log({"step": self.step, "epoch": epoch, "val_loss": val})
-        fid_every = self.settings.train.fid_every_epochs
-        if self.fid is not None and (epoch % fid_every == 0 or self.step == self.total_steps):
-            self._log({"step": self.step, "epoch": epoch, **self.fid(self.ema_denoiser())})
-        every = self.settings.train.sample_every_epochs
         final = self.step == self.total_steps
+        # the FID and the grid are measurements, not training: a stop request drops them (the saved state
+        # stays exact) instead of making Ctrl-C wait for them; the FID checks between its batches
+        skipped = []
+        fid_every = self.settings.train.fid_every_epochs
+        if self.fid is not None and (epoch % fid_every == 0 or final):
+            try:
+                self._unless_stopped()
+                self._log({"step": self.step, "epoch": epoch, **self.fid(self.ema_denoiser(), self._unless_stopped)})
+            except _StopRequested:
+                skipped.append("fid")
+        every = self.settings.train.sample_every_epochs
         grid = None
         if self.world.is_main and (final or (every and epoch % every == 0)):
-            self.model.eval()
-            grid = self.draw_grid(f"epoch_{epoch:04d}")
-            self.runlog.image("samples/grid", grid, self.step)
-            self.model.train()
+            if self.stop:
+                skipped.append("grid")
+            else:
+                self.model.eval()
+                grid = self.draw_grid(f"epoch_{epoch:04d}")
+                self.runlog.image("samples/grid", grid, self.step)
+                self.model.train()
+        if skipped:
+            self._log({"step": self.step, "epoch": epoch, "skipped": f"{', '.join(skipped)}: stop requested"})
         improved = val is not None and val < self.best_val
         if improved:  # best before last: killed in between, the resumed run redoes this epoch end
             self._save("best", with_state=False, val_loss=val)
