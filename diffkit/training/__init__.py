@@ -10,6 +10,7 @@ once (`plan.json`), so the LR schedule ends with the budget and a resumed run fo
 | module      | what                                                                    |
 | trainer     | `Trainer`: model, EMA, optimiser, data; one step, validation, epoch ends |
 | run         | `train_run`: directory checks, the lock, start or resume, under torchrun |
+| state       | the exact state between two steps (`last.state.pt`), and restoring it    |
 | budget      | what a time-budgeted run keeps in reserve (validation, grids, FID)       |
 | outcomes    | hooks for progress, the result, interrupted / diverged                   |
 """

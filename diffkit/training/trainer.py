@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from diffkit.atomic import write_json
-from diffkit.clock import ClockPlan, ClockWatch, read_plan
+from diffkit.clock import ClockPlan, ClockWatch
 from diffkit.data import random_condition, resolve_data, to_float, train_val_split
 from diffkit.denoiser import Denoiser
 from diffkit.devices import configure, resolve_device, to_device
@@ -36,11 +36,8 @@ from diffkit.runs import (
     RunPaths,
     build_model,
     build_schedule,
-    load_state,
     make_denoiser,
-    read_checkpoint,
     save_checkpoint,
-    split_weights,
 )
 from diffkit.sampling import SamplingPlan
 from diffkit.settings import Settings, settings_to_dict
@@ -52,6 +49,7 @@ from diffkit.training.outcomes import (
     TrainingInterrupted,
     TrainResult,
 )
+from diffkit.training.state import restore, training_state
 from diffkit.viz import plot_training_curves
 
 
@@ -183,58 +181,11 @@ class Trainer:
 
     # --- state -----------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "best_val": self.best_val,
-            "optimizer": self.opt.state_dict(),
-            "lr_schedule": self.lr_sched.state_dict(),
-            "grad_scaler": self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "gen_rng": self.gen.get_state(),
-            "total_steps": self.total_steps,
-            "planned": self.clock_plan is not None,
-            "precision": self.precision.name,
-            "processes": self.world.size,
-            "train_seconds": self.spent_before + (time.perf_counter() - self.clock_start),
-        }
+        return training_state(self)
 
     def resume(self) -> None:
-        """Every rank reads the same `last` state (written by rank 0), whatever the number of processes then."""
-        tensors, meta = read_checkpoint(self.paths.weights("last"))
-        state = load_state(self.paths.state("last"))
-        if meta.get("step") != state.get("step"):
-            raise DiffkitError(
-                f"{self.paths.checkpoints}: last.safetensors and last.state.pt are from different steps; "
-                "start again with --force"
-            )
-        try:
-            self.model.load_state_dict(split_weights(tensors, "model"))
-            self.ema.load_state_dict(split_weights(tensors, "ema"))
-            self.opt.load_state_dict(state["optimizer"])
-            self.lr_sched.load_state_dict(state["lr_schedule"])
-            torch.set_rng_state(state["torch_rng"])
-            self.gen.set_state(state["gen_rng"])
-            self.step, self.best_val = int(state["step"]), float(state["best_val"])
-            self.spent_before = float(state.get("train_seconds", 0.0))
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-            reason = " ".join(str(exc).split())[:120]
-            raise DiffkitError(
-                f"{self.paths.checkpoints}: the last checkpoint does not fit this run ({type(exc).__name__}: "
-                f"{reason}); start again with --force"
-            ) from None
-        self.saved_step = self.step
-        self.runlog.truncate(self.step)
-        plan = read_plan(self.paths.plan)
-        if "precision" in plan:  # the format the run was trained in, not a fresh probe: resume stays exact
-            self.precision = PrecisionChoice.from_dict(plan["precision"])
-            self._apply_precision()
-        else:
-            self.choose_precision()
-        if state.get("grad_scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["grad_scaler"])
-        if state.get("planned") and isinstance(plan.get("clock"), dict):
-            self.clock_plan = ClockPlan(**plan["clock"])
-            self.total_steps = int(state["total_steps"])
+        """Continue from `last`: every rank reads the same state, whatever the number of processes then."""
+        restore(self)
 
     def _save(self, name: str, with_state: bool, val_loss: float | None = None) -> None:
         if not self.world.is_main:
