@@ -107,6 +107,12 @@ class World:
     def device(self, device: torch.device) -> torch.device:
         """Each process's own GPU on a node (cuda:LOCAL_RANK); CPU processes share the CPU."""
         if device.type == "cuda" and self.distributed:
+            gpus = torch.cuda.device_count()
+            if self.local_rank >= gpus:
+                raise DiffkitError(
+                    f"process {self.local_rank} on this machine has no GPU of its own (the machine has {gpus}): "
+                    f"use torchrun --nproc-per-node {gpus}, or --device cpu"
+                )
             torch.cuda.set_device(self.local_rank)
             return torch.device("cuda", self.local_rank)
         return device

@@ -164,3 +164,10 @@ def test_a_world_of_one_does_not_communicate() -> None:
 def test_a_batch_that_does_not_split_evenly_is_refused() -> None:
     with pytest.raises(DiffkitError, match="cannot be split evenly across 3 processes: use a multiple of 3"):
         World(0, 3).split(8)
+
+
+def test_more_processes_than_gpus_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(DiffkitError, match=r"process 2 on this machine has no GPU of its own .* --nproc-per-node 2"):
+        World(rank=2, size=4, local_rank=2, backend="nccl").device(torch.device("cuda"))
+    assert World().device(torch.device("cpu")) == torch.device("cpu")
