@@ -13,32 +13,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from diffkit.distributed import local_launch
 from diffkit.precision import cpu_kind
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _train(processes: int, threads: int, steps: int, precision: str, root: Path) -> float:
     """Median images/s of one `diffkit train --preset demo` of `steps` steps under torchrun."""
     run = root / f"p{processes}-{len(list(root.iterdir()))}"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: loopback, whatever the host name resolves to
-    launch = ["--nproc-per-node", str(processes), "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
     sets = ["train.log_every=5", f"train.precision={precision}", f"train.threads={threads}"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "diffkit", "train", "--preset", "demo"]
-    cmd += ["--run-dir", str(run), "--max-steps", str(steps), *[x for s in sets for x in ("--set", s)]]
+    args = ["-m", "diffkit", "train", "--preset", "demo", "--run-dir", str(run), "--max-steps", str(steps)]
+    cmd, env = local_launch(processes, *args, *[x for s in sets for x in ("--set", s)])
+    env["OMP_NUM_THREADS"] = str(threads)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode:
         raise RuntimeError(f"{processes}-process run failed: {done.stderr[-2000:]}")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -65,6 +67,23 @@ def launched_rank() -> int:
 
 def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a rendezvous or a local server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def local_launch(processes: int, *args: str) -> tuple[list[str], dict[str, str]]:
+    """The torchrun command (and environment) that runs `python ARGS...` as `processes` processes on this
+    machine, meeting on a free loopback port: what the tests and the benchmark launch."""
+    rendezvous = ["--nproc-per-node", str(processes), "--master-addr", "127.0.0.1"]
+    rendezvous += ["--master-port", str(free_loopback_port())]
+    env = dict(os.environ)
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: loopback, whatever the host name resolves to
+    return [sys.executable, "-m", "torch.distributed.run", *rendezvous, *args], env
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -191,6 +192,12 @@ class RunLock:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None
+
+    def abandon(self) -> None:
+        """A start that failed: release, and remove the folders the lock created (a new run leaves nothing)."""
+        self.release()
+        if self.created_top is not None:
+            shutil.rmtree(self.created_top, ignore_errors=True)
 
     def __enter__(self) -> RunLock:
         return self.acquire()

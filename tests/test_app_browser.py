@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from diffkit.distributed import free_loopback_port
 from diffkit.settings import load_settings, parse_overrides
 from diffkit.training import train_run
 
@@ -49,12 +49,6 @@ def _needs() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`diffkit app` on a tiny run, on a free loopback port; stopped at the end."""
@@ -65,7 +59,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     run = root / "tiny"
     overrides = ["data.limit=64", "train.batch_size=8", "train.max_steps=7", "train.threads=1", "sample.steps=4"]
     train_run(load_settings("tiny", parse_overrides(overrides)), run)
-    port = free_port()
+    port = free_loopback_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False"}
     log = (root / "server.log").open("w")
     proc = subprocess.Popen(

@@ -7,18 +7,15 @@ float rounding (asserted below 1e-5), not bit for bit; the same number of proces
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffkit.distributed import Rows, World, draw_rows
+from diffkit.distributed import Rows, World, draw_rows, local_launch
 from diffkit.errors import DiffkitError
 from diffkit.loss import diffusion_loss
 from diffkit.runs import build_model, build_schedule, read_checkpoint
@@ -40,17 +37,10 @@ SETS = [
 ROUNDING = 1e-5
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """2 processes on this machine, rendezvous on a free loopback port (nothing leaves the machine)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(REPO)}
-    rendezvous = ["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
-    cmd = [sys.executable, "-m", "torch.distributed.run", *rendezvous, *args]
+    cmd, env = local_launch(2, *args)
+    env |= {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -44,9 +43,8 @@ def train_run(
             try:
                 trainer = Trainer(settings, RunPaths(run_dir), hooks, clock_start=clock_start, world=world)
             except BaseException:
-                if lock is not None and lock.created_top is not None:  # a failed start leaves nothing behind
-                    lock.release()
-                    shutil.rmtree(lock.created_top, ignore_errors=True)
+                if lock is not None:  # a failed start leaves nothing behind
+                    lock.abandon()
                 raise
             if resume:
                 trainer.resume()
@@ -72,8 +70,6 @@ def _claim(run_dir: Path, resume: bool, force: bool, hooks: TrainHooks | None, s
     try:
         check_run_dir(run_dir, resume=resume, force=force)  # again, now that it is ours
     except BaseException:
-        if lock.created_top is not None:
-            lock.release()
-            shutil.rmtree(lock.created_top, ignore_errors=True)
+        lock.abandon()
         raise
     return lock

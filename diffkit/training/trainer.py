@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from diffkit.atomic import write_json
 from diffkit.clock import ClockPlan, ClockWatch
-from diffkit.data import random_condition, resolve_data, to_float, train_val_split
+from diffkit.data import ImageSet, random_condition, resolve_data, to_float, train_val_split
 from diffkit.denoiser import Denoiser
 from diffkit.devices import configure, resolve_device, to_device
 from diffkit.distributed import Rows, World, draw_rows
@@ -131,6 +131,7 @@ class Trainer:
             self.step_cap = t.max_steps or (t.epochs or 1) * self.steps_per_epoch
         self.total_steps = self.step_cap or 10**9
         self.clock_plan: ClockPlan | None = None
+        self._order: tuple[int, Tensor] | None = None  # (epoch, its data order), see _epoch_order
 
     @property
     def num_parameters(self) -> int:
@@ -214,20 +215,28 @@ class Trainer:
         """This process's rows of global batch `step`: the data order is a fixed permutation per epoch
         (so resuming mid-epoch is exact), the same on every rank."""
         epoch, pos = divmod(step, self.steps_per_epoch)
-        order = torch.randperm(
-            len(self.train_set),
-            generator=torch.Generator().manual_seed(self.settings.train.seed * 1_000_003 + epoch),
-        )
-        idx = order[pos * self.batch_size : (pos + 1) * self.batch_size]
+        idx = self._epoch_order(epoch)[pos * self.batch_size : (pos + 1) * self.batch_size]
         flip = None
         if self.settings.data.hflip:
             flip = draw_rows(self.rows, len(idx), lambda k: torch.rand(k, generator=self.gen, device=self.device))
         if self.rows is not None:
             idx = idx[self.rows.start : self.rows.stop]
-        x0 = to_float(to_device(self.train_set.images[idx], self.device))
+        x0, labels = self._on_device(self.train_set, idx)
         if flip is not None:
             x0 = torch.where((flip < 0.5)[:, None, None, None], x0.flip(-1), x0)
-        return x0, to_device(self.train_set.labels[idx], self.device)
+        return x0, labels
+
+    def _epoch_order(self, epoch: int) -> Tensor:
+        """The permutation of the training images in `epoch` (a pure function of seed and epoch), made
+        once per epoch rather than at every step."""
+        if self._order is None or self._order[0] != epoch:
+            gen = torch.Generator().manual_seed(self.settings.train.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.train_set), generator=gen))
+        return self._order[1]
+
+    def _on_device(self, images: ImageSet, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Images `idx` of `images` on the run's device as floats in [-1, 1] (sent as uint8), and their labels."""
+        return to_float(to_device(images.images[idx], self.device)), to_device(images.labels[idx], self.device)
 
     def loss(
         self,
@@ -291,8 +300,7 @@ class Trainer:
         for b in range(self.world.rank, batches, self.world.size):
             gen = torch.Generator(device=self.device).manual_seed(VAL_SEED + b)
             idx = torch.arange(b * self.batch_size, min((b + 1) * self.batch_size, len(self.val_set)))
-            x0 = to_float(to_device(self.val_set.images[idx], self.device))
-            labels = to_device(self.val_set.labels[idx], self.device)
+            x0, labels = self._on_device(self.val_set, idx)
             total += float(self.loss(self.ema, x0, labels, gen, p_uncond=0.0)) * len(idx)
             count += len(idx)
         total, count_all = self.world.sum([total, count])
