@@ -20,7 +20,7 @@ tensors in [-1, 1], shape (N, C, H, W).
 | superres         | degrade / upsample, and the random conditioning of training       |
 """
 
-from diffkit.data.images import ImageSet, check_pixels, read_image, resize_images, to_float, to_uint8
+from diffkit.data.images import ImageSet, check_pixels, decode_image, read_image, resize_images, to_float, to_uint8
 from diffkit.data.registry import (
     DATASETS,
     DatasetSpec,
@@ -39,6 +39,7 @@ __all__ = [
     "DatasetSpec",
     "ImageSet",
     "check_pixels",
+    "decode_image",
     "default_data_dir",
     "degrade",
     "load_images",

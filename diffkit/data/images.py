@@ -74,23 +74,32 @@ def check_pixels(img: Any, path: Path) -> None:
         )
 
 
+def decode_image(path: Path, mode: str, unreadable: str) -> tuple[np.ndarray, str]:
+    """The pixels of image file `path` in PIL `mode` ("L", "RGB"), and its original "WxH MODE".
+
+    A file that is not a readable image is one DiffkitError saying `unreadable`; one too large is
+    refused by `check_pixels` before it is decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            check_pixels(img, path)
+            return np.asarray(img.convert(mode)), f"{img.width}x{img.height} {img.mode}"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise DiffkitError(unreadable) from None
+
+
 def read_image(path: str | Path, *, image_size: int, channels: int) -> tuple[Tensor, str | None]:
     """One image file as float (1, C, H, W) in [-1, 1], converted to the model's size and channels.
 
     Returns the image and a note describing any conversion, for the CLI to print.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise DiffkitError(f"image {path} does not exist: give the path of a PNG or JPEG file")
-    try:
-        with Image.open(path) as img:
-            check_pixels(img, path)
-            original = f"{img.width}x{img.height} {img.mode}"
-            arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise DiffkitError(f"{path} is not an image file diffkit can read: give a PNG or JPEG") from None
+    mode = "L" if channels == 1 else "RGB"
+    arr, original = decode_image(path, mode, f"{path} is not an image file diffkit can read: give a PNG or JPEG")
     t = torch.from_numpy(arr.copy())
     t = t.reshape(1, 1, *t.shape) if t.ndim == 2 else t.permute(2, 0, 1).unsqueeze(0)
     converted = resize_images(t.contiguous(), image_size, channels)

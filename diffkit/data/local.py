@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffkit.data.images import IMAGE_SUFFIXES, ImageSet, check_pixels
+from diffkit.data.images import IMAGE_SUFFIXES, ImageSet, decode_image
 from diffkit.data.torchvision_sets import MNIST_CLASSES
 from diffkit.errors import DiffkitError
 
@@ -51,12 +51,7 @@ def _load_folder(split: str, path: str | None = None, channels: int = 1, **_: ob
     mode = "L" if channels == 1 else "RGB"
     arrays, sizes = [], set()
     for f, _label in files:
-        try:
-            with Image.open(f) as img:
-                check_pixels(img, f)
-                arr = np.asarray(img.convert(mode))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            raise DiffkitError(f"{f} is not a readable image: remove it or replace it") from None
+        arr = decode_image(f, mode, f"{f} is not a readable image: remove it or replace it")[0]
         sizes.add(arr.shape[:2])
         arrays.append(arr)
     if len(sizes) > 1:  # bring all to the first size; resize_images makes the final size later

@@ -121,21 +121,13 @@ def make_masks(kind: str, n: int, size: int, seed: int = 0) -> Tensor:
 
 def read_mask(path: str | Path, size: int) -> Tensor:
     """A mask PNG as (1, 1, size, size): white (>= 50% grey) = keep, black = hole; the size must match."""
-    from PIL import Image, UnidentifiedImageError
-
-    from diffkit.data import check_pixels
+    from diffkit.data import decode_image
 
     path = Path(path)
     if not path.is_file():
         raise DiffkitError(f"mask {path} does not exist: give one of {', '.join(HOLES)} or a PNG file")
-    try:
-        with Image.open(path) as img:
-            check_pixels(img, path)
-            arr = np.asarray(img.convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise DiffkitError(
-            f"mask {path} is not an image file diffkit can read: give a PNG (white = keep, black = hole)"
-        ) from None
+    unreadable = f"mask {path} is not an image file diffkit can read: give a PNG (white = keep, black = hole)"
+    arr, _ = decode_image(path, "L", unreadable)
     if arr.shape != (size, size):
         raise DiffkitError(
             f"mask {path} is {arr.shape[1]}x{arr.shape[0]} but the model's images are "
