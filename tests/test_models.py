@@ -16,15 +16,15 @@ from diffkit.models import UNet, count_parameters
     ],
 )
 def test_unet_shapes(size: int, channels: int, mults: tuple[int, ...], attn: tuple[int, ...], classes: int) -> None:
-    model = UNet(
-        image_size=size,
-        in_channels=channels,
-        base_channels=16,
-        channel_mults=mults,
-        num_res_blocks=1,
-        attention_resolutions=attn,
-        num_classes=classes,
-    )
+    shape = {
+        "image_size": size,
+        "in_channels": channels,
+        "base_channels": 16,
+        "channel_mults": mults,
+        "num_res_blocks": 1,
+        "attention_resolutions": attn,
+    }
+    model = UNet(**shape, num_classes=classes)  # type: ignore[arg-type]
     x = torch.randn(3, channels, size, size)
     t = torch.tensor([0, 500, 999])
     labels = torch.tensor([1, 2, classes]) if classes else None  # includes the null class
@@ -33,15 +33,7 @@ def test_unet_shapes(size: int, channels: int, mults: tuple[int, ...], attn: tup
     assert torch.count_nonzero(out) == 0  # zero-initialised output layer
     # a conditional model differs from its unconditional twin by exactly the class table (K + 1 rows, the
     # last the null class, of the 4 x base_channels embedding width)
-    twin = UNet(
-        image_size=size,
-        in_channels=channels,
-        base_channels=16,
-        channel_mults=mults,
-        num_res_blocks=1,
-        attention_resolutions=attn,
-        num_classes=0,
-    )
+    twin = UNet(**shape, num_classes=0)  # type: ignore[arg-type]
     assert count_parameters(model) - count_parameters(twin) == ((classes + 1) * 4 * 16 if classes else 0)
 
 
