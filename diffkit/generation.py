@@ -9,8 +9,9 @@ image i depends only on the seed and i, never on the batch size.
 from __future__ import annotations
 
 import math
+import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -44,17 +45,30 @@ class Generated:
     seconds: float
 
 
-def class_layout(num_classes: int, class_id: int | None, num: int) -> tuple[Tensor | None, int]:
-    """Classes for a request: one class `num` times, or `num` of each class (a row per class)."""
+def class_layout(num_classes: int, class_id: int | Sequence[int] | None, num: int) -> tuple[Tensor | None, int]:
+    """Classes for a request: one class `num` times, `num` of each class listed (a row each), or `num` of
+    every class (a row per class)."""
     if num_classes == 0:
         if class_id is not None:
             raise DiffkitError("--class was given but this model is unconditional: drop --class")
         return None, num
-    if class_id is not None:
-        if not 0 <= class_id < num_classes:
-            raise DiffkitError(f"--class {class_id} is out of range: this model knows classes 0 to {num_classes - 1}")
-        return torch.full((num,), class_id, dtype=torch.long), num
-    return torch.arange(num_classes).repeat_interleave(num), num * num_classes
+    if class_id is None:
+        return torch.arange(num_classes).repeat_interleave(num), num * num_classes
+    given = [class_id] if isinstance(class_id, int) else list(class_id)
+    if not given:
+        raise DiffkitError("no class was given: give one or more classes, or none for a row per class")
+    listed = [_class_number(c, num_classes) for c in given]
+    return torch.tensor(listed).repeat_interleave(num), num * len(listed)
+
+
+def _class_number(c: object, num_classes: int) -> int:
+    try:
+        n = operator.index(c)  # type: ignore[arg-type]  # ints, numpy ints; not floats or strings
+    except TypeError:
+        n = None
+    if n is None or isinstance(c, bool) or not 0 <= n < num_classes:
+        raise DiffkitError(f"--class {c} is out of range: this model knows classes 0 to {num_classes - 1}")
+    return n
 
 
 def require_images_input(denoiser: Denoiser) -> None:

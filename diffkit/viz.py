@@ -5,6 +5,7 @@ Library images are float tensors in [-1, 1], shape (N, C, H, W); this module tur
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,17 +28,35 @@ def make_grid(images: Tensor, nrow: int, padding: int = 2, pad_value: float = 1.
     return (grid * 255).round().to(torch.uint8)
 
 
-def save_grid(images: Tensor, path: str | Path, nrow: int, padding: int = 2, scale: int = 1) -> Path:
-    """Write `images` as one PNG grid with `nrow` images per row; `scale` enlarges pixels (nearest)."""
+def grid_image(images: Tensor, nrow: int, padding: int = 2, scale: int = 1) -> Any:
+    """`images` as one PIL grid with `nrow` images per row; `scale` enlarges pixels (nearest)."""
+    return enlarge(to_pil(make_grid(images, nrow, padding)), scale)
+
+
+def enlarge(pil: Any, scale: int) -> Any:
+    """A PIL image `scale` times larger, each pixel a block (nearest neighbour): small digits stay sharp."""
     from PIL import Image
 
+    return pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST) if scale > 1 else pil
+
+
+def save_grid(images: Tensor, path: str | Path, nrow: int, padding: int = 2, scale: int = 1) -> Path:
+    """Write `images` as one PNG grid with `nrow` images per row; `scale` enlarges pixels (nearest)."""
+    return save_pil(grid_image(images, nrow, padding, scale), path)
+
+
+def save_pil(pil: Any, path: str | Path) -> Path:
+    """A PIL image as a PNG, atomically."""
     path = Path(path)
-    grid = make_grid(images, nrow, padding)
-    pil = _to_pil(grid)
-    if scale > 1:
-        pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
     atomic_write(path, lambda tmp: pil.save(tmp, format="PNG"))
     return path
+
+
+def png_bytes(pil: Any) -> bytes:
+    """A PIL image encoded as PNG (what a notebook displays)."""
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def save_images(
@@ -54,16 +73,13 @@ def save_images(
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, img in enumerate(to_uint8(images)):
-        pil = _to_pil(img)
-        if rgb:
-            pil = pil.convert("RGB")
-        path = directory / f"{prefix}{start + i:0{digits}d}.png"
-        pil.save(path, format="PNG")
-        paths.append(path)
+        pil = to_pil(img)
+        paths.append(save_pil(pil.convert("RGB") if rgb else pil, directory / f"{prefix}{start + i:0{digits}d}.png"))
     return paths
 
 
-def _to_pil(img: Tensor) -> Any:
+def to_pil(img: Tensor) -> Any:
+    """One uint8 (C, H, W) image as a PIL image ("L" for one channel, else "RGB")."""
     from PIL import Image
 
     arr = img.permute(1, 2, 0).numpy()
@@ -122,21 +138,26 @@ def _ema(values: Sequence[float], alpha: float = 0.1) -> list[float]:
 def save_gif(frames: Tensor, path: str | Path, duration: float = 0.12, scale: int = 4, bounce: bool = True) -> Path:
     """An animated GIF of `frames` (N, C, H, W) in [-1, 1]; `duration` seconds per frame, pixels enlarged
     `scale` times; `bounce` plays the frames forwards then backwards so the loop has no jump."""
-    from PIL import Image
-
     path = Path(path)
-    pils = [_to_pil(img) for img in to_uint8(frames)]
-    if scale > 1:
-        pils = [p.resize((p.width * scale, p.height * scale), Image.Resampling.NEAREST) for p in pils]
+    data = gif_bytes(frames, duration, scale, bounce)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return path
+
+
+def gif_bytes(frames: Tensor, duration: float = 0.12, scale: int = 4, bounce: bool = True) -> bytes:
+    """The GIF of `save_gif`, in memory (a notebook shows it with IPython.display.Image(data=...))."""
+    pils = [enlarge(to_pil(img), scale) for img in to_uint8(frames)]
     if bounce and len(pils) > 2:
         pils = pils + pils[-2:0:-1]
-    atomic_write(
-        path,
-        lambda tmp: pils[0].save(
-            tmp, format="GIF", save_all=True, append_images=pils[1:], duration=round(duration * 1000), loop=0
-        ),
-    )
-    return path
+    buffer = io.BytesIO()
+    pils[0].save(buffer, format="GIF", save_all=True, append_images=pils[1:], duration=round(duration * 1000), loop=0)
+    return buffer.getvalue()
+
+
+def grid_frames(frames: Sequence[Tensor], nrow: int, hold: int = 8) -> Tensor:
+    """Frame k the grid of batch `frames[k]`, back in [-1, 1]; the last held `hold` frames longer."""
+    grids = [make_grid(batch, nrow).float() / 127.5 - 1 for batch in frames]
+    return torch.stack(grids + [grids[-1]] * hold)
 
 
 FIGURE_FRAME = 0.6  # light grey in [-1, 1]: the frame of labelled figures and their empty cells
@@ -145,17 +166,20 @@ FIGURE_FRAME = 0.6  # light grey in [-1, 1]: the frame of labelled figures and t
 def save_labelled_rows(
     rows: Sequence[Tensor], labels: Sequence[str], path: str | Path, scale: int = 3, padding: int = 2
 ) -> Path:
-    """A figure with one row per tensor (N_i, C, H, W) in [-1, 1] and its label written to the left.
+    """`labelled_rows` written as a PNG, atomically."""
+    return save_pil(labelled_rows(rows, labels, scale, padding), path)
+
+
+def labelled_rows(rows: Sequence[Tensor], labels: Sequence[str], scale: int = 3, padding: int = 2) -> Any:
+    """A PIL figure with one row per tensor (N_i, C, H, W) in [-1, 1] and its label written to the left.
 
     Cells are framed in light grey, so white image borders (a mask's kept region) stay visible."""
     from PIL import Image, ImageDraw, ImageFont
 
-    path = Path(path)
     width = max(len(r) for r in rows)
     blank = torch.full_like(rows[0][:1], FIGURE_FRAME)  # short rows are padded with frame-coloured cells
     cells = torch.cat([torch.cat([r, blank.expand(width - len(r), -1, -1, -1)]) for r in rows])
-    grid = _to_pil(make_grid(cells, width, padding, pad_value=(FIGURE_FRAME + 1) / 2)).convert("RGB")
-    grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+    grid = enlarge(to_pil(make_grid(cells, width, padding, pad_value=(FIGURE_FRAME + 1) / 2)).convert("RGB"), scale)
     font = ImageFont.load_default(size=max(10, 4 * scale + 2))
     label_width = max(int(font.getlength(label)) for label in labels) + 12
     figure = Image.new("RGB", (grid.width + label_width, grid.height), "white")
@@ -164,16 +188,13 @@ def save_labelled_rows(
     row_height = grid.height / len(rows)
     for i, label in enumerate(labels):
         draw.text((6, (i + 0.5) * row_height), label, fill="black", font=font, anchor="lm")
-    atomic_write(path, lambda tmp: figure.save(tmp, format="PNG"))
-    return path
+    return figure
 
 
 def save_grid_gif(frames: Sequence[Tensor], path: str | Path, nrow: int, scale: int = 2, hold: int = 8) -> Path:
     """An animated GIF whose frame k is the grid of batch `frames[k]` (N, C, H, W) in [-1, 1]; the last
     frame is held `hold` frames longer so the finished images can be seen before the loop restarts."""
-    grids = [make_grid(batch, nrow).float() / 127.5 - 1 for batch in frames]  # back to [-1, 1] for save_gif
-    grids += [grids[-1]] * hold
-    return save_gif(torch.stack(grids), path, scale=scale, bounce=False)
+    return save_gif(grid_frames(frames, nrow, hold), path, scale=scale, bounce=False)
 
 
 SCHEDULE_PANELS = {

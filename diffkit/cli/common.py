@@ -21,7 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from diffkit.cli.flags import check_output_dir
+from diffkit.checks import check_output_dir
 from diffkit.errors import DiffkitError
 from diffkit.progress import Progress
 from diffkit.runlock import SharedRunLock

@@ -9,12 +9,12 @@ import torch
 import typer
 
 from diffkit.atomic import write_json
+from diffkit.checks import check_sample_flags, one_of
 from diffkit.cli import common as opt
 from diffkit.cli.common import console, done, progress_task
-from diffkit.cli.flags import check_sample_flags
-from diffkit.cli.inputs import one_of, read_images, scores_table
-from diffkit.editing import MASK_KINDS, METHODS, InpaintResult, inpaint, mask_from_spec, masked_view, score
-from diffkit.errors import DiffkitError
+from diffkit.cli.inputs import read_images, scores_table
+from diffkit.editing import MASK_KINDS, InpaintResult, check_methods, figure_rows, inpaint, mask_from_spec, score
+from diffkit.editing.inpaint import guided_plan
 from diffkit.generation import class_layout, generate
 from diffkit.runs import LoadedRun
 from diffkit.samplers import SAMPLERS
@@ -52,18 +52,13 @@ def inpaint_command(
     """Fill a masked region (mask: 1/white = keep, 0/black = hole) with replace, RePaint or SDS."""
     kind = one_of({"--image": image, "--from": source, "--class": class_})
     check_sample_flags(cfg=cfg, steps=steps, num=num)
-    methods = _methods(method, sampler)
+    methods = check_methods(method, sampler)
     loaded = args.open()
     plan = loaded.plan(sampler=sampler, steps=steps, cfg=cfg, seed=args.seed)
     originals, labels, what = _originals(loaded, kind, image, source, class_, num, plan)
     masks = mask_from_spec(mask, len(originals), loaded.settings.data.image_size, plan.seed)
     classes = labels if loaded.num_classes and labels is not None else None
-    if cfg is not None and classes is None:
-        raise DiffkitError(
-            "--cfg needs class labels and this input has none (or the model is unconditional): "
-            "drop --cfg, or use --from with a labelled dataset or --class"
-        )
-    plan = plan if classes is not None else plan.but(guidance=1.0)
+    plan = guided_plan(plan, classes, cfg_given=cfg is not None)
     console.print(
         f"inpainting {len(originals)} image(s) from {what} with mask {mask} by {', '.join(methods)} "
         f"(seed {plan.seed}) from {loaded.checkpoint}"
@@ -86,17 +81,6 @@ def inpaint_command(
             )
     folder = args.folder(loaded, "inpaint", f"{'+'.join(results)}-{Path(mask).stem}-seed{plan.seed}")
     _report(loaded, originals, masks, results, mask, what, plan, folder)
-
-
-def _methods(method: str, sampler: str | None) -> list[str]:
-    """--method as a list of known methods; --sampler only with replace alone."""
-    methods = [m.strip() for m in method.split(",") if m.strip()]
-    for m in methods:
-        if m not in METHODS:
-            raise DiffkitError(f"unknown inpainting method {m!r}: choose one of {', '.join(METHODS)}")
-    if sampler is not None and methods != ["replace"]:
-        raise DiffkitError("--sampler applies to --method replace only (repaint uses DDPM steps, sds no sampler)")
-    return methods
 
 
 def _originals(
@@ -135,13 +119,7 @@ def _report(
 ) -> None:
     hole = 1 - masks
     scores = {m: score(r.images, originals, hole) for m, r in results.items()}
-    mask_row = (masks * 2 - 1).expand_as(originals)
-    figure = save_labelled_rows(
-        [originals, mask_row, masked_view(originals, masks), *(r.images for r in results.values())],
-        ["original", "mask", "masked input", *results],
-        folder / "inpaint.png",
-        scale=3,
-    )
+    figure = save_labelled_rows(*figure_rows(originals, masks, results), folder / "inpaint.png", scale=3)
     for m, r in results.items():
         save_images(r.images, folder / m)
     record: dict[str, Any] = {

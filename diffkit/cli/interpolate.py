@@ -9,11 +9,12 @@ import torch
 import typer
 
 from diffkit.atomic import write_json
+from diffkit.checks import one_of
 from diffkit.cli import common as opt
 from diffkit.cli.common import console, done, progress_task
-from diffkit.cli.flags import MAX_INTERPOLATION_FRAMES, check_bounded, check_sample_flags
-from diffkit.cli.inputs import one_of, read_images, scores_table
-from diffkit.editing import Interpolation, interpolate_classes, interpolate_images, interpolate_seeds, score
+from diffkit.cli.inputs import read_images, scores_table
+from diffkit.drawing import check_interpolation, interpolation
+from diffkit.editing import Interpolation, score
 from diffkit.errors import DiffkitError
 from diffkit.runs import LoadedRun
 from diffkit.viz import FIGURE_FRAME, save_gif, save_images, save_labelled_rows
@@ -45,31 +46,21 @@ def interpolate_command(
 ) -> None:
     """Interpolate between two classes, two seeds or two images; the end frames are the plain samples."""
     kind = one_of({"--classes": classes, "--seeds": seeds, "--images": images}).removeprefix("--")
-    check_sample_flags(cfg=cfg, steps=steps)
-    check_bounded(frames, MAX_INTERPOLATION_FRAMES, "--frames", "each frame is a full sampling run")
-    if class_ is not None and kind != "seeds":
-        raise DiffkitError("--class goes with --seeds only: drop it")
-    if cfg is not None and images is not None:
-        raise DiffkitError("--cfg does not apply to --images (inversion uses the unconditional model)")
+    check_interpolation(kind, frames=frames, class_id=class_, cfg=cfg, steps=steps)
     loaded = args.open()
     plan = loaded.plan(steps=steps, cfg=cfg, seed=args.seed)
     inputs: torch.Tensor | None = None
+    ends: tuple[int, int] | torch.Tensor
+    if classes is not None:
+        tag, ends = f"classes-{classes[0]}-{classes[1]}-seed{plan.seed}", classes
+    elif seeds is not None:
+        tag, ends = f"seeds-{seeds[0]}-{seeds[1]}" + (f"-class{class_}" if class_ is not None else ""), seeds
+    else:
+        assert images is not None
+        inputs = ends = torch.cat([_image(p, loaded) for p in images])
+        tag = "images-" + "-".join(Path(p).stem.replace(":", "_") for p in images)
     with progress_task("interpolating", plan.steps) as advance:
-        if classes is not None:
-            tag = f"classes-{classes[0]}-{classes[1]}-seed{plan.seed}"
-            result = interpolate_classes(loaded.denoiser(plan), *classes, plan, frames=frames, progress=advance)
-        elif seeds is not None:
-            tag = f"seeds-{seeds[0]}-{seeds[1]}" + (f"-class{class_}" if class_ is not None else "")
-            result = interpolate_seeds(
-                loaded.denoiser(plan), *seeds, plan, frames=frames, class_id=class_, progress=advance
-            )
-        else:
-            assert images is not None
-            inputs = torch.cat([_image(p, loaded) for p in images])
-            tag = "images-" + "-".join(Path(p).stem.replace(":", "_") for p in images)
-            result = interpolate_images(
-                loaded.denoiser(plan), inputs[:1], inputs[1:], plan, frames=frames, progress=advance
-            )
+        result = interpolation(loaded, plan, kind, ends, frames=frames, class_id=class_, progress=advance)
     _report(loaded, result, inputs, args.folder(loaded, "interpolate", tag), kind, plan.steps)
 
 

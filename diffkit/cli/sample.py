@@ -10,13 +10,14 @@ from typing import Annotated
 
 import typer
 
+from diffkit.checks import check_output_dir, check_sample_flags
 from diffkit.cli import common as opt
 from diffkit.cli.common import console, done, progress_task
-from diffkit.cli.flags import check_bounded, check_output_dir, check_sample_flags
+from diffkit.drawing import draw, layout
 from diffkit.errors import DiffkitError
 from diffkit.export import export_samples
-from diffkit.generation import Generated, check_held, class_layout, cycled_classes, generate, grid_rows
-from diffkit.process import MAX_FRAMES, Process, record_process
+from diffkit.generation import Generated, cycled_classes
+from diffkit.process import MAX_FRAMES, Process
 from diffkit.runs import LoadedRun
 from diffkit.sampling import SamplingPlan
 from diffkit.viz import save_grid, save_grid_gif, save_images
@@ -92,31 +93,18 @@ def _grid(
     grids: bool,
 ) -> None:
     """grid.png and images/ (a row per class, or one class); with `k` frames, pictures of the process too."""
-    classes, total = class_layout(loaded.num_classes, class_, per_class)
-    check_bounded(
-        total, MAX_IN_MEMORY, "images", "held in memory at once: write more with --export-dir, batch by batch"
-    )
-    check_bounded(total * k, MAX_PROCESS_PICTURES, "images x frames", "lower --num or --frames")
-    d = loaded.settings.data  # the images, and with frames x_t and x̂0 at each frame: all held at once
-    check_held(total * (1 + 2 * k), (d.channels, d.image_size, d.image_size), "this sample", _FEWER)
-    _say(loaded, total, plan)
-    recorded: Process | None = None
-    with progress_task("sampling", total) as advance:
-        if k:
-            result, recorded = record_process(
-                loaded.denoiser(plan), plan, num=total, classes=classes, frames=k, progress=advance
-            )
-        else:
-            result = generate(loaded.denoiser(plan), plan, num=total, classes=classes, progress=advance)
+    shape = layout(loaded, class_, per_class, k)
+    _say(loaded, shape.total, plan)
+    with progress_task("sampling", shape.total) as advance:
+        result, recorded = draw(loaded, plan, shape, advance)
     tag = f"{plan.sampler}-{plan.steps}-cfg{plan.guidance:g}-seed{plan.seed}"
     folder = args.folder(loaded, "samples", tag + (f"-class{class_}" if class_ is not None else ""))
-    nrow = grid_rows(loaded.num_classes if class_ is None else 0, per_class, total)
-    _timing(result, total)
-    done("grid", save_grid(result.images, folder / "grid.png", nrow=nrow, scale=2))
+    _timing(result, shape.total)
+    done("grid", save_grid(result.images, folder / "grid.png", nrow=shape.nrow, scale=2))
     save_images(result.images, folder / "images")
     done("images", folder / "images")
     if recorded is not None:
-        _write_process(recorded, folder, nrow, grids=grids)
+        _write_process(recorded, folder, shape.nrow, grids=grids)
 
 
 def _export(
@@ -132,11 +120,6 @@ def _export(
     _timing(result, total)
     kind = "RGB" if rgb or result.images.shape[1] == 3 else "grayscale"
     done(f"{total} {kind} images, {export_dir.name}/00001.png ...", export_dir)
-
-
-MAX_IN_MEMORY = 20_000  # images a grid holds (--export-dir streams any number)
-_FEWER = "lower --num (or --frames), or write any number with --export-dir, batch by batch"
-MAX_PROCESS_PICTURES = 20_000  # images x frames of --process / --gif
 
 
 def _check_flags(

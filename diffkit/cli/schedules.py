@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from diffkit.atomic import write_json
+from diffkit.checks import check_output_dir
 from diffkit.cli.common import OutOption, console, done, fresh_dir, hold_runs_written, parse_csv
-from diffkit.cli.flags import check_output_dir
 from diffkit.runs import RunPaths, build_schedule
 from diffkit.schedules import SCHEDULE_KINDS, NoiseSchedule, named_schedules, schedule_curves, schedule_key_values
 from diffkit.settings import load_saved_settings

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 import typer
 
 from diffkit.atomic import write_json
+from diffkit.checks import check_sample_flags, one_of
 from diffkit.cli import common as opt
 from diffkit.cli.common import console, done, progress_task
-from diffkit.cli.flags import check_sample_flags
-from diffkit.cli.inputs import one_of, read_images, scores_table
+from diffkit.cli.inputs import read_images, scores_table
 from diffkit.editing import degrade, score, super_resolve
 from diffkit.editing.superres import SuperResolved, read_superres_input, require_superres
 from diffkit.runs import LoadedRun

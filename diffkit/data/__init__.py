@@ -20,7 +20,16 @@ tensors in [-1, 1], shape (N, C, H, W).
 | superres         | degrade / upsample, and the random conditioning of training       |
 """
 
-from diffkit.data.images import ImageSet, check_pixels, decode_image, read_image, resize_images, to_float, to_uint8
+from diffkit.data.images import (
+    ImageSet,
+    check_pixels,
+    decode_image,
+    from_pixels,
+    read_image,
+    resize_images,
+    to_float,
+    to_uint8,
+)
 from diffkit.data.registry import (
     DATASETS,
     DatasetSpec,
@@ -28,6 +37,7 @@ from diffkit.data.registry import (
     load_images,
     parse_source,
     resolve_data,
+    source_images,
     train_val_split,
 )
 from diffkit.data.superres import degrade, random_condition, upsample
@@ -42,12 +52,14 @@ __all__ = [
     "decode_image",
     "default_data_dir",
     "degrade",
+    "from_pixels",
     "load_images",
     "parse_source",
     "random_condition",
     "read_image",
     "resize_images",
     "resolve_data",
+    "source_images",
     "to_float",
     "to_uint8",
     "train_val_split",

@@ -100,9 +100,17 @@ def read_image(path: str | Path, *, image_size: int, channels: int) -> tuple[Ten
         raise DiffkitError(f"image {path} does not exist: give the path of a PNG or JPEG file")
     mode = "L" if channels == 1 else "RGB"
     arr, original = decode_image(path, mode, f"{path} is not an image file diffkit can read: give a PNG or JPEG")
+    return from_pixels(arr, original, path.name, image_size=image_size, channels=channels)
+
+
+def from_pixels(
+    arr: np.ndarray, original: str, name: str, *, image_size: int, channels: int
+) -> tuple[Tensor, str | None]:
+    """Decoded pixels, uint8 (H, W) or (H, W, C), as `read_image` returns them: float (1, C, H, W) in [-1, 1]
+    at the model's size and channels, and a note naming any conversion (`original` is "WxH MODE")."""
     t = torch.from_numpy(arr.copy())
     t = t.reshape(1, 1, *t.shape) if t.ndim == 2 else t.permute(2, 0, 1).unsqueeze(0)
     converted = resize_images(t.contiguous(), image_size, channels)
     target = f"{image_size}x{image_size} {'L' if channels == 1 else 'RGB'}"
-    note = None if original == target else f"converted {path.name} from {original} to {target}"
+    note = None if original == target else f"converted {name} from {original} to {target}"
     return to_float(converted), note

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from diffkit.data.images import ImageSet, resize_images
 from diffkit.data.local import _load_folder, _load_mnist_5k, _load_synthetic
@@ -103,6 +104,17 @@ def parse_source(
         index = _parse_index(parts[2], len(data), source)
         data = data.subset(index)
     return data
+
+
+def source_images(source: str, settings: Settings) -> tuple[Tensor, Tensor | None]:
+    """A data source such as `mnist:test:0..7` at a run's size and channels: images in [-1, 1], and their
+    labels when every image has one (else None). The data directory is `resolve_data_dir`'s."""
+    d = settings.data
+    data = parse_source(
+        source, data_dir=resolve_data_dir(settings.data_dir), image_size=d.image_size, channels=d.channels
+    )
+    labelled = bool((data.labels >= 0).all()) and data.num_classes > 0
+    return data.floats(), data.labels if labelled else None
 
 
 def _parse_index(text: str, size: int, source: str) -> list[int]:

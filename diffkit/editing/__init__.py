@@ -14,7 +14,7 @@ PNG, white (at least 50% grey) keeps and black marks the hole.
 """
 
 from diffkit.editing.common import Scores, score
-from diffkit.editing.inpaint import METHODS, InpaintResult, inpaint, masked_view
+from diffkit.editing.inpaint import METHODS, InpaintResult, check_methods, figure_rows, inpaint, masked_view
 from diffkit.editing.interpolate import (
     Interpolation,
     ddim_invert,
@@ -33,8 +33,10 @@ __all__ = [
     "Interpolation",
     "Scores",
     "SuperResolved",
+    "check_methods",
     "ddim_invert",
     "degrade",
+    "figure_rows",
     "inpaint",
     "interpolate_classes",
     "interpolate_images",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +58,36 @@ class InpaintResult:
 def masked_view(images: Tensor, mask: Tensor, fill: float = 0.0) -> Tensor:
     """The input as the model sees it: the hole painted `fill` (mid grey), for figures."""
     return torch.where(mask.bool(), images, torch.full_like(images, fill))
+
+
+def check_methods(methods: str | Sequence[str], sampler: str | None = None) -> list[str]:
+    """Methods as a list ("replace,sds" or ["replace", "sds"]), each known; a sampler only with replace alone."""
+    listed = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
+    if not listed:
+        raise DiffkitError(f"no inpainting method was given: choose one or more of {', '.join(METHODS)}")
+    for m in listed:
+        if m not in METHODS:
+            raise DiffkitError(f"unknown inpainting method {m!r}: choose one of {', '.join(METHODS)}")
+    if sampler is not None and listed != ["replace"]:
+        raise DiffkitError("--sampler applies to --method replace only (repaint uses DDPM steps, sds no sampler)")
+    return listed
+
+
+def guided_plan(plan: SamplingPlan, classes: Tensor | None, *, cfg_given: bool) -> SamplingPlan:
+    """The plan inpainting follows: guidance needs labels (and a conditional model); without them, none."""
+    if cfg_given and classes is None:
+        raise DiffkitError(
+            "--cfg needs class labels and this input has none (or the model is unconditional): "
+            "drop --cfg, or use --from with a labelled dataset or --class"
+        )
+    return plan if classes is not None else plan.but(guidance=1.0)
+
+
+def figure_rows(originals: Tensor, masks: Tensor, results: dict[str, InpaintResult]) -> tuple[list[Tensor], list[str]]:
+    """The rows of an inpainting figure and their labels: original / mask / masked input / each method."""
+    mask_row = (masks * 2 - 1).expand_as(originals)
+    rows = [originals, mask_row, masked_view(originals, masks), *(r.images for r in results.values())]
+    return rows, ["original", "mask", "masked input", *results]
 
 
 def inpaint(

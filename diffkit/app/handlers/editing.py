@@ -15,7 +15,7 @@ from torch import Tensor
 
 from diffkit.app.handlers.served import ALL_CLASSES, AppRun, class_of, plan_for, seconds_text, whole
 from diffkit.data import parse_source, read_image
-from diffkit.editing import MASK_KINDS, InpaintResult, inpaint, interpolate_classes, interpolate_seeds, masked_view
+from diffkit.editing import MASK_KINDS, InpaintResult, figure_rows, inpaint, interpolate_classes, interpolate_seeds
 from diffkit.editing import score as score_images
 from diffkit.editing.masks import mask_from_spec
 from diffkit.errors import DiffkitError
@@ -181,12 +181,8 @@ def _inpainted(
     """The figure (original / mask / masked input / each method) and the scores over the hole."""
     hole = 1 - masks
     scores = {m: score_images(r.images, source.image, hole).mean() for m, r in results.items()}
-    mask_row = (masks * 2 - 1).expand_as(source.image)
     figure = save_labelled_rows(
-        [source.image, mask_row, masked_view(source.image, masks), *(r.images for r in results.values())],
-        ["original", "mask", "masked input", *results],
-        app.folder("inpaint") / "inpaint.png",
-        scale=6,
+        *figure_rows(source.image, masks, results), app.folder("inpaint") / "inpaint.png", scale=6
     )
     lines = [
         f"over the hole ({int(hole.sum())} pixels), against the original · input {source.what} · guidance {guidance:g}",

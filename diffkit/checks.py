@@ -1,5 +1,7 @@
 """Flags checked by the same pydantic limits as the settings they stand for, and outputs checked up front.
 
+The CLI and the Python face (`diffkit.api`) both check here, so a mistake reads the same from either.
+
 `check_flag(SampleSettings, "cfg", cfg, "--cfg")` refuses what `sample.cfg` in a preset may not say
 (out of range, NaN, infinite) with one line, before any work starts; `check_output_dir` refuses an
 output that exists and is not a folder, before the work rather than after it.
@@ -7,7 +9,7 @@ output that exists and is not a folder, before the work rather than after it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,3 +78,12 @@ def check_sample_flags(**flags: Any) -> None:
     for name, value in flags.items():
         values = value if isinstance(value, list | tuple) else [value]
         check_flags(SampleSettings, name, values, "--" + name.replace("_", "-"))
+
+
+def one_of(given: Mapping[str, object]) -> str:
+    """The single option given among mutually exclusive ones ({"--image": value, ...}), else a one-line error."""
+    chosen = [name for name, value in given.items() if value is not None]
+    if len(chosen) != 1:
+        got = f" (got {' and '.join(chosen)})" if chosen else ""
+        raise DiffkitError(f"give exactly one of {', '.join(given)}{got}")
+    return chosen[0]
