@@ -18,8 +18,6 @@ the one line the CLI prints.
 
 from __future__ import annotations
 
-import types
-
 import diffkit.samplers as _samplers
 from diffkit.api.results import Denoising, Fid, Inpainted, Interpolated, Samples, SuperResolved
 from diffkit.api.run import Run, load
@@ -34,18 +32,9 @@ def presets() -> dict[str, str]:
 
 
 def samplers() -> dict[str, str]:
-    """The samplers by name, each with a one-line summary (`run.sample(sampler=NAME)`)."""
-    return {name: spec.summary for name, spec in _samplers.SAMPLERS.items()}
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self) -> dict[str, str]:
-        return samplers()
-
-
-# `diffkit.samplers` is also the subpackage holding the samplers, which Python's import sets as the
-# package's attribute: calling that module gives the list, so `diffkit.samplers()` works either way
-_samplers.__class__ = _CallableModule
+    """The samplers by name, each with a one-line summary (`run.sample(sampler=NAME)`); `diffkit.samplers`
+    is the samplers subpackage, which is callable to the same effect (see there)."""
+    return _samplers()  # type: ignore[operator]
 
 
 __all__ = [

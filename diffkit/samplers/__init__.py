@@ -23,6 +23,9 @@ Importing this package registers every sampler, in the order above.
 
 from __future__ import annotations
 
+import sys
+import types
+
 from diffkit.samplers import ancestral, dpm_solver, karras  # noqa: F401  (registers the samplers)
 from diffkit.samplers.dpm_solver import exp_weights
 from diffkit.samplers.loop import ddim_update
@@ -59,3 +62,14 @@ __all__ = [
     "register",
     "sample",
 ]
+
+
+class _Listing(types.ModuleType):
+    """`diffkit.samplers()`: this package is also that name of the Python face (`diffkit.api`), and Python's
+    import makes the package the attribute, so calling the package lists the samplers."""
+
+    def __call__(self) -> dict[str, str]:
+        return {name: spec.summary for name, spec in SAMPLERS.items()}
+
+
+sys.modules[__name__].__class__ = _Listing
