@@ -20,7 +20,7 @@ from torch import Tensor
 from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.progress import Progress
-from diffkit.samplers import Callback, sample
+from diffkit.samplers import Callback, Step, sample
 from diffkit.sampling import SamplingPlan
 
 MAX_HELD_BYTES = 2 * 2**30  # float32 images one request may hold at once; beyond it, refused with the fix
@@ -101,20 +101,22 @@ def generate(
     noise: Tensor | None = None,
     on_batch: Callable[[int, Tensor], None] | None = None,
     keep: int | None = None,
+    step_progress: Progress | None = None,
 ) -> Generated:
     """Generate `num` images (classes per image or None) as `plan` says.
 
     `on_batch(first_index, images)` sees each finished batch, so long exports can write files as they go;
     `keep` limits the images returned to the first `keep` (None: all): with `on_batch`, any number of
     images is then made holding one batch at a time (the starting noise too is made batch by batch).
+    `step_progress` hears every sampler step of every batch ("step 3 of 20"), for long batches.
     """
     plan.check(denoiser.schedule.timesteps, denoiser.num_classes)
     require_images_input(denoiser)
     denoiser = plan.configure(denoiser)
     device, size, shape = denoiser.device, plan.batch_size, denoiser.image_shape
     kept: list[Tensor] = []
-    nfe, start = 0, time.perf_counter()
-    for b in range(max(1, math.ceil(num / size))):
+    nfe, start, batches = 0, time.perf_counter(), max(1, math.ceil(num / size))
+    for b in range(batches):
         lo, hi = b * size, min(num, (b + 1) * size)
         x_T = noise[lo:hi] if noise is not None else initial_noise(hi - lo, shape, plan.seed, start=lo)
         batch_classes = classes[lo:hi].to(device) if classes is not None else None
@@ -128,7 +130,7 @@ def generate(
             denoiser.schedule,
             plan.steps,
             generator=gen,
-            callback=callback,
+            callback=callback if step_progress is None else _counting(callback, step_progress, b, batches),
             **plan.sampler_options,
         )
         images = result.images.clamp(-1, 1).cpu()
@@ -141,6 +143,19 @@ def generate(
             progress(hi, num)
     images = torch.cat(kept) if kept else torch.empty(0, *shape)
     return Generated(images, classes, nfe, time.perf_counter() - start)
+
+
+def _counting(callback: Callback | None, progress: Progress, batch: int, batches: int) -> Callback:
+    """`callback`, telling `progress` of each step first: steps done over every batch's steps."""
+
+    def counted(step: Step) -> Tensor | None:
+        where = f" of batch {batch + 1} of {batches}" if batches > 1 else ""
+        progress(
+            batch * step.total + step.index + 1, batches * step.total, f"step {step.index + 1} of {step.total}{where}"
+        )
+        return callback(step) if callback is not None else None
+
+    return counted
 
 
 def grid_rows(num_classes: int, per_class: int, total: int) -> int:

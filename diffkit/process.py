@@ -92,9 +92,19 @@ def record_process(
     classes: Tensor | None,
     frames: int,
     progress: Progress | None = None,
+    step_progress: Progress | None = None,
 ) -> tuple[Generated, Process]:
     """`generate` with a recorder attached: the images, and `frames` evenly spaced states of each."""
     noise = initial_noise(num, denoiser.image_shape, plan.seed)
     recorder = ProcessRecorder(noise, plan.steps, frames)
-    out = generate(denoiser, plan, num=num, classes=classes, progress=progress, callback=recorder, noise=noise)
+    out = generate(
+        denoiser,
+        plan,
+        num=num,
+        classes=classes,
+        progress=progress,
+        callback=recorder,
+        noise=noise,
+        step_progress=step_progress,
+    )
     return out, recorder.process()

@@ -191,6 +191,27 @@ def labelled_rows(rows: Sequence[Tensor], labels: Sequence[str], scale: int = 3,
     return figure
 
 
+def captioned_row(cells: Tensor, labels: Sequence[str], scale: int = 6, padding: int = 2) -> Any:
+    """A PIL figure of `cells` (N, C, H, W) in [-1, 1] side by side, each with its label above it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    grid = enlarge(
+        to_pil(make_grid(cells, len(cells), padding, pad_value=(FIGURE_FRAME + 1) / 2)).convert("RGB"), scale
+    )
+    size = max(10, 2 * scale + 4)
+    font = ImageFont.load_default(size=size)
+    top = size + 12
+    figure = Image.new("RGB", (grid.width, grid.height + top), "white")
+    figure.paste(grid, (0, top))
+    draw = ImageDraw.Draw(figure)
+    cell = cells.shape[-1] + padding
+    for i, label in enumerate(labels):
+        draw.text(
+            ((padding + i * cell + cells.shape[-1] / 2) * scale, top / 2), label, fill="black", font=font, anchor="mm"
+        )
+    return figure
+
+
 def save_grid_gif(frames: Sequence[Tensor], path: str | Path, nrow: int, scale: int = 2, hold: int = 8) -> Path:
     """An animated GIF whose frame k is the grid of batch `frames[k]` (N, C, H, W) in [-1, 1]; the last
     frame is held `hold` frames longer so the finished images can be seen before the loop restarts."""

@@ -201,3 +201,69 @@ def test_other_commands_do_not_import_gradio() -> None:
     code = "import sys; from diffkit.cli import app; print('gradio' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------ the page's rough edges (issue 19)
+
+
+def test_sampling_reports_every_step(app: h.AppRun) -> None:
+    heard: list[tuple[int, int, str]] = []
+    h.sample(
+        app, class_choice="1", guidance=2.0, sampler="ddim", steps=3, seed=0, num=2, progress=lambda *a: heard.append(a)
+    )
+    assert [(d, t) for d, t, _ in heard] == [(1, 3), (2, 3), (3, 3)]
+    assert heard[-1][2] == "step 3 of 3"
+    heard.clear()
+    h.watch(
+        app,
+        class_choice="2",
+        guidance=2.0,
+        sampler="dpm++2m",
+        steps=4,
+        seed=0,
+        frames=3,
+        progress=lambda *a: heard.append(a),
+    )
+    assert [d for d, _, _ in heard] == [1, 2, 3, 4]
+
+
+def test_bad_numbers_are_refused_not_clamped(app: h.AppRun) -> None:
+    common = dict(class_choice="1", guidance=2.0, sampler="ddim", num=1)
+    with pytest.raises(DiffkitError, match="steps must be >= 1"):
+        h.sample(app, steps=0, seed=0, **common)
+    with pytest.raises(DiffkitError, match=r"--steps 99999 is out of range: use 1 to 100"):
+        h.sample(app, steps=99_999, seed=0, **common)
+    with pytest.raises(DiffkitError, match="seed must be >= 0"):
+        h.sample(app, steps=2, seed=-1, **common)
+
+
+def test_inpaint_methods_side_by_side(app: h.AppRun) -> None:
+    digit = h.load_digit(app, 1)
+    out = h.inpaint_image(
+        app, digit, mask_choice="center", methods=["replace", "repaint"], sampler="ddim", steps=2, seed=0
+    )
+    width, height = size(out.figure)
+    assert width == (5 * 30 + 2) * 6 and height < width / 3  # original, mask, masked input and two methods in a row
+
+
+def test_page_messages_hide_server_paths_and_frames_count_from_one(app: h.AppRun) -> None:
+    pytest.importorskip("gradio", reason="the app extra (gradio) is not installed")
+    from diffkit.app import ui
+
+    where = "/tmp/diffkit-app-x1y2/gradio/" + "ab" * 32 + "/notanimage.png"
+    message = ui._error(f"{where} is not an image file diffkit can read: give a PNG or JPEG")
+    assert "notanimage.png is not an image file" in message and "/tmp" not in message and "gradio" not in message
+    out = h.watch(app, class_choice="1", guidance=2.0, sampler="ddim", steps=4, seed=0, frames=5)
+    frame, caption = ui._show_frame(out, 4)  # the slider's 4th position
+    assert frame == str(out.frames[3]) and caption.startswith("frame 4 of 5")
+    assert ui._show_frame(out, 1)[1].startswith("frame 1 of 5") and "starting noise" in ui._show_frame(out, 1)[1]
+
+
+def test_the_run_tab_does_not_repeat_the_header_and_sweeps(app: h.AppRun) -> None:
+    out = h.overview(app)
+    assert "run **" not in out.summary and "step 7" in out.summary and "precision" in out.summary
+    plot, text = h.sweep(app, 20)
+    assert plot.is_file() and size(plot)[0] > 400
+    assert [line.split("|")[1].strip() for line in text.splitlines()[4:]] == ["0.0", "1.0", "2.0", "3.0", "5.0"]
+    with pytest.raises(DiffkitError, match="images per scale"):
+        h.sweep(app, 0)

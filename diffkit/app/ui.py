@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -25,14 +26,44 @@ from diffkit.errors import DiffkitError
 log = logging.getLogger("diffkit.app")
 
 MODEL = "model"  # one concurrency group: actions that run the network wait for each other
+# small digits drawn as blocks (nearest neighbour) filling their box, not as a thumbnail in its corner
 CSS = """
 .dk-status { min-height: 1.5em; }
 .dk-error { color: #b91c1c; font-weight: 600; }
+.dk-pixels img { image-rendering: pixelated; width: 100% !important; height: auto !important;
+                 max-height: 78vh; object-fit: contain; }
+.dk-caption p { margin: 0; font-size: 0.9em; color: #555; }
 """
+# an upload's place on the server (/tmp/diffkit-app-.../gradio/<hash>/name.png) is no business of the page
+_SERVER_PATH = re.compile(r"/\S*diffkit-app-[^\s/]*/(?:\S*/)?([^\s/]+)")
 
 
 def _error(message: str) -> str:
-    return f'<span class="dk-error">⚠ {" ".join(message.split())}</span>'
+    text = _SERVER_PATH.sub(r"\1", " ".join(message.split()))
+    return f'<span class="dk-error">⚠ {text}</span>'
+
+
+def _picture(elem_id: str | None = None, caption: str | None = None, *, visible: bool = True) -> gr.Image:
+    """A picture without Gradio's label badge and corner buttons over it (a caption line above instead),
+    enlarged to fill its box (see CSS)."""
+    if caption:
+        gr.Markdown(caption, elem_classes=["dk-caption"], visible=visible)
+    return gr.Image(
+        type="filepath",
+        format="png",
+        show_label=False,
+        buttons=[],
+        interactive=False,
+        elem_id=elem_id,
+        elem_classes=["dk-pixels"],
+        visible=visible,
+    )
+
+
+def _whole_number(value: float, label: str, **kw: Any) -> gr.Number:
+    """A number box with no bounds of its own: the handler checks the value and says what is allowed,
+    where a bounded box would clamp it silently (steps 0 -> 1) or fail with Gradio's own pop-up."""
+    return gr.Number(value, precision=0, label=label, **kw)
 
 
 def _guard(n: int, action: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
@@ -94,8 +125,8 @@ def _sample_controls(
         klass = gr.Dropdown(choices, value=choices[0] if every or len(choices) == 1 else choices[1], label="class")
         guidance = gr.Slider(0, 10, value=d["cfg"], step=0.25, label="guidance (0 unconditional, 1 conditional)")
         sampler = gr.Dropdown(samplers, value=d["sampler"], label="sampler")
-        steps = gr.Slider(1, timesteps, value=min(d["steps"], timesteps), step=1, label="steps")
-        seed = gr.Number(d["seed"], precision=0, label="seed", minimum=0)
+        steps = _whole_number(min(d["steps"], timesteps), f"steps (1 to {timesteps})")
+        seed = _whole_number(d["seed"], "seed (0 or more)")
     return [klass, guidance, sampler, steps, seed]
 
 
@@ -105,10 +136,11 @@ def _controls(klass: str, guidance: float, sampler: str, steps: int, seed: int) 
 
 
 def _show_frame(out: h.Denoising | h.Interpolated | None, k: int) -> tuple[Any, ...]:
-    """Frame `k` of a recorded result and its caption (the frame sliders of Watch and Interpolate)."""
+    """Frame `k` (counted from 1, as the slider and the caption count) of a recorded result and its caption
+    (the frame sliders of Watch and Interpolate)."""
     if out is None:
         return gr.skip(), gr.skip()
-    k = max(0, min(int(k), len(out.frames) - 1))
+    k = max(0, min(int(k) - 1, len(out.frames) - 1))
     return str(out.frames[k]), out.caption(k)
 
 
@@ -119,8 +151,8 @@ def _sample_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps
         num = gr.Slider(1, 16, value=d["num"], step=1, label="images (per class, for a row per class)")
         run = gr.Button("Sample", variant="primary", elem_id="sample-run")
     status = _status()
-    grid = gr.Image(label="grid", type="filepath", format="png", elem_id="sample-grid", interactive=False)
-    download = gr.DownloadButton("Download the PNGs (zip)", elem_id="sample-download")
+    grid = _picture("sample-grid")
+    download = gr.DownloadButton("Download the PNGs (zip)", elem_id="sample-download", interactive=False)
 
     def on_sample(
         klass: str,
@@ -134,7 +166,7 @@ def _sample_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps
         def act() -> tuple[Any, ...]:
             controls = _controls(klass, guidance, sampler, steps, seed)
             out = h.sample(app, **controls, num=num, progress=_ticker(progress, "sampling"))
-            return str(out.grid), str(out.archive), out.info
+            return str(out.grid), gr.update(value=str(out.archive), interactive=True), out.info
 
         return _guard(2, act)
 
@@ -154,12 +186,12 @@ def _watch_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps:
     state = gr.State(None)
     with gr.Row():
         with gr.Column():
-            frame = gr.Image(label="x_t | x̂0", type="filepath", format="png", elem_id="watch-frame", interactive=False)
-            slider = gr.Slider(0, 10, value=10, step=1, label="frame", elem_id="watch-slider")
+            slider = gr.Slider(1, 11, value=11, step=1, label="frame", elem_id="watch-slider")
             caption = gr.Markdown("")
+            frame = _picture("watch-frame")
         with gr.Column():
-            strip = gr.Image(label="every frame: x_t (top), x̂0 (bottom)", type="filepath", format="png")
-            gif = gr.DownloadButton("Download the GIF")
+            strip = _picture("watch-strip", "every frame: x_t (top), the x̂0 predicted from it (bottom)")
+            gif = gr.DownloadButton("Download the GIF", interactive=False)
 
     on_watch = _watch_action(app)
 
@@ -186,10 +218,10 @@ def _watch_action(app: h.AppRun) -> Callable[..., tuple[Any, ...]]:
             return (
                 out,
                 str(out.frames[last]),
-                gr.update(maximum=last, value=last),
+                gr.update(minimum=1, maximum=last + 1, value=last + 1),
                 out.caption(last),
                 str(out.strip),
-                str(out.gif),
+                gr.update(value=str(out.gif), interactive=True),
                 out.info,
             )
 
@@ -213,10 +245,10 @@ def _compare_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], k: int) 
         num = gr.Slider(1, 16, value=min(k or 8, 10), step=1, label="images per row")
         klass = gr.Dropdown(choices, value=choices[0], label="classes (every class: in turn)")
         guidance = gr.Slider(0, 10, value=d["cfg"], step=0.25, label="guidance")
-        seed = gr.Number(d["seed"], precision=0, label="seed", minimum=0)
+        seed = _whole_number(d["seed"], "seed (0 or more)")
         run = gr.Button("Compare", variant="primary", elem_id="compare-run")
     status = _status()
-    picture = gr.Image(label="a row per sampler setting", type="filepath", format="png", elem_id="compare-picture")
+    picture = _picture("compare-picture", "a row per sampler setting, the same noise in each column")
     table = gr.Markdown("")
 
     def on_compare(
@@ -255,14 +287,15 @@ def _inpaint_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timestep
     state = gr.State(None)
     with gr.Row():
         with gr.Column(scale=1):
-            index = gr.Number(0, precision=0, minimum=0, label="test image number")
+            index = _whole_number(0, "test image number")
             load = gr.Button("Load test image", elem_id="inpaint-load")
             upload = gr.File(label="or upload a PNG / JPEG", file_types=["image"], type="filepath")
+            loaded = _status()  # what was loaded, or why not: next to the controls it concerns
             mask_choice = gr.Radio(h.MASK_CHOICES, value="center", label="mask (the hole is filled)")
             mask_file = gr.File(label="mask PNG (white = keep, black = hole)", file_types=[".png"], type="filepath")
         with gr.Column(scale=2):
             editor = gr.ImageEditor(
-                label="paint the hole (red) when the mask is 'drawn in the editor'",
+                label="paint the hole (red), then choose the mask 'drawn in the editor'",
                 type="numpy",
                 image_mode="RGBA",
                 sources=[],
@@ -276,29 +309,27 @@ def _inpaint_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timestep
     with gr.Row():
         methods = gr.CheckboxGroup(["replace", "repaint", "sds"], value=["replace"], label="methods")
         sampler = gr.Dropdown(samplers, value=d["sampler"], label="sampler (replace)")
-        steps = gr.Slider(1, timesteps, value=min(d["steps"], timesteps), step=1, label="steps (RePaint: levels)")
+        steps = _whole_number(min(d["steps"], timesteps), f"steps, RePaint: levels (1 to {timesteps})")
         iterations = gr.Slider(10, 1000, value=200, step=10, label="SDS iterations")
-        seed = gr.Number(d["seed"], precision=0, label="seed", minimum=0)
+        seed = _whole_number(d["seed"], "seed (0 or more)")
         run = gr.Button("Inpaint", variant="primary", elem_id="inpaint-run")
     status = _status()
-    figure = gr.Image(
-        label="original / mask / masked input / result", type="filepath", format="png", elem_id="inpaint-figure"
-    )
+    figure = _picture("inpaint-figure")
     table = gr.Markdown("")
 
     on_load, on_upload, on_inpaint = _inpaint_actions(app)
 
-    load.click(on_load, [index], [state, editor, status])
-    upload.change(on_upload, [upload], [state, editor, status])
-    # painting in the editor (user input only, not loading a picture into it) selects the drawn mask
-    editor.input(lambda: gr.update(value=h.DRAWN), None, [mask_choice], show_progress="hidden", trigger_mode="once")
+    # the mask choice is the user's alone: loading a picture (which the editor reports as an input too)
+    # once flipped it to "drawn in the editor" and back, so nothing here changes it
+    load.click(on_load, [index], [state, editor, loaded])
+    upload.change(on_upload, [upload], [state, editor, loaded])
     run.click(
         on_inpaint,
         [state, editor, mask_choice, mask_file, methods, sampler, steps, iterations, seed],
         [figure, table, status],
         concurrency_id=MODEL,
     )
-    return {"fn": on_load, "inputs": [index], "outputs": [state, editor, status]}
+    return {"fn": on_load, "inputs": [index], "outputs": [state, editor, loaded]}
 
 
 def _inpaint_actions(app: h.AppRun) -> tuple[Callable[..., tuple[Any, ...]], ...]:
@@ -367,25 +398,34 @@ def _interpolate_tab(app: h.AppRun, d: dict[str, Any], k: int) -> None:
         mode = gr.Radio(["classes", "seeds"], value="classes" if k else "seeds", label="between")
         class_a = gr.Dropdown(numbers, value=numbers[0] if numbers else None, label="first class")
         class_b = gr.Dropdown(numbers, value=numbers[min(1, k - 1)] if numbers else None, label="second class")
-        seed_a = gr.Number(0, precision=0, minimum=0, label="first seed")
-        seed_b = gr.Number(1, precision=0, minimum=0, label="second seed")
-        seed_class = gr.Dropdown(h.class_choices(app, every=False), value=h.UNCONDITIONAL, label="class (seeds)")
+        by_seeds = not k  # the controls of the other mode are hidden, not merely ignored
+        seed_a = _whole_number(0, "first seed", visible=by_seeds)
+        seed_b = _whole_number(1, "second seed", visible=by_seeds)
+        seed_class = gr.Dropdown(
+            h.class_choices(app, every=False), value=h.UNCONDITIONAL, label="class (seeds)", visible=by_seeds
+        )
     with gr.Row():
         frames = gr.Slider(2, 32, value=10, step=1, label="frames")
-        steps = gr.Slider(1, 200, value=min(d["steps"], 50), step=1, label="DDIM steps")
+        steps = _whole_number(min(d["steps"], 50), "DDIM steps (1 or more)")
         guidance = gr.Slider(0, 10, value=d["cfg"], step=0.25, label="guidance")
-        seed = gr.Number(d["seed"], precision=0, minimum=0, label="noise seed (classes)")
+        seed = _whole_number(d["seed"], "noise seed (0 or more)", visible=not by_seeds)
         run = gr.Button("Interpolate", variant="primary", elem_id="interp-run")
     status = _status()
     state = gr.State(None)
-    strip = gr.Image(label="the strip", type="filepath", format="png", elem_id="interp-strip")
+    strip = _picture("interp-strip")
     with gr.Row():
         with gr.Column():
-            frame = gr.Image(label="one frame", type="filepath", format="png", elem_id="interp-frame")
+            frame = _picture("interp-frame")
         with gr.Column():
-            slider = gr.Slider(0, 9, value=0, step=1, label="frame", elem_id="interp-slider")
+            slider = gr.Slider(1, 10, value=1, step=1, label="frame", elem_id="interp-slider")
             caption = gr.Markdown("")
-            gif = gr.DownloadButton("Download the GIF")
+            gif = gr.DownloadButton("Download the GIF", interactive=False)
+
+    def on_mode(mode: str) -> tuple[Any, ...]:
+        classes = mode == "classes"
+        return tuple(gr.update(visible=v) for v in (classes, classes, not classes, not classes, not classes, classes))
+
+    mode.change(on_mode, [mode], [class_a, class_b, seed_a, seed_b, seed_class, seed], show_progress="hidden")
 
     on_interpolate = _interpolate_action(app)
 
@@ -429,9 +469,9 @@ def _interpolate_action(app: h.AppRun) -> Callable[..., tuple[Any, ...]]:
                 out,
                 str(out.strip),
                 str(out.frames[0]),
-                gr.update(maximum=len(out.frames) - 1, value=0),
+                gr.update(minimum=1, maximum=len(out.frames), value=1),
                 out.caption(0),
-                str(out.gif),
+                gr.update(value=str(out.gif), interactive=True),
                 out.info,
             )
 
@@ -444,12 +484,16 @@ def _run_tab(app: h.AppRun) -> dict[str, Any]:
     summary = gr.Markdown("", elem_id="run-summary")
     refresh = gr.Button("Refresh", size="sm")
     status = _status()
-    with gr.Row():
-        curves = gr.Image(label="training curves", type="filepath", format="png", elem_id="run-curves")
-        sweep = gr.Image(label="FID against guidance", type="filepath", format="png")
+    curves = _picture("run-curves", "training curves")  # a row of its own: the full width, ticks readable
+    gr.Markdown("FID against guidance", elem_classes=["dk-caption"])
+    sweep = _picture("run-sweep", visible=False)  # shown once a sweep exists
     sweep_text = gr.Markdown("")
+    with gr.Row():
+        sweep_num = _whole_number(500, "images per guidance scale")
+        sweep_run = gr.Button("Run the sweep (guidance 0, 1, 2, 3, 5)", elem_id="run-sweep-button")
+    gr.Markdown("latest grids (newest first)", elem_classes=["dk-caption"])
     grids = gr.Gallery(
-        label="latest grids (newest first)", columns=3, height="auto", object_fit="contain", elem_id="run-grids"
+        show_label=False, buttons=[], columns=3, height="auto", object_fit="contain", elem_id="run-grids"
     )
     config = gr.Code(label="config.toml", language=None, interactive=False)
 
@@ -457,14 +501,22 @@ def _run_tab(app: h.AppRun) -> dict[str, Any]:
         def act() -> tuple[Any, ...]:
             out = h.overview(app)
             grids = [(str(p), caption) for p, caption in out.grids]
-            sweep = str(out.sweep) if out.sweep is not None else None
+            sweep = gr.update(value=str(out.sweep), visible=True) if out.sweep is not None else gr.update(visible=False)
             curves = str(out.curves) if out.curves is not None else None
             return out.summary, curves, sweep, out.sweep_text, grids, out.config, ""
 
         return _guard(6, act)
 
+    def on_sweep(num: int, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+        def act() -> tuple[Any, ...]:
+            plot, text = h.sweep(app, num, progress=_ticker(progress, "FID sweep"))
+            return gr.update(value=str(plot), visible=True), text, "done: FID of each guidance scale"
+
+        return _guard(2, act)
+
     outputs = [summary, curves, sweep, sweep_text, grids, config, status]
     refresh.click(on_run, None, outputs)
+    sweep_run.click(on_sweep, [sweep_num], [sweep, sweep_text, status], concurrency_id=MODEL)
     return {"fn": on_run, "inputs": None, "outputs": outputs}
 
 
@@ -486,6 +538,7 @@ def serve(app: h.AppRun, *, host: str, port: int) -> None:
             footer_links=[],
             allowed_paths=app.served_paths,
             css=CSS,
+            quiet=True,  # no "set share=True" hint: a local page has nothing to share; diffkit prints the URL
         )
     except OSError as exc:
         raise DiffkitError(f"cannot serve on {host}:{port} ({exc}): pick another --port") from None

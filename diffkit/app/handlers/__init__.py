@@ -29,7 +29,7 @@ from diffkit.app.handlers.editing import (
     load_upload,
     make_mask,
 )
-from diffkit.app.handlers.overview import RunOverview, overview, sampler_names
+from diffkit.app.handlers.overview import RunOverview, overview, sampler_names, sweep
 from diffkit.app.handlers.sampling import Compared, Denoising, Sampled, compare, sample, watch
 from diffkit.app.handlers.served import ALL_CLASSES, UNCONDITIONAL, AppRun, class_choices, defaults, describe, open_app
 from diffkit.progress import Progress
@@ -65,5 +65,6 @@ __all__ = [
     "overview",
     "sample",
     "sampler_names",
+    "sweep",
     "watch",
 ]

@@ -21,7 +21,7 @@ from diffkit.editing.masks import mask_from_spec
 from diffkit.errors import DiffkitError
 from diffkit.progress import Progress
 from diffkit.runs import LoadedRun
-from diffkit.viz import save_gif, save_grid, save_labelled_rows
+from diffkit.viz import captioned_row, save_gif, save_grid, save_labelled_rows, save_pil
 
 DRAWN = "drawn in the editor"
 UPLOADED = "uploaded mask PNG"
@@ -181,9 +181,8 @@ def _inpainted(
     """The figure (original / mask / masked input / each method) and the scores over the hole."""
     hole = 1 - masks
     scores = {m: score_images(r.images, source.image, hole).mean() for m, r in results.items()}
-    figure = save_labelled_rows(
-        *figure_rows(source.image, masks, results), app.folder("inpaint") / "inpaint.png", scale=6
-    )
+    rows, labels = figure_rows(source.image, masks, results)  # one image: its rows side by side
+    figure = save_pil(captioned_row(torch.cat(rows), labels, scale=6), app.folder("inpaint") / "inpaint.png")
     lines = [
         f"over the hole ({int(hole.sum())} pixels), against the original · input {source.what} · guidance {guidance:g}",
         "",

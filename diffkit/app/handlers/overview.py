@@ -6,7 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffkit.app.handlers.served import AppRun, describe
+from diffkit.app.handlers.served import AppRun, whole
+from diffkit.progress import Progress
 from diffkit.runs import RunPaths
 from diffkit.samplers import SAMPLERS
 from diffkit.viz import plot_training_curves
@@ -39,11 +40,36 @@ def overview(app: AppRun) -> RunOverview:
     sweep_text = (
         _sweep_text(sweep)
         if sweep is not None
-        else "No FID-vs-guidance sweep yet. Make one with "
-        f"`diffkit fid run:{loaded.root} {reference} --num 1000 --cfg 0,1,2,3,5 --class-accuracy`."
+        else "No FID-vs-guidance sweep yet: run one with the button, or "
+        f"`diffkit fid run:{loaded.root} {reference} --num 1000 --cfg {SWEEP_TEXT} --class-accuracy`."
     )
-    summary = describe(app) + f"\n\nprecision {loaded.precision.summary()}"
+    step = loaded.meta.get("step", "?")  # the page's header says the rest (`describe`): not repeated here
+    summary = f"checkpoint `{loaded.checkpoint.name}` at step {step} · precision {loaded.precision.summary()}"
     return RunOverview(summary, paths.config.read_text(), curves, grids, sweep, sweep_text)
+
+
+SWEEP = [0.0, 1.0, 2.0, 3.0, 5.0]  # the guidance scales of the page's sweep
+SWEEP_TEXT = ",".join(f"{g:g}" for g in SWEEP)
+
+
+def sweep(app: AppRun, num: int, progress: Progress | None = None) -> tuple[Path, str]:
+    """`diffkit fid run:RUN REFERENCE --num N --cfg 0,1,2,3,5 --class-accuracy`: the plot and its table,
+    written under the app's folder (the run itself is not written to)."""
+    from diffkit.app.handlers.editing import digit_source
+    from diffkit.evaluation import FidRequest, evaluate
+
+    loaded = app.require()
+    request = FidRequest(
+        [f"run:{loaded.root}", digit_source(app)[0]],
+        num=whole(num, "images per scale", 10, 10_000),
+        guidance=SWEEP,
+        class_accuracy=loaded.num_classes > 0,
+        checkpoint=str(loaded.checkpoint),
+        device=str(loaded.device),
+    )
+    folder = app.folder("sweep")
+    evaluate(request, progress).save(folder)
+    return folder / "guidance_sweep.png", _sweep_text(folder / "guidance_sweep.png")
 
 
 def _sweep_text(sweep: Path) -> str:

@@ -54,7 +54,7 @@ def sample(
         classes, total = class_layout(loaded.num_classes, which, num)
         nrow = grid_rows(0, num, total)
     plan = plan_for(loaded, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
-    result = generate(loaded.denoiser(plan), plan, num=total, classes=classes, progress=progress)
+    result = generate(loaded.denoiser(plan), plan, num=total, classes=classes, step_progress=progress)
     folder = app.folder("sample")
     grid = save_grid(result.images, folder / "grid.png", nrow=nrow, scale=2)
     save_images(result.images, folder / "images")
@@ -108,11 +108,16 @@ def watch(
     classes = None if which is None else class_layout(loaded.num_classes, int(which), 1)[0]
     guidance = float(guidance) if classes is not None else 1.0
     plan = plan_for(loaded, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
-    result, recorded = record_process(loaded.denoiser(plan), plan, num=1, classes=classes, frames=k, progress=progress)
+    result, recorded = record_process(
+        loaded.denoiser(plan), plan, num=1, classes=classes, frames=k, step_progress=progress
+    )
     folder = app.folder("watch")
     pairs = [torch.stack([recorded.xt[0, i], recorded.x0[0, i]]) for i in range(k)]
     paths = [save_grid(pair, folder / f"frame_{i:02d}.png", nrow=2, scale=8) for i, pair in enumerate(pairs)]
-    strip = save_labelled_rows([recorded.xt[0], recorded.x0[0]], ["x_t", "x̂0"], folder / "process.png", scale=3)
+    # "x0 predicted", not x̂0: the figure's font has no combining circumflex
+    strip = save_labelled_rows(
+        [recorded.xt[0], recorded.x0[0]], ["x_t", "x0 predicted"], folder / "process.png", scale=3
+    )
     gif = save_grid_gif(pairs, folder / "process.gif", nrow=2, scale=6)
     what = "unconditional" if which is None else f"class {which}, guidance {guidance:g}"
     info = (
