@@ -156,12 +156,18 @@ def click(driver: Any, elem_id: str) -> None:
 
 
 def test_sample_then_watch_in_chromium(browser: Any, server: str, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
     start = time.monotonic()
+    download = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#sample-download"))[0]
+    assert not download.is_enabled() or download.get_attribute("disabled") is not None  # nothing to download yet
     click(browser, "sample-run")
     grid = wait_for(browser, lambda d: shown_image(d, "sample-grid"))
     assert (grid["width"], grid["height"]) == ((4 * 30 + 2) * 2, (4 * 30 + 2) * 2)  # 4 classes x 4 images, scale 2
     assert grid["hi"] - grid["lo"] > 50, grid  # not blank
     assert grid["src"].startswith(server)
+    shown = browser.execute_script("return document.querySelector('#sample-grid img').getBoundingClientRect().width")
+    assert shown > 2 * grid["width"], shown  # enlarged to fill its box, not a thumbnail
     browser.save_screenshot(str(tmp_path / "sample.png"))
 
     open_tab(browser, "Watch it denoise")
@@ -174,8 +180,8 @@ def test_sample_then_watch_in_chromium(browser: Any, server: str, tmp_path: Path
     # bad input is a message in the page, and the server goes on serving
     open_tab(browser, "Inpaint")
     wait_for(browser, lambda d: "loaded synthetic:train:0" in d.page_source)
-    from selenium.webdriver.common.by import By
-
+    checked = [e.get_attribute("value") for e in browser.find_elements(By.CSS_SELECTOR, "input[type=radio]:checked")]
+    assert "center" in checked, checked  # loading a digit leaves the mask choice alone
     next(e for e in browser.find_elements(By.CSS_SELECTOR, "label") if e.text == "drawn in the editor").click()
     click(browser, "inpaint-run")
     error = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".dk-error"))[0]
@@ -183,6 +189,10 @@ def test_sample_then_watch_in_chromium(browser: Any, server: str, tmp_path: Path
     browser.save_screenshot(str(tmp_path / "inpaint-error.png"))
     open_tab(browser, "Sample")
     assert shown_image(browser, "sample-grid") is not None
+    for tab in ("Interpolate", "The run"):
+        open_tab(browser, tab)
+        time.sleep(1)
+        browser.save_screenshot(str(tmp_path / f"{tab.split()[-1].lower()}.png"))
 
     # offline: everything the page loaded came from the app itself
     loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")

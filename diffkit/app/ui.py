@@ -30,8 +30,9 @@ MODEL = "model"  # one concurrency group: actions that run the network wait for 
 CSS = """
 .dk-status { min-height: 1.5em; }
 .dk-error { color: #b91c1c; font-weight: 600; }
-.dk-pixels img { image-rendering: pixelated; width: 100% !important; height: auto !important;
-                 max-height: 78vh; object-fit: contain; }
+.dk-fill .image-frame { width: 100% !important; height: auto !important; }
+.dk-fill img { width: 100% !important; height: auto !important; max-height: 78vh; object-fit: contain; }
+.dk-pixels img { image-rendering: pixelated; }
 .dk-caption p { margin: 0; font-size: 0.9em; color: #555; }
 """
 # an upload's place on the server (/tmp/diffkit-app-.../gradio/<hash>/name.png) is no business of the page
@@ -43,9 +44,11 @@ def _error(message: str) -> str:
     return f'<span class="dk-error">⚠ {text}</span>'
 
 
-def _picture(elem_id: str | None = None, caption: str | None = None, *, visible: bool = True) -> gr.Image:
+def _picture(
+    elem_id: str | None = None, caption: str | None = None, *, visible: bool = True, pixels: bool = True
+) -> gr.Image:
     """A picture without Gradio's label badge and corner buttons over it (a caption line above instead),
-    enlarged to fill its box (see CSS)."""
+    enlarged to fill its box (see CSS): `pixels` as sharp blocks (digits), else smoothly (plots)."""
     if caption:
         gr.Markdown(caption, elem_classes=["dk-caption"], visible=visible)
     return gr.Image(
@@ -55,7 +58,7 @@ def _picture(elem_id: str | None = None, caption: str | None = None, *, visible:
         buttons=[],
         interactive=False,
         elem_id=elem_id,
-        elem_classes=["dk-pixels"],
+        elem_classes=["dk-fill", "dk-pixels"] if pixels else ["dk-fill"],
         visible=visible,
     )
 
@@ -484,9 +487,9 @@ def _run_tab(app: h.AppRun) -> dict[str, Any]:
     summary = gr.Markdown("", elem_id="run-summary")
     refresh = gr.Button("Refresh", size="sm")
     status = _status()
-    curves = _picture("run-curves", "training curves")  # a row of its own: the full width, ticks readable
+    curves = _picture("run-curves", "training curves", pixels=False)  # a row of its own: the full width, ticks readable
     gr.Markdown("FID against guidance", elem_classes=["dk-caption"])
-    sweep = _picture("run-sweep", visible=False)  # shown once a sweep exists
+    sweep = _picture("run-sweep", visible=False, pixels=False)  # shown once a sweep exists
     sweep_text = gr.Markdown("")
     with gr.Row():
         sweep_num = _whole_number(500, "images per guidance scale")
