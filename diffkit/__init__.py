@@ -32,19 +32,6 @@ if TYPE_CHECKING:
     )
 
 __version__ = "0.1.0"
-_FACE = [
-    "Denoising",
-    "Fid",
-    "Inpainted",
-    "Interpolated",
-    "Run",
-    "Samples",
-    "SuperResolved",
-    "load",
-    "presets",
-    "samplers",
-    "train",
-]
 __all__ = [
     "Denoising",
     "DiffkitError",
@@ -60,12 +47,13 @@ __all__ = [
     "samplers",
     "train",
 ]
+_FACE = set(__all__) - {"DiffkitError", "__version__"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _FACE:  # torch and the rest load here, on first use, not at `import diffkit`
         api = importlib.import_module("diffkit.api")
-        if name == "samplers":  # the subpackage, made callable by diffkit.api (see there)
+        if name == "samplers":  # the subpackage, which is callable (see diffkit/samplers/__init__.py)
             return importlib.import_module("diffkit.samplers")
         value = getattr(api, name)
         globals()[name] = value
