@@ -35,6 +35,7 @@ from diffkit.metrics import MIN_SAMPLES, ClassifierFeatureNet, digit_feature_net
 from diffkit.metrics.features import try_load
 from diffkit.models import UNet, count_parameters
 from diffkit.precision import PrecisionChoice, choose_precision, cpu_kind, machine_description
+from diffkit.process import VPProcess
 from diffkit.progress import Progress
 from diffkit.runs import build_model
 from diffkit.sampling import SamplingPlan
@@ -121,7 +122,7 @@ def sampling_throughput(
     net = copy.deepcopy(model).eval()
     if precision is not None:
         precision.prepare(net)
-    den = Denoiser(net, NoiseSchedule.create("cosine", 1000), "eps", model.num_classes, precision=precision)
+    den = Denoiser(net, VPProcess(NoiseSchedule.create("cosine", 1000)), model.num_classes, precision=precision)
     classes = torch.arange(num) % model.num_classes if model.num_classes else None
     plan = SamplingPlan(sampler="ddim", steps=steps, guidance=guidance, clipping="none", batch_size=num)
 

@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from diffkit.atomic import write_json
+from diffkit.choices import Precision
 from diffkit.settings import resolve_cache_dir
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Format = Literal["fp32", "bf16", "fp16"]
 Mode = Literal["train", "sample"]
 
@@ -184,7 +184,7 @@ def probe_step(model: nn.Module, mode: Mode, batch: int, device: torch.device) -
     cond_channels = int(getattr(plain, "cond_channels", 0))
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, channels, size, size, generator=gen).to(device)
-    t = torch.randint(0, 1000, (batch,), generator=gen).to(device)
+    t = (torch.rand(batch, generator=gen) * 1000).to(device)  # a noise-level input: its values do not change the timing
     classes = torch.randint(0, num_classes, (batch,), generator=gen).to(device) if num_classes else None
     cond = torch.randn(batch, cond_channels, size, size, generator=gen).to(device) if cond_channels else None
 

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
+from diffkit.choices import Precision
 from diffkit.denoiser import Clipping, Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.samplers import SAMPLERS, get_sampler
 from diffkit.settings import SampleSettings
 
-PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
+PrecisionName = Precision
 Options = tuple[tuple[str, Any], ...]
 
 

@@ -16,8 +16,8 @@ from torch import Tensor
 from diffkit.compare import DEFAULT_SPREAD, compare_samplers
 from diffkit.data import to_uint8
 from diffkit.export import export_digits
+from diffkit.frames import record_process
 from diffkit.generation import cycled_classes, generate, initial_noise
-from diffkit.process import record_process
 from diffkit.runs import LoadedRun, load_run
 from diffkit.samplers import SAMPLERS
 from diffkit.sampling import SamplingPlan, rows_for

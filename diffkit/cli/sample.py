@@ -15,8 +15,8 @@ from diffkit.cli.common import console, done, progress_task
 from diffkit.cli.flags import check_bounded, check_output_dir, check_sample_flags
 from diffkit.errors import DiffkitError
 from diffkit.export import export_samples
+from diffkit.frames import MAX_FRAMES, Process, record_process
 from diffkit.generation import Generated, check_held, class_layout, cycled_classes, generate, grid_rows
-from diffkit.process import MAX_FRAMES, Process, record_process
 from diffkit.runs import LoadedRun
 from diffkit.sampling import SamplingPlan
 from diffkit.viz import save_grid, save_grid_gif, save_images
