@@ -43,6 +43,7 @@ class RichHooks(TrainHooks):
             f"{info['classes'] or 'no'} classes, {info['steps_per_epoch']} steps per epoch, "
             f"batch {info['batch_size']}" + _split(info)
         )
+        console.print(f"diffusion process {info['process']}")
         console.print(f"CPU: {info['cpu']}" if info["device"] == "cpu" else f"device: {info['cpu']}")
         console.print(f"precision {info['precision']}")
         if info.get("budget_minutes") and start_step == 0:

@@ -409,6 +409,7 @@ class Trainer:
             "precision": self.precision.summary(),
             "cpu": cpu_kind() if self.device.type == "cpu" else str(self.device),
             "budget_minutes": self.settings.train.max_minutes,
+            "process": self.process.describe(),
         }
 
     # --- the clock -------------------------------------------------------------------------------
