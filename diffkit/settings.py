@@ -125,7 +125,7 @@ _PRESET_LAYERING: ContextVar[bool] = ContextVar("_PRESET_LAYERING", default=Fals
 def foreign_option(key: str, process: str) -> str:
     """The error for diffusion.<key> given with a process it does not belong to."""
     owner = OPTION_OWNER[key]
-    tables = {"edm": EDMOptions, "flow": FlowOptions}
+    tables: dict[str, type[_Group]] = {"edm": EDMOptions, "flow": FlowOptions}
     if process in tables:
         takes = [f"diffusion.{process}.{k}" for k in tables[process].model_fields]
     else:

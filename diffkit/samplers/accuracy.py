@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from diffkit.denoiser import DenoiseFn, Prediction
-from diffkit.samplers import SAMPLERS, default_spacing, sample
 from diffkit.process import DiffusionProcess, EDMProcess, FlowProcess, VPProcess
+from diffkit.samplers import SAMPLERS, default_spacing, sample
 from diffkit.schedules import SPACINGS, NoiseSchedule
 
 MU = torch.tensor([-0.5, 0.0, 0.25, 0.75], dtype=torch.float64)
