@@ -231,3 +231,97 @@ def test_train_refuses_a_foreign_option_writing_nothing(cli, workdir: Path) -> N
     result = cli("train", "--preset", "tiny", "--set", "diffusion.process=flow", "--set", "diffusion.objective=v")
     one_line_error(result, "diffusion.objective belongs to process vp, not flow")
     assert not (workdir / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------ editing
+
+
+@pytest.fixture(scope="module")
+def process_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny runs of the continuous processes (a generator each, and a flow super-resolution model)."""
+    from diffkit.training import train_run
+    from tests.conftest import TINY_RUN
+
+    root = tmp_path_factory.mktemp("process-runs")
+    sr = ["model.task=super-res", "model.cond_channels=1", "model.num_classes=0"]
+    runs = {
+        "edm": ["diffusion.process=edm"],
+        "flow": ["diffusion.process=flow"],
+        "flow-sr": ["diffusion.process=flow", *sr],
+    }
+    for name, sets in runs.items():
+        train_run(load_settings("tiny", parse_overrides([*TINY_RUN, *sets])), root / name)
+    return {name: root / name for name in runs}
+
+
+@pytest.mark.parametrize("process", ["edm", "flow"])
+def test_inpaint_and_interpolate_work_on_each_process(
+    cli, process_runs: dict[str, Path], tmp_path: Path, process: str
+) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    run = str(process_runs[process])
+    out = tmp_path / "inp"
+    args = ["--steps", "3", "--jump", "1", "--resample", "2", "--iterations", "4", "--out", str(out)]
+    code, _, err = cli(
+        "inpaint",
+        "--run",
+        run,
+        "--from",
+        "synthetic:test:0..2",
+        "--mask",
+        "box",
+        "--method",
+        "replace,repaint,sds",
+        *args,
+    )
+    assert code == 0, err
+    scores = json.loads((out / "scores.json").read_text())
+    assert all(math.isfinite(scores[m]["psnr"]) for m in ("replace", "repaint", "sds")), scores
+    code, _, err = cli(
+        "interpolate",
+        "--run",
+        run,
+        "--images",
+        "synthetic:test:0",
+        "synthetic:test:1",
+        "--frames",
+        "4",
+        "--steps",
+        "3",
+        "--out",
+        str(tmp_path / "interp"),
+    )
+    assert code == 0, err
+    record = json.loads((tmp_path / "interp" / "interpolation.json").read_text())
+    assert math.isfinite(record["reconstruction"]["psnr"]), record
+
+
+def test_super_res_works_on_flow(cli, process_runs: dict[str, Path], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    out = tmp_path / "sr"
+    code, _, err = cli(
+        "super-res",
+        "--run",
+        str(process_runs["flow-sr"]),
+        "--from",
+        "synthetic:test:0..3",
+        "--scale",
+        "2",
+        "--steps",
+        "3",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    assert math.isfinite(json.loads((out / "super-res.json").read_text())["diffusion"]["psnr"])
+
+
+def test_the_run_names_its_process_when_it_trains(cli, workdir: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import TINY_RUN
+
+    sets = [a for s in [*TINY_RUN, "diffusion.process=edm"] for a in ("--set", s)]
+    code, out, err = cli("train", "--preset", "tiny", "--run-dir", "runs/e", *sets)
+    assert code == 0, err
+    assert "diffusion process edm: σ_data 0.5" in " ".join(out.split())
