@@ -67,6 +67,10 @@ class DiffusionProcess(ABC):
     def output_for(self, x0: Tensor, x_vp: Tensor, t: Tensor, alpha_bar: Tensor) -> Tensor:
         """The output that `predict` turns into this x̂0 (the inverse of `predict`): a target from a clean image."""
 
+    def grid_levels(self) -> Tensor:
+        """The process's own level at each grid point (vp: the timesteps themselves)."""
+        return torch.arange(self.grid.timesteps, dtype=torch.float64)
+
     def describe(self) -> str:
         """One line for start-up messages and the app."""
         return f"{self.name}: {self.summary}"
@@ -107,6 +111,9 @@ class ContinuousProcess(DiffusionProcess):
     @abstractmethod
     def target(self, x0: Tensor, eps: Tensor, x: Tensor, at: Level) -> Tensor:
         """The output a perfect network gives for the pair (x0, ε) at own states x."""
+
+    def grid_levels(self) -> Tensor:
+        return self.level_of(self.grid.alpha_bar)
 
     def _at_alpha_bar(self, alpha_bar: Tensor, like: Tensor) -> Level:
         level = self.level_of(alpha_bar.to(torch.float64).reshape(-1))

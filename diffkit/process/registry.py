@@ -52,3 +52,11 @@ def build_process(d: DiffusionSettings) -> DiffusionProcess:
     if d.process not in PROCESSES:  # settings validate the name; this guards direct construction
         raise DiffkitError(f"unknown diffusion.process {d.process!r}: choose one of {', '.join(PROCESSES)}")
     return PROCESSES[d.process][0](d)
+
+
+def default_processes(names: list[str]) -> dict[str, DiffusionProcess]:
+    """Each named process with its default options (vp: the default cosine schedule), by name."""
+    unknown = [n for n in names if n not in PROCESSES]
+    if unknown:
+        raise DiffkitError(f"unknown process {unknown[0]!r}: choose from {', '.join(PROCESSES)}")
+    return {name: PROCESSES[name][0](DiffusionSettings(process=name)) for name in names}  # type: ignore[arg-type]
