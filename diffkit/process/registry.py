@@ -59,4 +59,4 @@ def default_processes(names: list[str]) -> dict[str, DiffusionProcess]:
     unknown = [n for n in names if n not in PROCESSES]
     if unknown:
         raise DiffkitError(f"unknown process {unknown[0]!r}: choose from {', '.join(PROCESSES)}")
-    return {name: PROCESSES[name][0](DiffusionSettings(process=name)) for name in names}  # type: ignore[arg-type]
+    return {name: PROCESSES[name][0](DiffusionSettings(process=name)) for name in names}

@@ -42,7 +42,9 @@ def overview(app: AppRun) -> RunOverview:
         else "No FID-vs-guidance sweep yet. Make one with "
         f"`diffkit fid run:{loaded.root} {reference} --num 1000 --cfg 0,1,2,3,5 --class-accuracy`."
     )
-    summary = describe(app) + f"\n\nprecision {loaded.precision.summary()}"
+    summary = (
+        describe(app) + f"\n\ndiffusion process {loaded.process.describe()}\n\nprecision {loaded.precision.summary()}"
+    )
     return RunOverview(summary, paths.config.read_text(), curves, grids, sweep, sweep_text)
 
 
