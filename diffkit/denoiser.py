@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffkit.choices import Clipping, Objective
+from diffkit.models.contract import DenoisingNetwork, network
 from diffkit.precision import PrecisionChoice
 from diffkit.schedules import NoiseSchedule
 
@@ -75,8 +76,12 @@ class Denoiser:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images this denoiser makes (a UNet, or anything with the same attributes)."""
-        model: Any = self.model
-        return int(model.in_channels), int(model.image_size), int(model.image_size)
+        net = self.network
+        return net.in_channels, net.image_size, net.image_size
+
+    @property
+    def network(self) -> DenoisingNetwork:
+        return network(self.model)
 
     @property
     def device(self) -> torch.device:

@@ -59,7 +59,7 @@ def class_layout(num_classes: int, class_id: int | None, num: int) -> tuple[Tens
 
 def require_images_input(denoiser: Denoiser) -> None:
     """A super-resolution model cannot make images from noise alone: it needs its conditioning channels."""
-    if getattr(denoiser.model, "cond_channels", 0) and denoiser.cond is None:
+    if denoiser.network.cond_channels and denoiser.cond is None:
         raise DiffkitError(
             "this run is a super-resolution model (it needs a low-resolution input): "
             "use `diffkit super-res`, or pass --run with a generation model"

@@ -38,8 +38,11 @@ def test_min_snr_weights_closed_forms() -> None:
 class ClassShift(nn.Module):
     """Outputs x + class value (null class -> 0); counts forward calls and batch sizes."""
 
+    in_channels, image_size, cond_channels = 1, 2, 0  # the network contract (num_classes set below)
+
     def __init__(self, num_classes: int) -> None:
         super().__init__()
+        self.num_classes = num_classes
         self.values = torch.arange(num_classes + 1, dtype=torch.float32)
         self.values[-1] = 0.0
         self.calls: list[int] = []

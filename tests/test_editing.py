@@ -76,7 +76,7 @@ SCHEDULE = NoiseSchedule.create("cosine", 200)
 class GaussianNet(nn.Module):
     """Outputs the exact ε for Gaussian data; shaped like a UNet so `Denoiser` and `generate` take it."""
 
-    in_channels, image_size, cond_channels = 1, 8, 0
+    in_channels, image_size, cond_channels, num_classes = 1, 8, 0, 0  # the network contract
 
     def __init__(self) -> None:
         super().__init__()

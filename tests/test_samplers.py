@@ -49,6 +49,8 @@ DISCRETE = ("ddpm", "ddim", "pndm", "dpm++2m", "dpm++3m", "dpm++2m-sde")
 class ExactNet(nn.Module):
     """A 'network' that outputs the exact eps / x0 / v target, to drive `Denoiser` end to end."""
 
+    in_channels, image_size, cond_channels, num_classes = 4, 1, 0, 0  # the network contract
+
     def __init__(self, schedule: NoiseSchedule, objective: Objective) -> None:
         super().__init__()
         self.schedule, self.objective = schedule, objective
