@@ -94,7 +94,7 @@ def generate(
     `keep` limits the images returned to the first `keep` (None: all): with `on_batch`, any number of
     images is then made holding one batch at a time (the starting noise too is made batch by batch).
     """
-    plan.check(denoiser.schedule.timesteps, denoiser.num_classes)
+    plan = plan.checked(denoiser.schedule.timesteps, denoiser.num_classes)
     require_images_input(denoiser)
     denoiser = plan.configure(denoiser)
     device, size, shape = denoiser.device, plan.batch_size, denoiser.image_shape
@@ -115,6 +115,7 @@ def generate(
             plan.steps,
             generator=gen,
             callback=callback,
+            checked=True,  # by plan.checked above
             **plan.sampler_options,
         )
         images = result.images.clamp(-1, 1).cpu()
