@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import platform
 import resource
 import tempfile
@@ -35,6 +36,7 @@ from diffkit.metrics import MIN_SAMPLES, ClassifierFeatureNet, digit_feature_net
 from diffkit.metrics.features import try_load
 from diffkit.models import UNet, count_parameters
 from diffkit.precision import PrecisionChoice, choose_precision, cpu_kind, machine_description
+from diffkit.process import VPProcess
 from diffkit.progress import Progress
 from diffkit.runs import build_model
 from diffkit.sampling import SamplingPlan
@@ -121,7 +123,7 @@ def sampling_throughput(
     net = copy.deepcopy(model).eval()
     if precision is not None:
         precision.prepare(net)
-    den = Denoiser(net, NoiseSchedule.create("cosine", 1000), "eps", model.num_classes, precision=precision)
+    den = Denoiser(net, VPProcess(NoiseSchedule.create("cosine", 1000)), model.num_classes, precision=precision)
     classes = torch.arange(num) % model.num_classes if model.num_classes else None
     plan = SamplingPlan(sampler="ddim", steps=steps, guidance=guidance, clipping="none", batch_size=num)
 
@@ -130,6 +132,61 @@ def sampling_throughput(
 
     run()
     return num / _best_of(run, repeats)
+
+
+def process_step_costs(settings_name: str = "demo", batch: int = 32, rounds: int = 3) -> dict[str, Any]:
+    """ms per training step (loss, backward, AdamW) and per guided denoiser call, for each diffusion process and
+    for the bare network (no process at all), interleaved round by round; best of `rounds`. The process adds
+    only elementwise work to a step, so every row should be within noise of the bare network's."""
+    from diffkit.loss import diffusion_loss
+    from diffkit.process import build_process
+
+    settings = load_settings(settings_name)
+    settings.model.num_classes = 10
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(batch, 1, 28, 28, generator=gen) * 2 - 1
+    labels = torch.arange(batch) % 10
+    models = {name: build_model(settings) for name in ("bare", "vp", "edm", "flow")}
+    opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
+    processes = {
+        name: build_process(load_settings(settings_name, {"diffusion": {"process": name}}).diffusion)
+        for name in ("vp", "edm", "flow")
+    }
+
+    def train_step(name: str) -> None:
+        model, opt = models[name], opts[name]
+        if name == "bare":
+            t = torch.randint(0, 1000, (batch,), generator=gen)
+            loss = (model(x0, t, labels).float() - x0).pow(2).mean()
+        else:
+            loss = diffusion_loss(model, processes[name], x0, labels, gen, num_classes=10, p_uncond=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def sample_call(name: str) -> None:
+        with torch.no_grad():
+            if name == "bare":
+                models[name](torch.cat([x0, x0]), torch.full((2 * batch,), 500.0), torch.cat([labels, labels]))
+            else:
+                den = Denoiser(models[name], processes[name], 10)
+                den(x0, torch.full((batch,), 500.0), labels, guidance=2.0)
+
+    best: dict[str, dict[str, float]] = {name: {"train": math.inf, "sample": math.inf} for name in models}
+    for _ in range(rounds + 1):  # the first round warms up
+        for name in models:
+            for kind, fn in (("train", train_step), ("sample", sample_call)):
+                start = time.perf_counter()
+                fn(name)
+                best[name][kind] = min(best[name][kind], time.perf_counter() - start)
+    out: dict[str, Any] = {"batch": batch, "threads": torch.get_num_threads()}
+    for name, times in best.items():
+        out[f"train_ms_{name}"] = round(1000 * times["train"], 2)
+        out[f"guided_call_ms_{name}"] = round(1000 * times["sample"], 2)
+    for name in ("vp", "edm", "flow"):
+        out[f"train_ratio_{name}_to_bare"] = round(best[name]["train"] / best["bare"]["train"], 3)
+        out[f"guided_call_ratio_{name}_to_bare"] = round(best[name]["sample"] / best["bare"]["sample"], 3)
+    return out
 
 
 def benchmark_features_fid(
@@ -235,6 +292,7 @@ def run_benchmarks(quick: bool = False) -> dict[str, Any]:
         report["fid"] = benchmark_features_fid(n=2000 if quick else 10_000)
     except ImportError:
         report["fid"] = {"skipped": "diffkit.metrics not available"}
+    report["diffusion_processes"] = process_step_costs(rounds=1 if quick else 3)
     report["processes"] = processes_throughput(steps=20 if quick else 60, rounds=1 if quick else 2)
     report["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return report
@@ -264,11 +322,15 @@ def sampler_accuracy() -> tuple[dict[str, Any], str]:
     """The Gaussian accuracy table (JSON rows and markdown), from the same harness the tests use."""
     from dataclasses import asdict
 
-    from diffkit.samplers.accuracy import accuracy_table, to_markdown
+    from diffkit.samplers.accuracy import accuracy_table, process_markdown, process_table, to_markdown
 
     cells = accuracy_table()
     rows = [{**asdict(c), "default": c.is_default} for c in cells]
-    return {"rows": rows}, "# Sampler accuracy on exact Gaussian data\n\n" + to_markdown(cells)
+    by_process = process_table()
+    rows += [{**asdict(c), "default": True, "process": label} for label, c in by_process]
+    markdown = "# Sampler accuracy on exact Gaussian data\n\n" + to_markdown(cells)
+    markdown += "\n## Every sampler on every diffusion process\n\n" + process_markdown(by_process)
+    return {"rows": rows}, markdown
 
 
 def main() -> None:

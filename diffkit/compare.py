@@ -139,9 +139,9 @@ def compare_samplers(
     if not plans:
         raise DiffkitError("nothing to compare: give at least one sampler and one step count")
     first = plans[0]
-    plans = [first.with_sampler(p.sampler, p.steps, p.options) for p in plans]
-    for plan in plans:  # a typo in the last row wastes no time
-        plan.check(denoiser.schedule.timesteps, denoiser.num_classes)
+    # every row checked before any is drawn: a typo in the last row wastes no time
+    timesteps, classes_known = denoiser.schedule.timesteps, denoiser.num_classes
+    plans = [first.with_sampler(p.sampler, p.steps, p.options).check(timesteps, classes_known) for p in plans]
     held = 2 * num + len(plans) * min(num, PICTURE_COLUMNS)  # the noise, the row being made, the picture's
     check_held(held, denoiser.image_shape, f"comparing {len(plans)} settings on {num:,} images", _FEWER)
     noise = initial_noise(num, denoiser.image_shape, first.seed)

@@ -1,26 +1,30 @@
-"""The one place that knows what the network predicts and how guidance is applied.
+"""The one place where a network meets samplers: guidance, the process's parametrisation, clipping.
 
-A `Denoiser` wraps a trained network with its schedule and objective. Called on a noisy batch at
-timesteps t it returns both the clean-image estimate x̂0 and the noise estimate ε̂. Samplers only
-ever see `Denoiser.conditioned(...)`, a function (x_t, t) -> Prediction, so parametrisation,
-classifier-free guidance and clipping never leak into them.
+A `Denoiser` wraps a trained network with its diffusion process (`diffkit.process`). Called on a noisy
+batch of variance-preserving states at grid positions t it returns both the clean-image estimate x̂0 and
+the noise estimate ε̂. Samplers only ever see `Denoiser.conditioned(...)`, a function (x_t, t) -> Prediction,
+so the process, classifier-free guidance and clipping never leak into them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffkit.choices import Clipping, Objective
+from diffkit.models.contract import DenoisingNetwork, network
 from diffkit.precision import PrecisionChoice
 from diffkit.schedules import NoiseSchedule
 
-Objective = Literal["eps", "x0", "v"]
-Clipping = Literal["none", "clip", "dynamic"]
+if TYPE_CHECKING:
+    from diffkit.process import DiffusionProcess
+
+__all__ = ["Clipping", "Denoiser", "Objective", "Prediction"]  # the literals live in diffkit.choices
 
 
 class Prediction(NamedTuple):
@@ -29,45 +33,6 @@ class Prediction(NamedTuple):
 
 
 DenoiseFn = Callable[[Tensor, Tensor], Prediction]
-
-
-# ------------------------------------------------------------------------------ objective algebra
-# With x_t = a x0 + s ε (a = sqrt(ᾱ), s = sqrt(1 - ᾱ), a² + s² = 1) and v = a ε - s x0:
-#   x0 = (x_t - s ε) / a,   ε = (x_t - a x0) / s,   x0 = a x_t - s v,   ε = s x_t + a v.
-
-
-def training_target(objective: Objective, x0: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
-    """What the network is trained to output for clean images x0 noised with eps."""
-    if objective == "eps":
-        return eps
-    if objective == "x0":
-        return x0
-    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-    return a * eps - s * x0
-
-
-def split_prediction(objective: Objective, output: Tensor, x_t: Tensor, alpha_bar: Tensor) -> Prediction:
-    """Network output -> (x̂0, ε̂). alpha_bar broadcasts against x_t."""
-    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-    if objective == "eps":
-        return Prediction((x_t - s * output) / a.clamp_min(1e-8), output)
-    if objective == "x0":
-        return Prediction(output, (x_t - a * output) / s.clamp_min(1e-8))
-    return Prediction(a * x_t - s * output, s * x_t + a * output)
-
-
-def min_snr_weight(objective: Objective, snr: Tensor, gamma: float) -> Tensor:
-    """Hang et al. 2023: per-sample loss weight min(SNR, γ) expressed for each objective's loss.
-
-    For an ε loss the x0-space weight min(SNR, γ) becomes min(SNR, γ)/SNR; for v it is
-    min(SNR, γ)/(SNR + 1); for x0 it is min(SNR, γ).
-    """
-    clipped = snr.clamp(max=gamma)
-    if objective == "eps":
-        return clipped / snr
-    if objective == "v":
-        return clipped / (snr + 1)
-    return clipped
 
 
 def rescale_guidance(guided: Tensor, conditional: Tensor, phi: float) -> Tensor:
@@ -86,17 +51,17 @@ def dynamic_threshold(x0: Tensor, percentile: float = 0.995) -> Tensor:
 
 @dataclass
 class Denoiser:
-    """A network plus its schedule and objective: (x_t, t, classes, guidance) -> Prediction.
+    """A network plus its process: (x_t, t, classes, guidance) -> Prediction.
 
-    `t` holds (possibly fractional) timesteps in [0, T - 1]. `classes` uses -1 (or None) for "no class";
+    `x_t` holds variance-preserving states and `t` (possibly fractional) positions in [0, T - 1] on the
+    process's grid (`schedule`), whatever the process. `classes` uses -1 (or None) for "no class";
     it may instead be float weights (N, num_classes + 1) mixing class embeddings (last column: no class).
     Guidance s mixes unconditional u and conditional c predictions as u + s (c - u): s = 0 is
     unconditional, s = 1 conditional, s > 1 stronger; both come from one batched forward pass.
     """
 
     model: nn.Module
-    schedule: NoiseSchedule
-    objective: Objective = "eps"
+    process: DiffusionProcess
     num_classes: int = 0
     clipping: Clipping = "none"
     rescale_phi: float = 0.0
@@ -104,10 +69,19 @@ class Denoiser:
     precision: PrecisionChoice | None = None  # bf16 autocast for the network when chosen; maths stays fp32
 
     @property
+    def schedule(self) -> NoiseSchedule:
+        """The grid samplers step on."""
+        return self.process.grid
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images this denoiser makes (a UNet, or anything with the same attributes)."""
-        model: Any = self.model
-        return int(model.in_channels), int(model.image_size), int(model.image_size)
+        net = self.network
+        return net.in_channels, net.image_size, net.image_size
+
+    @property
+    def network(self) -> DenoisingNetwork:
+        return network(self.model)
 
     @property
     def device(self) -> torch.device:
@@ -121,17 +95,20 @@ class Denoiser:
         null = torch.full((n,), -1, dtype=torch.long, device=x_t.device)
         if classes is not None and classes.is_floating_point():  # class weights: "no class" is the last row
             null = F.one_hot(torch.full_like(null, self.num_classes), self.num_classes + 1).to(classes)
+        x_in, noise_input = self.process.network_inputs(x_t, t, alpha_bar)
         if classes is None or self.num_classes == 0 or guidance == 0.0:
-            output = self._forward(x_t, t, null)
+            output = self._forward(x_in, noise_input, null)
         elif guidance == 1.0:
-            output = self._forward(x_t, t, classes)
+            output = self._forward(x_in, noise_input, classes)
         else:  # conditional and unconditional in one batch
-            both = self._forward(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([classes, null]), repeat_cond=True)
+            both = self._forward(
+                torch.cat([x_in, x_in]), torch.cat([noise_input, noise_input]), torch.cat([classes, null]), True
+            )
             cond_out, uncond_out = both.chunk(2)
             output = uncond_out + guidance * (cond_out - uncond_out)
             if self.rescale_phi > 0:
                 output = rescale_guidance(output, cond_out, self.rescale_phi)
-        pred = split_prediction(self.objective, output.float(), x_t, alpha_bar)
+        pred = self.process.predict(output.float(), x_t, t, alpha_bar)
         if self.clipping == "none":
             return pred
         x0 = pred.x0.clamp(-1, 1) if self.clipping == "clip" else dynamic_threshold(pred.x0)

@@ -12,8 +12,8 @@ from torch import Tensor
 from diffkit.checks import MAX_INTERPOLATION_FRAMES, check_bounded, check_sample_flags
 from diffkit.editing import Interpolation, interpolate_classes, interpolate_images, interpolate_seeds
 from diffkit.errors import DiffkitError
+from diffkit.frames import Process, record_process
 from diffkit.generation import Generated, check_held, class_layout, generate, grid_rows
-from diffkit.process import Process, record_process
 from diffkit.progress import Progress
 from diffkit.runs import LoadedRun
 from diffkit.sampling import SamplingPlan

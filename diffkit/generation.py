@@ -73,7 +73,7 @@ def _class_number(c: object, num_classes: int) -> int:
 
 def require_images_input(denoiser: Denoiser) -> None:
     """A super-resolution model cannot make images from noise alone: it needs its conditioning channels."""
-    if getattr(denoiser.model, "cond_channels", 0) and denoiser.cond is None:
+    if denoiser.network.cond_channels and denoiser.cond is None:
         raise DiffkitError(
             "this run is a super-resolution model (it needs a low-resolution input): "
             "use `diffkit super-res`, or pass --run with a generation model"
@@ -110,7 +110,7 @@ def generate(
     images is then made holding one batch at a time (the starting noise too is made batch by batch).
     `step_progress` hears every sampler step of every batch ("step 3 of 20"), for long batches.
     """
-    plan.check(denoiser.schedule.timesteps, denoiser.num_classes)
+    plan = plan.checked(denoiser.schedule.timesteps, denoiser.num_classes)
     require_images_input(denoiser)
     denoiser = plan.configure(denoiser)
     device, size, shape = denoiser.device, plan.batch_size, denoiser.image_shape
@@ -131,6 +131,7 @@ def generate(
             plan.steps,
             generator=gen,
             callback=callback if step_progress is None else _counting(callback, step_progress, b, batches),
+            checked=True,  # by plan.checked above
             **plan.sampler_options,
         )
         images = result.images.clamp(-1, 1).cpu()

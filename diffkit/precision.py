@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from diffkit.atomic import write_json
+from diffkit.choices import Precision
+from diffkit.models.contract import network
 from diffkit.settings import resolve_cache_dir
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Format = Literal["fp32", "bf16", "fp16"]
 Mode = Literal["train", "sample"]
 
@@ -178,13 +179,11 @@ def probe_step(model: nn.Module, mode: Mode, batch: int, device: torch.device) -
     """One step of the network as the run uses it, on a private copy (the run's weights stay untouched)."""
     plain = copy.deepcopy(model).to(device)
     nets = {False: plain, True: copy.deepcopy(plain).to(memory_format=torch.channels_last)}
-    size = int(getattr(plain, "image_size", 28))
-    channels = int(getattr(plain, "in_channels", 1))
-    num_classes = int(getattr(plain, "num_classes", 0))
-    cond_channels = int(getattr(plain, "cond_channels", 0))
+    spec = network(plain)
+    size, channels, num_classes, cond_channels = spec.image_size, spec.in_channels, spec.num_classes, spec.cond_channels
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, channels, size, size, generator=gen).to(device)
-    t = torch.randint(0, 1000, (batch,), generator=gen).to(device)
+    t = (torch.rand(batch, generator=gen) * 1000).to(device)  # a noise-level input: its values do not change the timing
     classes = torch.randint(0, num_classes, (batch,), generator=gen).to(device) if num_classes else None
     cond = torch.randn(batch, cond_channels, size, size, generator=gen).to(device) if cond_channels else None
 

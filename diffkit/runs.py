@@ -34,6 +34,7 @@ from diffkit.devices import configure, resolve_device
 from diffkit.errors import DiffkitError
 from diffkit.models import UNet
 from diffkit.precision import PrecisionChoice, choose_precision
+from diffkit.process import DiffusionProcess, build_process
 from diffkit.runlock import LOCK_NAME
 from diffkit.sampling import SamplingPlan
 from diffkit.schedules import NoiseSchedule
@@ -149,18 +150,8 @@ def build_model(settings: Settings) -> UNet:
 
 
 def build_schedule(settings: Settings) -> NoiseSchedule:
-    d = settings.diffusion
-    return NoiseSchedule.create(
-        d.schedule,
-        d.timesteps,
-        beta_start=d.beta_start,
-        beta_end=d.beta_end,
-        cosine_s=d.cosine_s,
-        sigmoid_start=d.sigmoid_start,
-        sigmoid_end=d.sigmoid_end,
-        sigmoid_tau=d.sigmoid_tau,
-        zero_terminal_snr=d.zero_terminal_snr,
-    )
+    """The grid the run's samplers step on (its process's; for vp its β schedule)."""
+    return build_process(settings.diffusion).grid
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -275,7 +266,7 @@ class LoadedRun:
     root: Path
     settings: Settings
     model: UNet
-    schedule: NoiseSchedule
+    process: DiffusionProcess
     checkpoint: Path
     meta: dict[str, Any]
     device: torch.device
@@ -284,6 +275,11 @@ class LoadedRun:
     @property
     def num_classes(self) -> int:
         return self.settings.model.num_classes or 0
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        """The grid samplers step on."""
+        return self.process.grid
 
     @property
     def precision(self) -> PrecisionChoice:
@@ -307,26 +303,25 @@ class LoadedRun:
         """The network as a Denoiser, in the plan's precision, clipping and CFG-rescale (the run's by default)."""
         plan = plan or self.plan()
         return make_denoiser(
-            self.settings, self.model, self.schedule, plan, precision=self.precision_for(plan.precision)
+            self.settings, self.model, self.process, plan, precision=self.precision_for(plan.precision)
         )
 
 
 def make_denoiser(
     settings: Settings,
     model: nn.Module,
-    schedule: NoiseSchedule,
+    process: DiffusionProcess,
     plan: SamplingPlan | None = None,
     *,
     precision: PrecisionChoice | None = None,
 ) -> Denoiser:
-    """The run's model as a Denoiser: its objective and classes; clipping and CFG-rescale from `plan`
+    """The run's model as a Denoiser: its process and classes; clipping and CFG-rescale from `plan`
     (the run's [sample] settings when none is given)."""
     num_classes = settings.model.num_classes or 0
     plan = plan or SamplingPlan.from_settings(settings.sample, num_classes)
     return Denoiser(
         model,
-        schedule,
-        settings.diffusion.objective,
+        process,
         num_classes,
         clipping=plan.clipping,
         rescale_phi=plan.rescale,
@@ -352,4 +347,4 @@ def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, d
     dev = resolve_device(device)
     configure(dev)
     model.to(dev).eval()
-    return LoadedRun(run_dir, settings, model, build_schedule(settings), path, meta, dev)
+    return LoadedRun(run_dir, settings, model, build_process(settings.diffusion), path, meta, dev)

@@ -14,15 +14,16 @@ sampler takes): otherwise the sampler's own default applies, so a spec that chan
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal, get_args
+from dataclasses import dataclass, field, replace
+from typing import Any, get_args
 
+from diffkit.choices import Precision
 from diffkit.denoiser import Clipping, Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.samplers import SAMPLERS, get_sampler
 from diffkit.settings import SampleSettings
 
-PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
+PrecisionName = Precision
 Options = tuple[tuple[str, Any], ...]
 
 
@@ -39,6 +40,8 @@ class SamplingPlan:
     precision: PrecisionName = "auto"  # of the network, chosen when a run's denoiser is made
     seed: int = 0
     batch_size: int = 250
+    # (timesteps, num_classes) this plan was validated for by `check`; a changed plan starts unchecked
+    checked_for: tuple[int, int] | None = field(default=None, compare=False, repr=False)
 
     # --- building ----------------------------------------------------------------------------------
     @classmethod
@@ -74,8 +77,13 @@ class SamplingPlan:
             batch_size=batch_size or sample.batch_size,
         )
 
+    def checked(self, timesteps: int, num_classes: int) -> SamplingPlan:
+        """This plan validated for a model: checked now unless `check` already did it for the same model."""
+        return self if self.checked_for == (timesteps, num_classes) else self.check(timesteps, num_classes)
+
     def check(self, timesteps: int, num_classes: int) -> SamplingPlan:
-        """Validated once, before any image is drawn: the sampler's spec, then what the model allows."""
+        """Validated once, before any image is drawn: the sampler's spec, then what the model allows.
+        Returns the plan marked as checked for this model, so `generate` does not check it again."""
         get_sampler(self.sampler).check(self.steps, timesteps, dict(self.options))
         check_guidance(self.guidance, num_classes)
         if self.clipping not in get_args(Clipping):
@@ -84,14 +92,14 @@ class SamplingPlan:
             raise DiffkitError(f"--rescale {self.rescale} is out of range: use 0 (off) to 1 (full; 0.7 is typical)")
         if self.batch_size < 1:
             raise DiffkitError(f"--batch-size {self.batch_size} is out of range: use 1 or more")
-        return self
+        return replace(self, checked_for=(timesteps, num_classes))
 
     def with_sampler(self, sampler: str, steps: int, options: Options = ()) -> SamplingPlan:
         """The same plan with another sampler (its own options only), e.g. a row of a comparison."""
-        return replace(self, sampler=sampler, steps=steps, options=options)
+        return replace(self, sampler=sampler, steps=steps, options=options, checked_for=None)
 
     def but(self, **changes: Any) -> SamplingPlan:
-        return replace(self, **changes)
+        return replace(self, **{"checked_for": None, **changes})
 
     # --- using -------------------------------------------------------------------------------------
     @property

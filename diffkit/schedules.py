@@ -13,18 +13,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
 
 import torch
 from torch import Tensor
 
+from diffkit.choices import SCHEDULE_KINDS, SPACINGS, ScheduleKind, Spacing
 from diffkit.errors import DiffkitError
 
-ScheduleKind = Literal["linear", "cosine", "sigmoid"]
-SCHEDULE_KINDS: tuple[str, ...] = ("linear", "cosine", "sigmoid")
+__all__ = ["SCHEDULE_KINDS", "SPACINGS", "NoiseSchedule", "ScheduleKind", "Spacing"]
+
 ZTSNR_SUFFIX = " (ZTSNR)"  # names the zero-terminal-SNR variant of a schedule in plots and tables
-Spacing = Literal["leading", "trailing", "linspace", "logsnr"]
-SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace", "logsnr")
 MAX_BETA = 0.999  # Nichol & Dhariwal clip, avoids a singular last step
 
 
@@ -102,6 +100,14 @@ class NoiseSchedule:
         if zero_terminal_snr:
             betas = rescale_zero_terminal_snr(betas)
         return cls(betas)
+
+    @classmethod
+    def from_alpha_bar(cls, alpha_bar: Tensor) -> NoiseSchedule:
+        """The discrete schedule through given ᾱ values (decreasing, in (0, 1]; a last 0 is zero terminal SNR):
+        how a continuous-time process lays out the grid its samplers step on."""
+        ab = alpha_bar.to(torch.float64)
+        prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+        return cls(1.0 - ab / prev)
 
     # --- per-step quantities -------------------------------------------------------------------
     @property

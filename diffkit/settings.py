@@ -8,6 +8,8 @@ as `config.toml` in every run directory, and later commands rebuild the model an
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -22,6 +24,7 @@ from pydantic_settings import (
 )
 
 from diffkit.atomic import write_text
+from diffkit.choices import Clipping, Objective, Precision, ProcessName, ScheduleKind, Spacing, TimeDistribution
 from diffkit.errors import DiffkitError
 
 
@@ -69,31 +72,126 @@ class ModelSettings(_Group):
         return self
 
 
-class DiffusionSettings(_Group):
-    """The forward process and what the network predicts."""
+class EDMOptions(_Group):
+    """diffusion.edm: the options of process `edm` (Karras et al. 2022; their defaults)."""
 
-    schedule: Literal["linear", "cosine", "sigmoid"] = "cosine"
-    timesteps: int = Field(1000, ge=2, le=100_000)
-    objective: Literal["eps", "x0", "v"] = "eps"
-    min_snr_gamma: float | None = Field(None, gt=0.0)  # Hang et al. 2023 loss weighting; unset = plain MSE
-    zero_terminal_snr: bool = False  # Lin et al. 2023: rescale so the last step is pure noise
-    beta_start: float = Field(1e-4, gt=0.0, lt=1.0)  # linear schedule
-    beta_end: float = Field(0.02, gt=0.0, lt=1.0)
-    cosine_s: float = Field(0.008, ge=0.0, le=1.0)  # cosine schedule offset
-    sigmoid_start: float = Field(-3.0, ge=-20.0, le=20.0)  # sigmoid schedule
-    sigmoid_end: float = Field(3.0, ge=-20.0, le=20.0)
-    sigmoid_tau: float = Field(1.0, gt=0.0, le=10.0)
+    sigma_data: float = Field(0.5, gt=0.0, le=100.0)  # the data's standard deviation, for the preconditioning
+    p_mean: float = Field(-1.2, ge=-20.0, le=20.0)  # training draws ln σ ~ N(p_mean, p_std²)
+    p_std: float = Field(1.2, gt=0.0, le=20.0)
+    sigma_min: float = Field(0.002, gt=0.0, le=10_000.0)  # the sampling grid's range
+    sigma_max: float = Field(80.0, gt=0.0, le=100_000.0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> DiffusionSettings:
-        if self.beta_end <= self.beta_start:
+    def _ordered(self) -> EDMOptions:
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError("diffusion.edm.sigma_max must be larger than diffusion.edm.sigma_min")
+        return self
+
+
+class FlowOptions(_Group):
+    """diffusion.flow: the options of process `flow` (rectified flow; Esser et al. 2024's logit-normal t)."""
+
+    t_distribution: TimeDistribution = "logit-normal"
+    logit_mean: float = Field(0.0, ge=-10.0, le=10.0)  # t = sigmoid(N(logit_mean, logit_std²))
+    logit_std: float = Field(1.0, gt=0.0, le=10.0)
+
+
+@dataclass(frozen=True)
+class VPOptions:
+    """Process `vp`'s options with their values filled in (see DiffusionSettings.vp_options)."""
+
+    schedule: ScheduleKind = "cosine"
+    timesteps: int = 1000
+    objective: Objective = "eps"
+    zero_terminal_snr: bool = False  # Lin et al. 2023: rescale so the last step is pure noise
+    beta_start: float = 1e-4  # linear schedule
+    beta_end: float = 0.02
+    cosine_s: float = 0.008  # cosine schedule offset
+    sigmoid_start: float = -3.0  # sigmoid schedule
+    sigmoid_end: float = 3.0
+    sigmoid_tau: float = 1.0
+
+
+VP_DEFAULTS: dict[str, Any] = asdict(VPOptions())
+# which process each option belongs to (`edm` and `flow` are tables of their own)
+OPTION_OWNER: dict[str, str] = {**dict.fromkeys([*VP_DEFAULTS, "min_snr_gamma"], "vp"), "edm": "edm", "flow": "flow"}
+
+
+# True while load_settings layers presets: there a vp preset's options are dropped when a higher layer
+# (environment, --set) chooses another process; options given in those layers themselves are still checked
+_PRESET_LAYERING: ContextVar[bool] = ContextVar("_PRESET_LAYERING", default=False)
+
+
+def foreign_option(key: str, process: str) -> str:
+    """The error for diffusion.<key> given with a process it does not belong to."""
+    owner = OPTION_OWNER[key]
+    tables: dict[str, type[_Group]] = {"edm": EDMOptions, "flow": FlowOptions}
+    if process in tables:
+        takes = [f"diffusion.{process}.{k}" for k in tables[process].model_fields]
+    else:
+        takes = [f"diffusion.{k}" for k, o in OPTION_OWNER.items() if o == process]
+    return (
+        f"diffusion.{key} belongs to process {owner}, not {process}: remove it, or set "
+        f"diffusion.process = {owner} (process {process} takes {', '.join(takes)})"
+    )
+
+
+class DiffusionSettings(_Group):
+    """The diffusion process (`process`) and its options. vp's options are the flat keys below (as before
+    processes existed, so old runs load unchanged); edm's and flow's are the tables diffusion.edm / .flow.
+    An option of another process than the chosen one is an error; unset options take their defaults."""
+
+    process: ProcessName = "vp"
+    schedule: ScheduleKind | None = None
+    timesteps: int | None = Field(None, ge=2, le=100_000)
+    objective: Objective | None = None
+    min_snr_gamma: float | None = Field(None, gt=0.0)  # Hang et al. 2023 loss weighting; unset = plain MSE
+    zero_terminal_snr: bool | None = None
+    beta_start: float | None = Field(None, gt=0.0, lt=1.0)
+    beta_end: float | None = Field(None, gt=0.0, lt=1.0)
+    cosine_s: float | None = Field(None, ge=0.0, le=1.0)
+    sigmoid_start: float | None = Field(None, ge=-20.0, le=20.0)
+    sigmoid_end: float | None = Field(None, ge=-20.0, le=20.0)
+    sigmoid_tau: float | None = Field(None, gt=0.0, le=10.0)
+    edm: EDMOptions | None = None
+    flow: FlowOptions | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        """The chosen process's options take their defaults (so saved configs show them); others stay unset."""
+        if not isinstance(data, dict):
+            return data
+        data, process = dict(data), data.get("process", "vp")
+        if _PRESET_LAYERING.get():  # a preset's options for another process simply do not apply
+            data = {k: v for k, v in data.items() if OPTION_OWNER.get(k, process) == process}
+        if process == "vp":
+            data |= {k: v for k, v in VP_DEFAULTS.items() if data.get(k) is None}
+        elif process in ("edm", "flow") and data.get(process) is None:
+            data[process] = {}
+        return data
+
+    @model_validator(mode="after")
+    def _options_of_this_process(self) -> DiffusionSettings:
+        foreign = [k for k, owner in OPTION_OWNER.items() if owner != self.process and getattr(self, k) is not None]
+        if foreign:
+            raise ValueError(foreign_option(foreign[0], self.process))
+        if self.process != "vp":
+            return self
+        vp = self.vp_options()
+        if vp.beta_end <= vp.beta_start:
             raise ValueError("diffusion.beta_end must be larger than diffusion.beta_start")
-        if self.sigmoid_end <= self.sigmoid_start:
+        if vp.sigmoid_end <= vp.sigmoid_start:
             raise ValueError("diffusion.sigmoid_end must be larger than diffusion.sigmoid_start")
-        if self.zero_terminal_snr and self.objective == "eps":
+        if vp.zero_terminal_snr and vp.objective == "eps":
             # at SNR 0 the noise prediction says nothing about x0 (x0 = (x_t - ε)/0): Lin et al. use v
             raise ValueError("diffusion.zero_terminal_snr needs objective v (or x0), not eps")
         return self
+
+    def vp_options(self) -> VPOptions:
+        """vp's options, defaults filled in (only meaningful when process = vp)."""
+        given = {k: getattr(self, k) for k in VP_DEFAULTS if getattr(self, k) is not None}
+        return VPOptions(**given)
 
 
 class DataSettings(_Group):
@@ -129,7 +227,7 @@ class TrainSettings(_Group):
     p_uncond: float = Field(0.1, ge=0.0, le=1.0)  # label dropout that teaches the unconditional model
     # bf16 / fp16 autocast or fp32; "auto" times bf16 and fp32 on this CPU for this network, and on
     # CUDA takes bf16, else fp16 with a gradient scaler, else fp32 (diffkit.precision)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     max_minutes: float | None = Field(None, gt=0.0, le=100_000.0)  # plan the run's length by the clock
     seed: int = 0
     log_every: int = Field(25, ge=1)
@@ -169,7 +267,7 @@ class SampleSettings(_Group):
     sampler: str = "ddim"
     steps: int = Field(50, ge=1, le=100_000)
     eta: float = Field(0.0, ge=0.0, le=1.0)
-    spacing: Literal["leading", "trailing", "linspace", "logsnr"] | None = None  # None: each sampler's own default
+    spacing: Spacing | None = None  # None: each sampler's own default
     cfg: float = Field(2.0, ge=0.0, le=100.0)
     rescale: float = Field(0.0, ge=0.0, le=1.0)  # CFG-rescale φ (Lin et al. 2023)
     num: int = Field(10, ge=1, le=1_000_000)
@@ -179,8 +277,8 @@ class SampleSettings(_Group):
     batch_size: int = Field(250, ge=1)
     # clip x̂0 to [-1, 1] at every step (as diffusers' and lucidrains' samplers do): without it, early
     # high-noise ε-predictions leave speckle in the background; "dynamic" is Imagen's thresholding
-    clipping: Literal["none", "clip", "dynamic"] = "clip"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # as train.precision, timed for inference
+    clipping: Clipping = "clip"
+    precision: Precision = "auto"  # as train.precision, timed for inference
 
 
 class Settings(BaseSettings):
@@ -337,14 +435,30 @@ def load_settings(preset: str, overrides: dict[str, Any] | None = None) -> Setti
     class _Layered(Settings):
         _preset_files = files
 
+    token = _PRESET_LAYERING.set(True)
     try:
         layered = _Layered(**(overrides or {}))
     except ValidationError as exc:
         raise DiffkitError(describe_validation_error(exc)) from None
+    finally:
+        _PRESET_LAYERING.reset(token)
+    _check_explicit_diffusion_options(overrides or {}, layered.diffusion.process)
     settings = Settings.model_validate(layered.model_dump())
     if settings.name is None:
         settings.name = Path(files[-1]).stem
     return settings
+
+
+def _check_explicit_diffusion_options(overrides: dict[str, Any], process: str) -> None:
+    """Options of another process given by --set or DIFFKIT_DIFFUSION__* are errors (a preset's are dropped)."""
+    given = set(overrides.get("diffusion", {}) if isinstance(overrides.get("diffusion"), dict) else {})
+    prefix = "DIFFKIT_DIFFUSION__"
+    given |= {k[len(prefix) :].split("__")[0].lower() for k in os.environ if k.upper().startswith(prefix)}
+    for key in sorted(given):
+        if OPTION_OWNER.get(key, process) != process:
+            raise DiffkitError(
+                foreign_option(key, process) + " (fix the preset, the DIFFKIT_* variable or the --set flag)"
+            )
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -325,3 +325,37 @@ def plot_guidance_sweep(
     fig.suptitle(f"features: {feature_net}", fontsize=9)
     fig.tight_layout()
     return _save_figure(fig, Path(path))
+
+
+PROCESS_PANELS = {
+    "alpha": "α (signal scale of the process's own x)",
+    "sigma": "σ (noise scale)",
+    "log_snr": "log-SNR  log(α² / σ²)",
+}
+
+
+def plot_processes(curves: dict[str, dict[str, Tensor]], path: str | Path) -> Path:
+    """`processes.png`: α, σ and log-SNR of each process along its sampling grid (u = 0: least noise,
+    1: most), and the density of log-SNR its training draws, all processes overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+    for i, (name, values) in enumerate(curves.items()):
+        colour = f"C{i}"
+        for ax, key in zip(axes, PROCESS_PANELS, strict=False):
+            ax.plot(values["u"].numpy(), values[key].numpy(), color=colour, label=name)
+        axes[3].plot(values["density_log_snr"].numpy(), values["density"].numpy(), color=colour, label=name)
+    for ax, title in zip(axes, PROCESS_PANELS.values(), strict=False):
+        ax.set_title(title)
+        ax.set_xlabel("position on the sampling grid")
+        ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[3].set_title("training: density of the noise levels drawn")
+    axes[3].set_xlabel("log-SNR")
+    axes[3].grid(alpha=0.3)
+    axes[3].legend(title="process")
+    fig.tight_layout()
+    return _save_figure(fig, Path(path))

@@ -163,6 +163,7 @@ def test_run_overview(app: h.AppRun) -> None:
     assert out.curves is not None and out.curves.is_file()
     assert out.grids and all(p.is_file() for p, _ in out.grids)
     assert "[model]" in out.config and "step 7" in out.summary
+    assert "diffusion process vp: T = 100, predicts eps" in out.summary
     # the run is shared by the session: another module's sweep may already be in it
     if not list((app.require().root / "eval").glob("*/guidance_sweep.png")):
         assert out.sweep is None and "No FID-vs-guidance sweep" in out.sweep_text

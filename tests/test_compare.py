@@ -16,8 +16,8 @@ from torch import Tensor
 from diffkit.compare import DEFAULT_SPREAD, compare_samplers
 from diffkit.data import to_uint8
 from diffkit.export import export_digits
+from diffkit.frames import record_process
 from diffkit.generation import cycled_classes, generate, initial_noise
-from diffkit.process import record_process
 from diffkit.runs import LoadedRun, load_run
 from diffkit.samplers import SAMPLERS
 from diffkit.sampling import SamplingPlan, rows_for
@@ -229,7 +229,8 @@ def test_plot_schedules_writes_plots_and_closed_form_values(cli, tmp_path: Path,
     for name in names:
         assert Image.open(tmp_path / "p" / f"{name}.png").size[0] > 300
     values = json.loads((tmp_path / "p" / "schedules.json").read_text())
-    assert set(values) == {"cosine", "cosine (ZTSNR)", "linear", "linear (ZTSNR)", "run tiny"}
+    assert set(values) == {"cosine", "cosine (ZTSNR)", "linear", "linear (ZTSNR)", "run tiny", "processes"}
+    assert set(values["processes"]) == {"run tiny (vp)"}  # the run's process; named processes only when asked
     cosine = values["cosine"]
     for key, q in (("alpha_bar(T/4)", 0.25), ("alpha_bar(T/2)", 0.5), ("alpha_bar(3T/4)", 0.75)):
         assert math.isclose(cosine[key], _cosine(q), rel_tol=1e-9), key  # ᾱ after q·T steps is ᾱ(q)
@@ -241,6 +242,24 @@ def test_plot_schedules_writes_plots_and_closed_form_values(cli, tmp_path: Path,
     assert values["cosine (ZTSNR)"]["terminal_snr"] == 0.0 and values["linear (ZTSNR)"]["terminal_snr"] == 0.0
     assert values["run tiny"]["timesteps"] == 100
     assert math.isclose(values["run tiny"]["alpha_bar(T/2)"], _cosine(0.5), rel_tol=1e-9)
+
+
+def test_plot_schedules_draws_the_processes_side_by_side(cli, tmp_path: Path) -> None:
+    """Closed form: flow's grid spans log-SNR ±2 ln 999, edm's -2 ln 80 .. -2 ln 0.002; training puts the median
+    log-SNR at -2 P_mean for edm (ln σ ~ N(P_mean, ·)) and at 0 for flow (log-SNR = -2 logit t, logit t ~ N(0, 1))."""
+    code, out, err = cli("plot-schedules", "--processes", "edm,flow", "--out", str(tmp_path / "p"))
+    assert code == 0, err
+    assert Image.open(tmp_path / "p" / "processes.png").size[0] > 1000 and "training median" in out
+    values = json.loads((tmp_path / "p" / "schedules.json").read_text())["processes"]
+    assert math.isclose(values["flow"]["log_snr_max"], 2 * math.log(999), rel_tol=1e-6)
+    assert math.isclose(values["flow"]["log_snr_min"], -2 * math.log(999), rel_tol=1e-6)
+    assert math.isclose(values["edm"]["log_snr_max"], -2 * math.log(0.002), rel_tol=1e-6)
+    assert math.isclose(values["edm"]["log_snr_min"], -2 * math.log(80), rel_tol=1e-6)
+    assert abs(values["edm"]["training_median_log_snr"] - 2.4) < 0.3  # within a histogram bin (0.33 wide)
+    assert abs(values["flow"]["training_median_log_snr"]) < 0.3
+    one_line_error(
+        cli("plot-schedules", "--processes", "vp,sde", "--out", str(tmp_path / "q")), "unknown process 'sde'"
+    )
 
 
 def test_plot_schedules_bad_input(cli, tmp_path: Path) -> None:

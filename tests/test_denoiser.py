@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from diffkit.denoiser import Denoiser, dynamic_threshold, min_snr_weight, split_prediction, training_target
+from diffkit.denoiser import Denoiser, dynamic_threshold
+from diffkit.process import VPProcess
+from diffkit.process.vp import min_snr_weight, split_prediction, training_target
 from diffkit.schedules import NoiseSchedule
 
 
@@ -36,8 +38,11 @@ def test_min_snr_weights_closed_forms() -> None:
 class ClassShift(nn.Module):
     """Outputs x + class value (null class -> 0); counts forward calls and batch sizes."""
 
+    in_channels, image_size, cond_channels = 1, 2, 0  # the network contract (num_classes set below)
+
     def __init__(self, num_classes: int) -> None:
         super().__init__()
+        self.num_classes = num_classes
         self.values = torch.arange(num_classes + 1, dtype=torch.float32)
         self.values[-1] = 0.0
         self.calls: list[int] = []
@@ -52,7 +57,7 @@ class ClassShift(nn.Module):
 def test_guidance_mixes_conditional_and_unconditional_in_one_batch() -> None:
     schedule = NoiseSchedule.create("cosine", 100)
     model = ClassShift(10)
-    den = Denoiser(model, schedule, "eps", num_classes=10)
+    den = Denoiser(model, VPProcess(schedule, "eps"), num_classes=10)
     x = torch.zeros(3, 1, 2, 2)
     t = torch.full((3,), 50.0)
     classes = torch.tensor([2, 4, 7])
@@ -67,7 +72,7 @@ def test_guidance_mixes_conditional_and_unconditional_in_one_batch() -> None:
 def test_clipping_keeps_x0_in_range_and_eps_consistent() -> None:
     schedule = NoiseSchedule.create("cosine", 100)
     model = ClassShift(0)
-    den = Denoiser(model, schedule, "x0", num_classes=0, clipping="clip")
+    den = Denoiser(model, VPProcess(schedule, "x0"), num_classes=0, clipping="clip")
     x = torch.full((1, 1, 2, 2), 3.0)
     model.values = torch.tensor([5.0])  # the x0 prediction is far outside [-1, 1]
     pred = den(x, torch.tensor([10.0]))

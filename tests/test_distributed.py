@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from diffkit.distributed import Rows, World, draw_rows, local_launch
 from diffkit.errors import DiffkitError
 from diffkit.loss import diffusion_loss
-from diffkit.runs import build_model, build_schedule, read_checkpoint
+from diffkit.process import build_process
+from diffkit.runs import build_model, read_checkpoint
 from diffkit.settings import load_settings, parse_overrides
 from diffkit.training import train_run
 
@@ -118,11 +119,12 @@ def test_resume_under_two_processes_and_with_one(
     assert max_diff(weights(one), weights(tmp_path / "switch")) < ROUNDING
 
 
-def test_a_global_batch_split_draws_what_one_process_draws() -> None:
-    """Each rank's share of the noise, timesteps and label dropout is the one-process draw's rows, so
-    the mean of the ranks' losses is the one-process loss of the whole batch."""
-    settings = load_settings("tiny", parse_overrides(SETS))
-    schedule, model = build_schedule(settings), build_model(settings)
+@pytest.mark.parametrize("process", ["vp", "edm", "flow"])
+def test_a_global_batch_split_draws_what_one_process_draws(process: str) -> None:
+    """Each rank's share of the noise, noise levels and label dropout is the one-process draw's rows, so
+    the mean of the ranks' losses is the one-process loss of the whole batch, for every diffusion process."""
+    settings = load_settings("tiny", parse_overrides([*SETS, f"diffusion.process={process}"]))
+    schedule, model = build_process(settings.diffusion), build_model(settings)
     x0 = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(8) % 4
 

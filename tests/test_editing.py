@@ -33,6 +33,7 @@ from diffkit.editing.inpaint import repaint_path
 from diffkit.errors import DiffkitError
 from diffkit.generation import generate, initial_noise
 from diffkit.models import UNet
+from diffkit.process import VPProcess
 from diffkit.runs import load_run
 from diffkit.sampling import SamplingPlan
 from diffkit.schedules import NoiseSchedule
@@ -75,7 +76,7 @@ SCHEDULE = NoiseSchedule.create("cosine", 200)
 class GaussianNet(nn.Module):
     """Outputs the exact ε for Gaussian data; shaped like a UNet so `Denoiser` and `generate` take it."""
 
-    in_channels, image_size, cond_channels = 1, 8, 0
+    in_channels, image_size, cond_channels, num_classes = 1, 8, 0, 0  # the network contract
 
     def __init__(self) -> None:
         super().__init__()
@@ -88,7 +89,7 @@ class GaussianNet(nn.Module):
 
 
 def gaussian() -> Denoiser:
-    return Denoiser(GaussianNet(), SCHEDULE, "eps")
+    return Denoiser(GaussianNet(), VPProcess(SCHEDULE, "eps"))
 
 
 def exact(**fields: object) -> SamplingPlan:
@@ -313,7 +314,7 @@ def test_replace_and_repaint_start_from_the_seeds_initial_noise() -> None:
             return super().forward(x, t, classes)
 
     spy = Spy()
-    den = Denoiser(spy, SCHEDULE, "eps")
+    den = Denoiser(spy, VPProcess(SCHEDULE, "eps"))
     x, masks = torch.zeros(2, 1, 8, 8), make_masks("left", 2, 8)
     for method in ("replace", "repaint"):
         spy.seen.clear()

@@ -11,6 +11,7 @@ from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.models import UNet
 from diffkit.precision import PrecisionChoice, choose_precision, decide
+from diffkit.process import VPProcess
 from diffkit.schedules import NoiseSchedule
 from diffkit.settings import Settings, TrainSettings, load_settings, parse_overrides
 
@@ -118,10 +119,10 @@ def test_channels_last_changes_the_layout_not_the_values() -> None:
             p.normal_(0.0, 0.2)
     schedule = NoiseSchedule.create("cosine", 100)
     x, t, classes = torch.randn(4, 1, 8, 8), torch.full((4,), 50.0), torch.tensor([0, 1, 2, 0])
-    plain = Denoiser(model, schedule, "eps", 3)(x, t, classes, guidance=2.0)
+    plain = Denoiser(model, VPProcess(schedule), 3)(x, t, classes, guidance=2.0)
     choice = PrecisionChoice("fp32", "test", channels_last=True)
     assert choice.layout(x).is_contiguous(memory_format=torch.channels_last)
-    fast = Denoiser(choice.prepare(model), schedule, "eps", 3, precision=choice)(x, t, classes, 2.0)
+    fast = Denoiser(choice.prepare(model), VPProcess(schedule), 3, precision=choice)(x, t, classes, 2.0)
     assert torch.allclose(plain.eps, fast.eps, atol=1e-5)
 
 
@@ -132,8 +133,8 @@ def test_bf16_sampling_stays_close_to_fp32_and_returns_fp32() -> None:
             p.normal_(0.0, 0.2)
     schedule = NoiseSchedule.create("cosine", 100)
     x, t, classes = torch.randn(4, 1, 8, 8), torch.full((4,), 50.0), torch.tensor([0, 1, 2, 0])
-    plain = Denoiser(model, schedule, "eps", 3)(x, t, classes, guidance=2.0)
-    bf16 = Denoiser(model, schedule, "eps", 3, precision=PrecisionChoice("bf16", "test"))(x, t, classes, 2.0)
+    plain = Denoiser(model, VPProcess(schedule), 3)(x, t, classes, guidance=2.0)
+    bf16 = Denoiser(model, VPProcess(schedule), 3, precision=PrecisionChoice("bf16", "test"))(x, t, classes, 2.0)
     assert bf16.x0.dtype == torch.float32 and bf16.eps.dtype == torch.float32
     assert not torch.equal(plain.eps, bf16.eps)  # autocast really ran
     assert torch.allclose(plain.eps, bf16.eps, atol=0.1)

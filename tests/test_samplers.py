@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from diffkit.denoiser import Denoiser, Objective, Prediction
 from diffkit.errors import DiffkitError
+from diffkit.process import VPProcess
 from diffkit.samplers import SAMPLERS, Step, default_spacing, sample
 from diffkit.samplers.accuracy import (
     LINEAR,
@@ -47,6 +48,8 @@ DISCRETE = ("ddpm", "ddim", "pndm", "dpm++2m", "dpm++3m", "dpm++2m-sde")
 
 class ExactNet(nn.Module):
     """A 'network' that outputs the exact eps / x0 / v target, to drive `Denoiser` end to end."""
+
+    in_channels, image_size, cond_channels, num_classes = 4, 1, 0, 0  # the network contract
 
     def __init__(self, schedule: NoiseSchedule, objective: Objective) -> None:
         super().__init__()
@@ -103,7 +106,7 @@ ZERO_SNR = NoiseSchedule.create("linear", 1000, zero_terminal_snr=True)
 
 
 def v_denoiser(schedule: NoiseSchedule) -> Denoiser:
-    return Denoiser(ExactNet(schedule, "v"), schedule, objective="v")
+    return Denoiser(ExactNet(schedule, "v"), VPProcess(schedule, "v"))
 
 
 def test_v_objective_is_finite_at_zero_terminal_snr() -> None:
@@ -153,7 +156,7 @@ def test_zero_terminal_snr_ddpm() -> None:
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])
 def test_denoiser_objectives_give_the_exact_denoiser(objective: Objective) -> None:
     """Network output -> (x̂0, ε̂) conversion end to end: every sampler sees the same function."""
-    denoiser = Denoiser(ExactNet(LINEAR, objective), LINEAR, objective=objective)
+    denoiser = Denoiser(ExactNet(LINEAR, objective), VPProcess(LINEAR, objective))
     x = noise(256, 3, 4, 1, 1)
     for t in (0.0, 10.5, 500.0, 999.0):
         pred, exact = denoiser(x, torch.full((256,), t)), gaussian_denoiser(LINEAR)(x, torch.full((256,), t))

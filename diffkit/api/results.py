@@ -14,7 +14,7 @@ from diffkit.api.pictures import pil_images, save_numbered
 from diffkit.atomic import write_json
 from diffkit.editing import InpaintResult, Interpolation, figure_rows
 from diffkit.evaluation import FidReport
-from diffkit.process import Process
+from diffkit.frames import Process
 from diffkit.sampling import SamplingPlan
 from diffkit.viz import (
     gif_bytes,

@@ -16,8 +16,8 @@ from diffkit.cli.common import console, done, progress_task
 from diffkit.drawing import draw, layout
 from diffkit.errors import DiffkitError
 from diffkit.export import export_samples
+from diffkit.frames import MAX_FRAMES, Process
 from diffkit.generation import Generated, cycled_classes
-from diffkit.process import MAX_FRAMES, Process
 from diffkit.runs import LoadedRun
 from diffkit.sampling import SamplingPlan
 from diffkit.viz import save_grid, save_grid_gif, save_images

@@ -1,4 +1,5 @@
-"""`diffkit plot-schedules`: β_t, ᾱ_t, √ᾱ_t, √(1-ᾱ_t) and log-SNR of noise schedules as PNGs, key values as a table."""
+"""`diffkit plot-schedules`: β_t, ᾱ_t, √ᾱ_t, √(1-ᾱ_t) and log-SNR of noise schedules as PNGs, key values as a
+table; and the diffusion processes side by side (α, σ, log-SNR along each grid, training's noise-level density)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from rich.table import Table
 from diffkit.atomic import write_json
 from diffkit.checks import check_output_dir
 from diffkit.cli.common import OutOption, console, done, fresh_dir, hold_runs_written, parse_csv
-from diffkit.runs import RunPaths, build_schedule
-from diffkit.schedules import SCHEDULE_KINDS, NoiseSchedule, named_schedules, schedule_curves, schedule_key_values
+from diffkit.process import PROCESSES, build_process
+from diffkit.process.curves import process_curves, process_key_values
+from diffkit.process.registry import default_processes
+from diffkit.runs import RunPaths
+from diffkit.schedules import SCHEDULE_KINDS, named_schedules, schedule_curves, schedule_key_values
 from diffkit.settings import load_saved_settings
-from diffkit.viz import plot_schedules
+from diffkit.viz import plot_processes, plot_schedules
 
 
 def plot_schedules_command(
@@ -31,29 +35,54 @@ def plot_schedules_command(
     zero_terminal_snr: Annotated[
         bool, typer.Option("--zero-terminal-snr", help="Add each named schedule's zero-terminal-SNR variant.")
     ] = False,
-    run: Annotated[Path | None, typer.Option("--run", help="Also plot this run's own schedule.")] = None,
+    processes: Annotated[
+        str | None,
+        typer.Option(
+            "--processes",
+            help=f"Diffusion processes to draw side by side, comma-separated from: {', '.join(PROCESSES)} "
+            "with default options (default: all of them, or none when --run or --schedules is given).",
+        ),
+    ] = None,
+    run: Annotated[Path | None, typer.Option("--run", help="Also plot this run's own schedule and process.")] = None,
     out: OutOption = None,
 ) -> None:
-    """Plot noise schedules and print ᾱ at T/4, T/2, 3T/4 and the terminal SNR."""
+    """Plot noise schedules and processes; print ᾱ at T/4, T/2, 3T/4, the terminal SNR and each process's range."""
     check_output_dir(out)
-    names = parse_csv(schedules, str, "--schedules") if schedules else ([] if run else list(SCHEDULE_KINDS))
+    default = not (run or schedules)
+    names = parse_csv(schedules, str, "--schedules") if schedules else (list(SCHEDULE_KINDS) if default else [])
     chosen = named_schedules(names, timesteps, zero_terminal_snr=zero_terminal_snr)
+    process_names = parse_csv(processes, str, "--processes") if processes else (list(PROCESSES) if default else [])
+    drawn = default_processes(process_names)
     if run is not None:
-        chosen[f"run {run.name}"] = _run_schedule(run)
+        run_process = build_process(load_saved_settings(RunPaths(run).config).diffusion)  # one-line error if missing
+        chosen[f"run {run.name}"] = run_process.grid
+        drawn[f"run {run.name} ({run_process.name})"] = run_process
     with ExitStack() as held:  # the default --out is inside the run
         hold_runs_written(held, [run] if run else [], [out or run])
         folder = fresh_dir(out or (run / "schedules" if run else Path("schedules")))
-        plots = plot_schedules({name: schedule_curves(s) for name, s in chosen.items()}, folder)
+        plots = plot_schedules({name: schedule_curves(s) for name, s in chosen.items()}, folder) if chosen else []
         values = {name: {"timesteps": s.timesteps, **schedule_key_values(s)} for name, s in chosen.items()}
-        report = write_json(folder / "schedules.json", values)
-    console.print(_table(values))
+        curves = {name: process_curves(p) for name, p in drawn.items()}
+        if curves:
+            plots.append(plot_processes(curves, folder / "processes.png"))
+        process_values = {name: process_key_values(c) for name, c in curves.items()}
+        report = write_json(folder / "schedules.json", {**values, "processes": process_values})
+    if values:
+        console.print(_table(values))
+    if process_values:
+        console.print(_process_table(process_values))
     done("plots", plots[0])
     done("one plot per quantity", folder)
     done("key values", report)
 
 
-def _run_schedule(run: Path) -> NoiseSchedule:
-    return build_schedule(load_saved_settings(RunPaths(run).config))  # a missing config.toml is a one-line error
+def _process_table(values: dict[str, dict[str, float]]) -> Table:
+    table = Table(title="diffusion processes (log-SNR)", title_justify="left")
+    for name in ("process", "grid from", "grid to", "training median"):
+        table.add_column(name, justify="left" if name == "process" else "right")
+    for name, v in values.items():
+        table.add_row(name, f"{v['log_snr_max']:.2f}", f"{v['log_snr_min']:.2f}", f"{v['training_median_log_snr']:.2f}")
+    return table
 
 
 def _table(values: dict[str, dict[str, float]]) -> Table:

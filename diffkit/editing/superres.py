@@ -63,7 +63,7 @@ def super_resolve(
 ) -> SuperResolved:
     """Upsample low-resolution images (N, C, h, w) to the model's size with the conditional model."""
     channels, size, _ = denoiser.image_shape
-    if not getattr(denoiser.model, "cond_channels", 0):
+    if not denoiser.network.cond_channels:
         raise DiffkitError(
             "this model has no conditioning channels, so it cannot do super-resolution: "
             "use a run trained with --preset mnist-sr"

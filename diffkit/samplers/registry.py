@@ -127,11 +127,14 @@ def sample(
     *,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
+    checked: bool = False,
     **options: Any,
 ) -> SampleResult:
-    """Run a registered sampler and count its denoiser evaluations."""
+    """Run a registered sampler and count its denoiser evaluations. `checked`: the request was already
+    validated against this sampler's spec (a `SamplingPlan.check`), so it is not checked again."""
     spec = get_sampler(name)
-    spec.check(steps, schedule.timesteps, options)
+    if not checked:
+        spec.check(steps, schedule.timesteps, options)
     calls = 0
 
     def counted(x: Tensor, t: Tensor) -> Prediction:

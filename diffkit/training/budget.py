@@ -77,7 +77,7 @@ def measure_plan(trainer: Trainer, step_s: float) -> ClockPlan:
         trainer.settings,
         per_image,
         val_images=len(trainer.val_set),
-        timesteps=trainer.schedule.timesteps,
+        timesteps=trainer.process.grid.timesteps,
         with_fid=trainer.fid is not None,
     )
     budget_s, elapsed = trainer.budget_s or 0.0, trainer.elapsed_s()

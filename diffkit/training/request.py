@@ -97,6 +97,7 @@ def start_lines(total_steps: int, start_step: int, info: dict[str, Any]) -> list
         f"{info['train_images']:,} training / {info['val_images']:,} validation images, "
         f"{info['classes'] or 'no'} classes, {info['steps_per_epoch']} steps per epoch, "
         f"batch {info['batch_size']}" + split,
+        f"diffusion process {info['process']}",
         f"CPU: {info['cpu']}" if info["device"] == "cpu" else f"device: {info['cpu']}",
         f"precision {info['precision']}",
     ]

@@ -31,11 +31,11 @@ from diffkit.models import count_parameters
 from diffkit.optim import ema_decay_at, ema_update, lr_factor, param_groups
 from diffkit.precision import FP32, PrecisionChoice, choose_precision, cpu_kind, machine_description
 from diffkit.previews import class_grid, superres_grid
+from diffkit.process import build_process
 from diffkit.runlog import RunLog
 from diffkit.runs import (
     RunPaths,
     build_model,
-    build_schedule,
     make_denoiser,
     save_checkpoint,
 )
@@ -97,7 +97,7 @@ class Trainer:
         self.model = build_model(settings).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.net: nn.Module = self.model  # what the training forward runs through (DDP under several processes)
-        self.schedule = build_schedule(settings)
+        self.process = build_process(settings.diffusion)
         self.opt = torch.optim.AdamW(
             param_groups(self.model, t.weight_decay), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2)
         )
@@ -248,15 +248,13 @@ class Trainer:
         rows: Rows | None = None,
     ) -> Tensor:
         """The weighted denoising loss of one batch (`diffkit.loss.diffusion_loss` with this run's settings)."""
-        d, m = self.settings.diffusion, self.settings.model
+        m = self.settings.model
         return diffusion_loss(
             model,
-            self.schedule,
+            self.process,
             x0,
             labels,
             gen,
-            objective=d.objective,
-            min_snr_gamma=d.min_snr_gamma,
             num_classes=self.num_classes,
             p_uncond=p_uncond,
             condition=(lambda x, g, r: random_condition(x, m.sr_scales, g, r)) if m.task == "super-res" else None,
@@ -310,10 +308,10 @@ class Trainer:
     def grid_plan(self) -> SamplingPlan:
         """The run's [sample] settings at train.grid_steps: how the grids during training are drawn."""
         plan = SamplingPlan.from_settings(self.settings.sample, self.num_classes)
-        return plan.but(steps=min(self.settings.train.grid_steps, self.schedule.timesteps))
+        return plan.but(steps=min(self.settings.train.grid_steps, self.process.grid.timesteps))
 
     def ema_denoiser(self) -> Denoiser:
-        return make_denoiser(self.settings, self.ema, self.schedule, precision=self.precision)
+        return make_denoiser(self.settings, self.ema, self.process, precision=self.precision)
 
     def draw_grid(self, name: str) -> str:
         """A fixed-seed grid from the EMA weights (a row per class for conditional models)."""
@@ -411,6 +409,7 @@ class Trainer:
             "precision": self.precision.summary(),
             "cpu": cpu_kind() if self.device.type == "cpu" else str(self.device),
             "budget_minutes": self.settings.train.max_minutes,
+            "process": self.process.describe(),
         }
 
     # --- the clock -------------------------------------------------------------------------------

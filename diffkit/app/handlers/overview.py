@@ -44,7 +44,10 @@ def overview(app: AppRun) -> RunOverview:
         f"`diffkit fid run:{loaded.root} {reference} --num 1000 --cfg {SWEEP_TEXT} --class-accuracy`."
     )
     step = loaded.meta.get("step", "?")  # the page's header says the rest (`describe`): not repeated here
-    summary = f"checkpoint `{loaded.checkpoint.name}` at step {step} · precision {loaded.precision.summary()}"
+    summary = (
+        f"checkpoint `{loaded.checkpoint.name}` at step {step} · diffusion process {loaded.process.describe()} · "
+        f"precision {loaded.precision.summary()}"
+    )
     return RunOverview(summary, paths.config.read_text(), curves, grids, sweep, sweep_text)
 
 

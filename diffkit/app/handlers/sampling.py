@@ -13,8 +13,8 @@ import torch
 from diffkit.app.handlers.served import ALL_CLASSES, AppRun, class_of, plan_for, seconds_text, whole
 from diffkit.compare import compare_samplers, grid_of
 from diffkit.errors import DiffkitError
+from diffkit.frames import MAX_FRAMES, record_process
 from diffkit.generation import class_layout, cycled_classes, generate, grid_rows
-from diffkit.process import MAX_FRAMES, record_process
 from diffkit.progress import Progress
 from diffkit.sampling import rows_for
 from diffkit.viz import save_grid, save_grid_gif, save_images, save_labelled_rows

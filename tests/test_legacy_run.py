@@ -1,0 +1,45 @@
+"""A run written before diffusion processes existed (tests/fixtures/legacy-vp-run, made by diffkit at 9ddfd9f
+with the tiny preset) still loads, as process `vp`, and samples the very same pixels with every sampler."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from diffkit.generation import generate
+from diffkit.runs import load_run
+from diffkit.samplers import SAMPLERS
+
+FIXTURE = Path(__file__).parent / "fixtures" / "legacy-vp-run"
+
+
+@pytest.fixture(scope="module")
+def legacy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("legacy") / "run"
+    shutil.copytree(FIXTURE, root)  # loading may write caches beside a run: never into the repository
+    return root
+
+
+def test_the_fixture_covers_every_sampler() -> None:
+    assert set(load_file(str(FIXTURE / "reference.safetensors"))) == set(SAMPLERS)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_an_old_run_samples_the_same_pixels(legacy: Path, sampler: str) -> None:
+    with safe_open(str(FIXTURE / "reference.safetensors"), "pt") as f:
+        meta, reference = f.metadata(), f.get_tensor(sampler)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as when the references were made: convolutions may sum in another order on more
+    try:
+        run = load_run(legacy, "last", device="cpu")
+        plan = run.plan(sampler=sampler, steps=int(meta["steps"]), cfg=float(meta["cfg"]), seed=int(meta["seed"]))
+        classes = torch.tensor([int(c) for c in meta["classes"].split(",")])
+        images = generate(run.denoiser(plan), plan, num=len(classes), classes=classes).images
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(images, reference), (sampler, (images - reference).abs().max())
