@@ -171,6 +171,11 @@ def test_interpolate_ends_are_plain_samples(run: diffkit.Run) -> None:
     assert torch.allclose(between.result.frames[0], first.tensor[0], atol=1e-5)
     seeds = run.interpolate(seeds=(1, 2), label=2, frames=3, steps=2, progress=False)
     assert len(seeds.frames) == 3
+    digit = run.sample(label=1, num=1, seed=4, progress=False).images[0]
+    images = run.interpolate(images=("synthetic:test:0", digit), frames=3, steps=2, progress=False)
+    assert len(images.frames) == 3 and images.frames[0].size == (28, 28)
+    with pytest.raises(diffkit.DiffkitError, match="--cfg does not apply to --images"):
+        run.interpolate(images=("synthetic:test:0", digit), cfg=2.0)
     with pytest.raises(diffkit.DiffkitError, match="give exactly one of --classes, --seeds, --images"):
         run.interpolate(classes=(0, 1), seeds=(1, 2))
 
