@@ -85,7 +85,7 @@ def _array(arr: np.ndarray, settings: Settings) -> Tensor:
         if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
             raise DiffkitError("array pixels must be uint8 (0 to 255) or floats from 0 to 1: rescale the array")
         arr = np.round(arr.astype(np.float64) * 255).astype(np.uint8)
-    t = torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(0, 3, 1, 2)
+    t = torch.from_numpy(np.array(arr[..., :3])).permute(0, 3, 1, 2)  # a writable copy
     d = settings.data
     return to_float(resize_images(t.contiguous(), d.image_size, d.channels))
 
