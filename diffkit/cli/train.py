@@ -22,6 +22,7 @@ from diffkit.settings import (
     set_nested,
 )
 from diffkit.training import ClockPlan, Trainer, TrainHooks, TrainingInterrupted, TrainResult, train_run
+from diffkit.training.guidance import GuidanceChoice, GuidanceSweep
 
 
 class RichHooks(TrainHooks):
@@ -50,6 +51,8 @@ class RichHooks(TrainHooks):
                 f"time budget {info['budget_minutes']:g} min: the number of steps is planned after a few "
                 "seconds of timing"
             )
+        if info.get("guidance"):
+            console.print(info["guidance"])
         if start_step:
             console.print(f"resuming at step {start_step:,} of {total_steps:,}")
         self.bar.start()
@@ -74,7 +77,8 @@ class RichHooks(TrainHooks):
         self.bar.console.print(
             f"planned [bold]{plan.planned_steps:,}[/bold] steps at {plan.step_s:.3f} s/step to end within "
             f"{plan.budget_s / 60:g} min ({left:.0f} s left, {plan.final_s:.0f} s kept for the final "
-            f"validation and grid)"
+            f"validation and grid"
+            + (f", {plan.sweep_s:.0f} s of them for the guidance sweep)" if plan.sweep_s else ")")
         )
 
     def ran_out(self, step: int, planned: int) -> None:
@@ -91,6 +95,26 @@ class RichHooks(TrainHooks):
         console.print(
             f"[yellow]note:[/yellow] {run_dir} had a stale lock from process {pid}, which ended without "
             "releasing it (killed or crashed): taking it over"
+        )
+
+    def sweeping(self, sweep: GuidanceSweep) -> None:
+        self.bar.stop()
+        scales = ", ".join(f"{s:g}" for s in sweep.scales)
+        console.print(f"choosing the guidance: {sweep.samples} samples at each of {scales} ...")
+
+    def guidance(self, choice: GuidanceChoice) -> None:
+        rows = "; ".join(
+            f"{r.guidance:g}: FID {r.fid:.1f}" + (f", {r.accuracy:.1%}" if r.accuracy is not None else "")
+            for r in choice.rows
+        )
+        console.print(
+            f"guidance by FID / class accuracy ({choice.samples} samples, {choice.sampler}, against "
+            f"{choice.reference}): {rows}"
+        )
+        style = "bold" if choice.met else "bold yellow"
+        console.print(
+            f"default guidance: [{style}]{choice.chosen:g}[/{style}] ({choice.reason}); `diffkit sample` uses it "
+            "unless --cfg is given"
         )
 
     def stop(self) -> None:

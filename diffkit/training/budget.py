@@ -29,7 +29,8 @@ SAVE_S = 1.0  # a checkpoint, curves.png and the metrics: about a second on a la
 @dataclass(frozen=True)
 class Reserve:
     epoch_end_s: float  # validation and checkpoint at every epoch end, with grids and FID amortised
-    final_s: float  # the last epoch end, its grid and FID
+    final_s: float  # the last epoch end, its grid and FID, and the guidance sweep
+    sweep_s: float = 0.0  # the guidance sweep alone
 
 
 @torch.no_grad()
@@ -52,8 +53,17 @@ def forward_seconds_per_image(
     return best / n
 
 
-def reserve(settings: Settings, per_image_s: float, *, val_images: int, timesteps: int, with_fid: bool) -> Reserve:
-    """The seconds each epoch end and the final one cost, from the network's seconds per image."""
+def reserve(
+    settings: Settings,
+    per_image_s: float,
+    *,
+    val_images: int,
+    timesteps: int,
+    with_fid: bool,
+    sweep_passes: int = 0,
+) -> Reserve:
+    """The seconds each epoch end and the final one cost, from the network's seconds per image;
+    `sweep_passes`: images the guidance sweep puts through the network after the last step."""
     t, s = settings.train, settings.sample
     guided = 2 if settings.model.num_classes and s.cfg not in (0.0, 1.0) else 1
     steps = min(t.grid_steps, timesteps)
@@ -65,7 +75,8 @@ def reserve(settings: Settings, per_image_s: float, *, val_images: int, timestep
         epoch_end_s += grid_s / t.sample_every_epochs
     if with_fid and t.fid_every_epochs:
         epoch_end_s += fid_s / t.fid_every_epochs
-    return Reserve(epoch_end_s, val_s + grid_s + (fid_s if with_fid else 0.0))
+    sweep_s = sweep_passes * per_image_s
+    return Reserve(epoch_end_s, val_s + grid_s + (fid_s if with_fid else 0.0) + sweep_s, sweep_s)
 
 
 def measure_plan(trainer: Trainer, step_s: float) -> ClockPlan:
@@ -79,6 +90,7 @@ def measure_plan(trainer: Trainer, step_s: float) -> ClockPlan:
         val_images=len(trainer.val_set),
         timesteps=trainer.schedule.timesteps,
         with_fid=trainer.fid is not None,
+        sweep_passes=trainer.sweep.network_passes(trainer.settings.sample.steps) if trainer.sweep else 0,
     )
     budget_s, elapsed = trainer.budget_s or 0.0, trainer.elapsed_s()
     total = clock.plan_steps(
@@ -92,4 +104,6 @@ def measure_plan(trainer: Trainer, step_s: float) -> ClockPlan:
         cap=trainer.step_cap,
     )
     total = max(total, trainer.step)
-    return ClockPlan(budget_s, total, trainer.step, step_s, costs.epoch_end_s, costs.final_s, elapsed)
+    return ClockPlan(
+        budget_s, total, trainer.step, step_s, costs.epoch_end_s, costs.final_s, elapsed, sweep_s=costs.sweep_s
+    )
