@@ -137,3 +137,23 @@ def test_the_guidance_settings_are_checked() -> None:
     ]:
         with pytest.raises(DiffkitError, match=words):
             load_settings("tiny", parse_overrides([bad]))
+
+
+def test_the_demo_benchmark_reports_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffkit import bench_demo
+
+    _prefer(monkeypatch, best=2.5)
+    root = tmp_path / "run"
+    train_run(load_settings("tiny", parse_overrides(TINY)), root)
+    monkeypatch.setattr(measure_module, "digit_feature_net", lambda **_: _fake_net(10))
+    monkeypatch.setattr(measure_module, "classifier_feature_net", lambda dataset, **_: _fake_net(4))
+    monkeypatch.setenv("DIFFKIT_CACHE_DIR", str(tmp_path / "cache"))
+    result = bench_demo.measure_demo(root, num=20, scales=[1.0, 4.0], reference="synthetic:train")
+    assert result["steps"] == 7 and result["images_per_s"] > 0 and "threads" in result["cpu_kind"]
+    assert result["guidance_sweep"]["chosen"] == 2.5
+    quality = result["quality"]
+    assert [r["guidance"] for r in quality["rows"]] == [1.0, 2.5, 4.0]  # the picked scale measured too
+    assert all(r["fid"] > 0 and 0 <= r["class_accuracy"] <= 1 for r in quality["rows"])
+    assert quality["samples"] == 20 and quality["sampler"] == "ddim 2"
+    text = bench_demo.markdown(result, "test")
+    assert "| 2.5 (picked) |" in text and "7 steps" in text
