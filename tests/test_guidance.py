@@ -21,7 +21,7 @@ from diffkit.runs import RunPaths, load_run
 from diffkit.settings import load_settings, parse_overrides
 from diffkit.training import Trainer, train_run
 from diffkit.training import guidance as guidance_module
-from diffkit.training.budget import reserve
+from diffkit.training.budget import reserve, sweep_samples
 from diffkit.training.guidance import GuidanceRow, GuidanceSweep, Yardstick, choose
 
 TINY = [
@@ -63,6 +63,11 @@ def test_the_sweep_is_reserved_in_the_plan() -> None:
     assert sweep.network_passes(5) == (1 + 2 + 2) * 20 * 5  # guidance 1 needs one prediction, others two
     three = GuidanceSweep(sweep.yardstick, sweep.scales, 20, 3, 0.98)  # train.auto_cfg_steps = 3
     assert three.network_passes(5) == 5 * 20 * 3
+    # at most 15 % of the budget: fewer samples when they do not fit, none below 100
+    assert sweep_samples(200, 0.1, 360.0) == 200
+    assert sweep_samples(200, 0.4, 360.0) == 135
+    assert sweep_samples(200, 0.6, 360.0) == 0
+    assert sweep_samples(20, 100.0, 360.0) == 0 and sweep_samples(20, 1.0, 360.0) == 20
     plain = reserve(settings, 0.01, val_images=8, timesteps=100, with_fid=False)
     swept = reserve(settings, 0.01, val_images=8, timesteps=100, with_fid=False, sweep_passes=500)
     assert swept.final_s == pytest.approx(plain.final_s + 5.0) and swept.sweep_s == pytest.approx(5.0)

@@ -97,10 +97,10 @@ class RichHooks(TrainHooks):
             "releasing it (killed or crashed): taking it over"
         )
 
-    def sweeping(self, sweep: GuidanceSweep) -> None:
+    def sweeping(self, sweep: GuidanceSweep, samples: int) -> None:
         self.bar.stop()
         scales = ", ".join(f"{s:g}" for s in sweep.scales)
-        console.print(f"choosing the guidance: {sweep.samples} samples at each of {scales} ...")
+        console.print(f"choosing the guidance: {samples} samples at each of {scales} ...")
 
     def guidance(self, choice: GuidanceChoice) -> None:
         rows = "; ".join(
@@ -119,6 +119,14 @@ class RichHooks(TrainHooks):
 
     def stop(self) -> None:
         self.bar.stop()
+
+
+def _sweep_words(plan: ClockPlan) -> str:
+    if plan.sweep_samples is None:
+        return ""
+    if plan.sweep_samples == 0:
+        return "; no time for the guidance sweep: sample.cfg stays"
+    return f", {plan.sweep_s:.0f} s of them for the guidance sweep at {plan.sweep_samples} samples per scale"
 
 
 def _split(info: dict[str, Any]) -> str:

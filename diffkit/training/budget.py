@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from diffkit.training.trainer import Trainer
 
 SAVE_S = 1.0  # a checkpoint, curves.png and the metrics: about a second on a laptop
+# the guidance sweep takes at most this share of a budget, with fewer samples if need be, and is left
+# out below MIN_SWEEP_SAMPLES per scale: training steps matter more than a finely chosen guidance
+MAX_SWEEP_SHARE = 0.15
+MIN_SWEEP_SAMPLES = 100
 
 
 @dataclass(frozen=True)
@@ -79,20 +83,33 @@ def reserve(
     return Reserve(epoch_end_s, val_s + grid_s + (fid_s if with_fid else 0.0) + sweep_s, sweep_s)
 
 
+def sweep_samples(wanted: int, per_sample_s: float, budget_s: float) -> int:
+    """Samples per scale for the guidance sweep: `wanted`, or as many as fit in MAX_SWEEP_SHARE of the
+    budget at `per_sample_s` (all scales together); 0 (no sweep) when fewer than MIN_SWEEP_SAMPLES fit."""
+    fit = math.floor(MAX_SWEEP_SHARE * budget_s / per_sample_s) if per_sample_s > 0 else wanted
+    samples = min(wanted, fit)
+    return samples if samples >= min(MIN_SWEEP_SAMPLES, wanted) else 0
+
+
 def measure_plan(trainer: Trainer, step_s: float) -> ClockPlan:
     """The plan for the rest of `trainer`'s budget: its steps at `step_s` each, and the reserve."""
     per_image = forward_seconds_per_image(
         trainer.ema, trainer.settings, trainer.precision, trainer.device, trainer.batch_size
     )
+    budget_s, elapsed = trainer.budget_s or 0.0, trainer.elapsed_s()
+    samples, passes, sweep = 0, 0, trainer.sweep
+    if sweep is not None:
+        per_sample_s = sweep.network_passes(trainer.settings.sample.steps, 1) * per_image
+        samples = sweep_samples(sweep.samples, per_sample_s, budget_s)
+        passes = sweep.network_passes(trainer.settings.sample.steps, samples)
     costs = reserve(
         trainer.settings,
         per_image,
         val_images=len(trainer.val_set),
         timesteps=trainer.schedule.timesteps,
         with_fid=trainer.fid is not None,
-        sweep_passes=trainer.sweep.network_passes(trainer.settings.sample.steps) if trainer.sweep else 0,
+        sweep_passes=passes,
     )
-    budget_s, elapsed = trainer.budget_s or 0.0, trainer.elapsed_s()
     total = clock.plan_steps(
         budget_s=budget_s,
         elapsed_s=elapsed,
@@ -105,5 +122,13 @@ def measure_plan(trainer: Trainer, step_s: float) -> ClockPlan:
     )
     total = max(total, trainer.step)
     return ClockPlan(
-        budget_s, total, trainer.step, step_s, costs.epoch_end_s, costs.final_s, elapsed, sweep_s=costs.sweep_s
+        budget_s,
+        total,
+        trainer.step,
+        step_s,
+        costs.epoch_end_s,
+        costs.final_s,
+        elapsed,
+        sweep_s=costs.sweep_s,
+        sweep_samples=samples if sweep is not None else None,
     )

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 Scorer = Callable[[Denoiser, SamplingPlan, int, Progress | None], tuple[float, float | None]]
 
 
+SWEEP_BATCH = 50  # images per batch: a stop request is acted on between batches
+
+
 @dataclass(frozen=True)
 class Yardstick:
     """How the sweep scores a scale, and in words what against."""
@@ -147,18 +150,24 @@ class GuidanceSweep:
         )
 
     def plan(self, base: SamplingPlan) -> SamplingPlan:
-        return base if self.steps is None else base.but(steps=self.steps)
+        """The run's plan at the sweep's steps, in batches small enough for Ctrl-C to be heard between
+        them (the images do not depend on the batch size)."""
+        plan = base.but(batch_size=min(base.batch_size, SWEEP_BATCH))
+        return plan if self.steps is None else plan.but(steps=self.steps)
 
-    def network_passes(self, sample_steps: int) -> int:
-        """Images through the network in all (for the clock's reserve)."""
+    def network_passes(self, sample_steps: int, samples: int | None = None) -> int:
+        """Images through the network in all, at `samples` per scale (default: as set), for the clock."""
         steps = self.steps or sample_steps
-        return sum(nfe_factor(s) for s in self.scales) * self.samples * steps
+        return sum(nfe_factor(s) for s in self.scales) * (self.samples if samples is None else samples) * steps
 
-    def run(self, denoiser: Denoiser, base: SamplingPlan, progress: Progress | None = None) -> GuidanceChoice:
-        """Score every scale from the same noise, then choose."""
+    def run(
+        self, denoiser: Denoiser, base: SamplingPlan, progress: Progress | None = None, samples: int | None = None
+    ) -> GuidanceChoice:
+        """Score every scale from the same noise (`samples` each, default as set), then choose."""
         start, plan, rows = time.perf_counter(), self.plan(base), []
+        samples = samples or self.samples
         for scale in self.scales:
-            fid, accuracy = self.yardstick.score(denoiser, plan.but(guidance=scale), self.samples, progress)
+            fid, accuracy = self.yardstick.score(denoiser, plan.but(guidance=scale), samples, progress)
             rows.append(GuidanceRow(scale, fid, accuracy))
         best, met = choose(rows, self.min_accuracy)
         return GuidanceChoice(
@@ -166,7 +175,7 @@ class GuidanceSweep:
             met,
             self.min_accuracy,
             rows,
-            self.samples,
+            samples,
             plan.label,
             self.yardstick.reference,
             self.yardstick.features,
@@ -217,10 +226,15 @@ class _Stopped(Exception):
 def sweep_after_training(trainer: Trainer) -> None:
     """After the last step, rank 0 sweeps on the weights `diffkit sample` will load and saves the choice
     in plan.json and metrics.jsonl; a stop request (Ctrl-C) drops the sweep and the run keeps sample.cfg."""
-    sweep = trainer.sweep
+    sweep, clock = trainer.sweep, trainer.clock_plan
     if sweep is None or not trainer.world.is_main:
         return
-    trainer.hooks.sweeping(sweep)
+    samples = clock.sweep_samples if clock is not None and clock.sweep_samples is not None else sweep.samples
+    if samples == 0:
+        why = "guidance sweep: no time for it in the budget on this machine (diffkit.training.budget)"
+        trainer.runlog.append({"step": trainer.step, "skipped": why})
+        return
+    trainer.hooks.sweeping(sweep, samples)
 
     def unless_stopped(done: int = 0, total: int = 0, message: str = "", /) -> None:
         if trainer.stop:
@@ -232,7 +246,7 @@ def sweep_after_training(trainer: Trainer) -> None:
         denoiser = make_denoiser(trainer.settings, net, trainer.schedule, precision=trainer.precision)
         base = SamplingPlan.from_settings(trainer.settings.sample, trainer.num_classes)
         base = base.check(trainer.schedule.timesteps, trainer.num_classes)
-        choice = sweep.run(denoiser, base, unless_stopped)
+        choice = sweep.run(denoiser, base, unless_stopped, samples)
     except _Stopped:
         trainer.runlog.append({"step": trainer.step, "skipped": "guidance sweep: stop requested"})
         return
