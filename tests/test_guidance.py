@@ -162,3 +162,22 @@ def test_the_demo_benchmark_reports_a_run(tmp_path: Path, monkeypatch: pytest.Mo
     assert quality["samples"] == 20 and quality["sampler"] == "ddim 2"
     text = bench_demo.markdown(result, "test")
     assert "| 2.5 (picked) |" in text and "7 steps" in text
+
+
+def test_a_stop_during_the_sweep_drops_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    def score(denoiser, plan, num, progress):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first scale is being sampled
+        progress(num // 2, num)
+        raise AssertionError("the sweep went on after a stop request")
+
+    monkeypatch.setattr(guidance_module, "yardstick", lambda settings, held_out: Yardstick(score, "fake", "fake"))
+    root = tmp_path / "run"
+    _, result = train_run(load_settings("tiny", parse_overrides(TINY)), root)
+    assert result.steps == 7  # the training itself was complete
+    assert "guidance" not in json.loads(RunPaths(root).plan.read_text())
+    last = json.loads(RunPaths(root).metrics.read_text().splitlines()[-1])
+    assert last["skipped"] == "guidance sweep: stop requested"
+    assert load_run(root).plan().guidance == 2.0  # the preset's sample.cfg stays
