@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffkit.app.handlers.served import AppRun, defaults
 from diffkit.errors import DiffkitError
 from diffkit.evaluation import FidRequest, evaluate
 from diffkit.evaluation import measuring as measure_module
@@ -90,6 +91,7 @@ def test_a_run_samples_with_the_guidance_its_sweep_prefers(
     loaded = load_run(root)
     assert loaded.settings.sample.cfg == 2.5 and loaded.plan().guidance == 2.5
     assert loaded.plan(cfg=1.0).guidance == 1.0  # a flag still wins
+    assert defaults(AppRun(tmp_path, loaded))["cfg"] == 2.5  # the app's guidance slider starts there
     code, out, err = cli("sample", "--run", str(root), "--num", "1")
     assert code == 0, err
     assert "guidance 2.5 (the run's own" in out and (root / "samples" / "ddim-2-cfg2.5-seed0").is_dir()
