@@ -39,8 +39,11 @@ lint: install
 	$(BIN)/ruff format --check diffkit tests
 	$(BIN)/mypy
 
+# DEMO=1 adds the demo benchmark (minutes: the demo's training, then 1,000 samples per guidance scale);
+# DEMO_ARGS="--avx2-laptop" emulates an AVX2 laptop at one thread (diffkit/bench_demo.py)
 bench: install
 	$(BIN)/python -m diffkit.bench --out reports
+	if [ -n "$(DEMO)" ]; then $(BIN)/python -m diffkit.bench_demo --out reports $(DEMO_ARGS); fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

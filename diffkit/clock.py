@@ -26,6 +26,8 @@ class ClockPlan:
     final_s: float  # the last epoch end and its grid
     elapsed_s: float  # spent when the plan was made, start-up included
     ended_early_at: int | None = None  # the step where a slowed-down machine ran out of budget
+    sweep_s: float = 0.0  # of final_s: the guidance sweep after the last step (diffkit.training.guidance)
+    sweep_samples: int | None = None  # its samples per scale as planned (0: no time for it); None: no sweep
 
     def to_dict(self) -> dict[str, Any]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}

@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from diffkit.atomic import atomic_write
+from diffkit.clock import read_plan
 from diffkit.denoiser import Denoiser
 from diffkit.devices import configure, resolve_device
 from diffkit.errors import DiffkitError
@@ -271,6 +273,7 @@ class LoadedRun:
     meta: dict[str, Any]
     device: torch.device
     _precisions: dict[str, PrecisionChoice] = field(default_factory=dict, repr=False)
+    chosen_guidance: float | None = None  # sample.cfg came from the run's guidance sweep (plan.json)
 
     @property
     def num_classes(self) -> int:
@@ -307,6 +310,22 @@ class LoadedRun:
         )
 
 
+def apply_chosen_guidance(settings: Settings, plan_path: Path) -> float | None:
+    """Set sample.cfg to the guidance the run's own sweep chose after training (plan.json's `guidance`,
+    see `diffkit.training.guidance`), when it made one: the run's default. Returns that guidance."""
+    record = read_plan(plan_path).get("guidance")
+    chosen = record.get("chosen") if isinstance(record, dict) else None
+    if isinstance(chosen, bool) or not isinstance(chosen, int | float) or not settings.model.num_classes:
+        return None
+    try:
+        settings.sample.cfg = float(chosen)
+    except ValidationError:
+        raise DiffkitError(
+            f"{plan_path}: the chosen guidance {chosen!r} is out of range; fix or delete its `guidance` entry"
+        ) from None
+    return settings.sample.cfg
+
+
 def make_denoiser(
     settings: Settings,
     model: nn.Module,
@@ -334,6 +353,7 @@ def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, d
     if not run_dir.is_dir():
         raise DiffkitError(f"run directory {run_dir} does not exist: pass --run with a directory made by diffkit train")
     settings = load_saved_settings(RunPaths(run_dir).config)
+    chosen = apply_chosen_guidance(settings, RunPaths(run_dir).plan)
     path = resolve_checkpoint(run_dir, checkpoint)
     tensors, meta = read_checkpoint(path)
     model = build_model(settings)
@@ -347,4 +367,6 @@ def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, d
     dev = resolve_device(device)
     configure(dev)
     model.to(dev).eval()
-    return LoadedRun(run_dir, settings, model, build_process(settings.diffusion), path, meta, dev)
+    return LoadedRun(
+        run_dir, settings, model, build_process(settings.diffusion), path, meta, dev, chosen_guidance=chosen
+    )

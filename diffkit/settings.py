@@ -224,6 +224,10 @@ class TrainSettings(_Group):
     grad_clip: float | None = Field(1.0, gt=0.0)
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
     ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step))
+    # classic: ema_decay (and ema_warmup); power: EDM2's power-function EMA, whose length is the fraction
+    # ema_sigma_rel of the steps taken so far (diffkit.optim), whatever the run's length
+    ema: Literal["classic", "power"] = "classic"
+    ema_sigma_rel: float = Field(0.10, gt=0.0, le=0.28)  # EDM2 trained with 0.05 and 0.10
     p_uncond: float = Field(0.1, ge=0.0, le=1.0)  # label dropout that teaches the unconditional model
     # bf16 / fp16 autocast or fp32; "auto" times bf16 and fp32 on this CPU for this network, and on
     # CUDA takes bf16, else fp16 with a gradient scaler, else fp32 (diffkit.precision)
@@ -239,6 +243,13 @@ class TrainSettings(_Group):
     fid_every_epochs: int = Field(0, ge=0)  # small-sample FID of EMA samples into metrics.jsonl; 0: off
     fid_samples: int = Field(500, ge=2, le=100_000)  # images per such FID (it is biased upwards at small counts)
     tensorboard: bool = False  # mirror metrics.jsonl, the grids and the hparams into <run>/tb/ (diffkit.runlog)
+    # after training, a class-conditional digit run picks its default guidance (sample.cfg) by a quick sweep:
+    # the lowest FID among these scales with class accuracy >= auto_cfg_min_accuracy (diffkit.training.guidance)
+    auto_cfg: bool = True
+    auto_cfg_scales: list[float] = Field(default_factory=lambda: [1.0, 1.5, 2.0, 3.0], min_length=1, max_length=20)
+    auto_cfg_samples: int = Field(200, ge=20, le=100_000)  # per scale, classes in turn
+    auto_cfg_steps: int | None = Field(None, ge=1, le=100_000)  # sampler steps for the sweep; unset: sample.steps
+    auto_cfg_min_accuracy: float = Field(0.98, ge=0.0, le=1.0)
 
     @model_validator(mode="before")
     @classmethod
@@ -253,6 +264,14 @@ class TrainSettings(_Group):
                 raise ValueError("train.bf16 was replaced by train.precision = auto | fp32 | bf16")
             data["precision"] = "bf16" if old else "fp32"
         return data
+
+    @model_validator(mode="after")
+    def _scales_valid(self) -> TrainSettings:
+        if any(not 0.0 <= s <= 100.0 for s in self.auto_cfg_scales):
+            raise ValueError("train.auto_cfg_scales must lie between 0 and 100, e.g. [1.0, 1.5, 2.0, 3.0]")
+        if len(set(self.auto_cfg_scales)) != len(self.auto_cfg_scales):
+            raise ValueError("train.auto_cfg_scales must be distinct, e.g. [1.0, 1.5, 2.0, 3.0]")
+        return self
 
     @model_validator(mode="after")
     def _length_given(self) -> TrainSettings:

@@ -10,6 +10,7 @@ from torch import nn
 
 from diffkit import clock
 from diffkit.errors import DiffkitError
+from diffkit.optim import power_ema_decay, power_ema_gamma, power_ema_sigma_rel
 from diffkit.runs import RunPaths, read_checkpoint, save_checkpoint, split_weights
 from diffkit.settings import Settings, load_settings, parse_overrides
 from diffkit.training import ema_decay_at, ema_update, lr_factor, param_groups, plan_steps, train_run
@@ -48,6 +49,27 @@ def test_ema_arithmetic() -> None:
     assert ema_decay_at(90, 0.999, warmup=True) == pytest.approx(91 / 100)
     assert ema_decay_at(10**6, 0.999, warmup=True) == pytest.approx(0.999)
     assert ema_decay_at(0, 0.999, warmup=False) == pytest.approx(0.999)
+
+
+def test_power_ema_has_the_relative_width_it_is_given() -> None:
+    # EDM2's table: σ_rel 0.05 <-> γ 16.97, σ_rel 0.10 <-> γ 6.94
+    assert power_ema_gamma(0.05) == pytest.approx(16.97, abs=0.01)
+    assert power_ema_gamma(0.10) == pytest.approx(6.94, abs=0.01)
+    for sigma_rel in (0.03, 0.1, 0.2, 0.28):
+        assert power_ema_sigma_rel(power_ema_gamma(sigma_rel)) == pytest.approx(sigma_rel, rel=1e-9)
+    assert power_ema_decay(0, 6.94) == 0.0  # the first update copies the weights
+    # averaging x_t = t/T over T steps gives the mean and spread of the EMA's weights over the run:
+    # its spread relative to the run's length is σ_rel, at 300 steps as at 30,000
+    for steps in (300, 30_000):
+        gamma = power_ema_gamma(0.1)
+        m1 = m2 = 0.0
+        for step in range(steps):
+            beta, x = power_ema_decay(step, gamma), (step + 1) / steps
+            m1, m2 = beta * m1 + (1 - beta) * x, beta * m2 + (1 - beta) * x * x
+        assert math.sqrt(m2 - m1 * m1) == pytest.approx(0.1, rel=0.02)
+        assert m1 == pytest.approx((gamma + 1) / (gamma + 2), rel=0.01)  # weights ∝ t^γ
+    with pytest.raises(DiffkitError, match="ema_sigma_rel"):
+        tiny_settings("train.ema_sigma_rel=0.5")
 
 
 def test_lr_warmup_then_cosine() -> None:
@@ -98,13 +120,16 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(RunPaths(run).weights("last"))[0]
 
 
-def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ema", ["classic", "power"])
+def test_resume_equals_uninterrupted_run(tmp_path: Path, ema: str) -> None:
     # 10 steps over 7-step epochs: the break at step 4 is mid-epoch, so data order, RNG, EMA,
-    # optimiser and LR-schedule state must all be restored exactly.
-    _, straight = train_run(tiny_settings(), tmp_path / "straight")
-    _, first = train_run(tiny_settings(), tmp_path / "split", stop_after=4)
+    # optimiser and LR-schedule state must all be restored exactly (the power EMA's decay is a function
+    # of the step alone: the EMA weights and the step are its whole state)
+    settings = tiny_settings(f"train.ema={ema}")
+    _, straight = train_run(settings, tmp_path / "straight")
+    _, first = train_run(settings, tmp_path / "split", stop_after=4)
     assert first.steps == 4
-    _, second = train_run(tiny_settings(), tmp_path / "split", resume=True)
+    _, second = train_run(settings, tmp_path / "split", resume=True)
     assert second.steps == 10
     assert first.losses + second.losses == straight.losses  # bit-exact, not approximately
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")

@@ -12,6 +12,7 @@ from rich.table import Table
 from diffkit.checks import check_output_dir, check_output_file, check_sample_flags
 from diffkit.cli import common as opt
 from diffkit.cli.common import console, done, fresh_dir, hold_runs_written, parse_csv, progress_task
+from diffkit.errors import DiffkitError
 from diffkit.evaluation import FEATURE_CHOICES, Accuracy, FidReport, FidRequest, evaluate, parse_eval_source
 from diffkit.samplers import SAMPLERS
 
@@ -58,7 +59,11 @@ def fid_command(
     steps: Annotated[int | None, typer.Option("--steps", help="For run sources: sampler steps.")] = None,
     cfg: Annotated[
         str | None,
-        typer.Option("--cfg", help="Guidance scale, or several (0,1,2,3,5) for a sweep with a plot."),
+        typer.Option(
+            "--cfg",
+            help="Guidance scale, or several (0,1,2,3,5) for a sweep with a plot; auto: the run's own default "
+            "(the scale its sweep picked after training), also in a list (auto,3).",
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="For run sources (default: the run's).")] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last or a .safetensors path.")] = "best",
@@ -68,8 +73,8 @@ def fid_command(
     device: opt.DeviceOption = "auto",
 ) -> None:
     """FID (and KID, class accuracy) between two image sources, or one source's statistics."""
-    guidance = parse_csv(cfg, float, "--cfg") if cfg is not None else None
-    check_sample_flags(cfg=guidance, steps=steps, batch_size=batch_size)
+    guidance = _guidance(cfg)
+    check_sample_flags(cfg=[g for g in guidance or [] if g is not None], steps=steps, batch_size=batch_size)
     check_output_dir(out)
     check_output_file(save_stats, "--save-stats", force=force)
     request = FidRequest(
@@ -94,6 +99,17 @@ def fid_command(
         with progress_task("starting") as progress:
             report = evaluate(request, progress)
         _show(report, out)
+
+
+def _guidance(cfg: str | None) -> list[float | None] | None:
+    """--cfg as scales; `auto` (None) is the run's default guidance."""
+    if cfg is None:
+        return None
+    items = [c.strip() for c in cfg.split(",") if c.strip()]
+    scales = [None if c == "auto" else parse_csv(c, float, "--cfg")[0] for c in items]
+    if len(set(scales)) != len(scales):
+        raise DiffkitError(f"--cfg {cfg!r} names a scale twice: give each once")
+    return scales
 
 
 def _show(report: FidReport, out: Path | None) -> None:

@@ -135,8 +135,9 @@ def _check_flags(
 
 
 def _say(loaded: LoadedRun, total: int, plan: SamplingPlan) -> None:
+    picked = " (the run's own, picked by its sweep after training)" if plan.guidance == loaded.chosen_guidance else ""
     console.print(
-        f"sampling {total} images with {plan.sampler} ({plan.steps} steps, guidance {plan.guidance:g}, "
+        f"sampling {total} images with {plan.sampler} ({plan.steps} steps, guidance {plan.guidance:g}{picked}, "
         f"seed {plan.seed}) from {loaded.checkpoint}"
     )
 

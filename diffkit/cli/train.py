@@ -14,6 +14,7 @@ from diffkit.cli.common import DeviceOption, console, done, progress_bar
 from diffkit.distributed import launched_rank
 from diffkit.settings import parse_overrides
 from diffkit.training import ClockPlan, TrainHooks, TrainingInterrupted, train_run
+from diffkit.training.guidance import GuidanceChoice, GuidanceSweep
 from diffkit.training.request import (
     epoch_line,
     interrupted_line,
@@ -69,6 +70,26 @@ class RichHooks(TrainHooks):
 
     def stale_lock(self, run_dir: Path, pid: int) -> None:
         console.print(stale_lock_line(run_dir, pid))
+
+    def sweeping(self, sweep: GuidanceSweep, samples: int) -> None:
+        self.bar.stop()
+        scales = ", ".join(f"{s:g}" for s in sweep.scales)
+        console.print(f"choosing the guidance: {samples} samples at each of {scales} ...")
+
+    def guidance(self, choice: GuidanceChoice) -> None:
+        rows = "; ".join(
+            f"{r.guidance:g}: FID {r.fid:.1f}" + (f", {r.accuracy:.1%}" if r.accuracy is not None else "")
+            for r in choice.rows
+        )
+        console.print(
+            f"guidance by FID / class accuracy ({choice.samples} samples, {choice.sampler}, against "
+            f"{choice.reference}): {rows}"
+        )
+        style = "bold" if choice.met else "bold yellow"
+        console.print(
+            f"default guidance: [{style}]{choice.chosen:g}[/{style}] ({choice.reason}); `diffkit sample` uses it "
+            "unless --cfg is given"
+        )
 
     def stop(self) -> None:
         self.bar.stop()

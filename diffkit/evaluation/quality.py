@@ -22,7 +22,7 @@ from diffkit.evaluation.measuring import (
     probe,
     read_statistics,
 )
-from diffkit.evaluation.sources import _loadable, load_source_images, parse_eval_source
+from diffkit.evaluation.sources import Images, _loadable, load_source_images, parse_eval_source
 from diffkit.generation import cycled_classes
 from diffkit.metrics import (
     Array,
@@ -32,6 +32,7 @@ from diffkit.metrics import (
     feature_statistics,
     frechet_distance,
 )
+from diffkit.metrics.features import prediction_accuracy
 from diffkit.progress import Progress
 from diffkit.sampling import SamplingPlan
 from diffkit.settings import Settings, resolve_data_dir
@@ -53,6 +54,19 @@ class SampleQuality:
         if self.judge is not None and classes is not None:
             out["class_acc"] = class_accuracy(self.judge, images, classes)[0]
         return out
+
+    def score(
+        self, denoiser: Denoiser, plan: SamplingPlan, num: int, progress: Progress | None = None
+    ) -> tuple[float, float | None]:
+        """FID of `num` images drawn with `plan` (classes in turn, measured batch by batch) and, with a
+        judge and a class-conditional denoiser, the fraction the judge puts in their requested class."""
+        classes = cycled_classes(denoiser.num_classes, None, num)
+        judge = self.judge if classes is not None else None
+        feats, predicted, _ = generated_features(denoiser, plan, num, classes, self.net, judge=judge, progress=progress)
+        accuracy = None
+        if predicted is not None and classes is not None:
+            accuracy = prediction_accuracy(predicted, classes)[0]
+        return self.fid(feats), accuracy
 
     def fid(self, features: Array) -> float:
         """FID of images with these features (from `net`) against the reference."""
@@ -79,7 +93,7 @@ def default_reference(settings: Settings, data_dir: Path) -> str:
 
 def sample_quality(
     settings: Settings,
-    reference: str | None = None,
+    reference: str | Images | None = None,
     *,
     features: str = "auto",
     with_accuracy: bool = True,
@@ -87,11 +101,17 @@ def sample_quality(
     cache_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> SampleQuality:
-    """A SampleQuality for images from a run with these settings; the reference's features are cached."""
+    """A SampleQuality for images from a run with these settings; a named dataset's features are cached,
+    given images (`Images`) are measured here."""
     data_dir = data_dir or resolve_data_dir(settings.data_dir)
     shape = (settings.data.channels, settings.data.image_size, settings.data.image_size)
     net = choose_feature_net(features, [shape], data_dir=data_dir, cache_dir=cache_dir, progress=progress)
     probe(net, shape, "generated images")
+    judge = None
+    if with_accuracy and settings.model.num_classes:
+        judge = class_judge(settings, data_dir=data_dir, cache_dir=cache_dir, progress=progress)
+    if isinstance(reference, Images):
+        return SampleQuality(net, measure(reference, net, progress=progress), judge)
     source = parse_eval_source(reference or default_reference(settings, data_dir))
     if source.kind == "stats":
         ref, _ = read_statistics(source, net)
@@ -101,9 +121,6 @@ def sample_quality(
         images = load_source_images(source, None, data_dir=data_dir)
         key = dataset_cache_key(source, None, net, data_dir) if source.kind == "dataset" else None
         ref = measure(images, net, cache_key=key, cache_dir=cache_dir, progress=progress)
-    judge = None
-    if with_accuracy and settings.model.num_classes:
-        judge = class_judge(settings, data_dir=data_dir, cache_dir=cache_dir, progress=progress)
     return SampleQuality(net, ref, judge)
 
 

@@ -51,7 +51,7 @@ class FidRequest:
     save_stats: Path | None = None
     sampler: str | None = None
     steps: int | None = None
-    guidance: Sequence[float] | None = None  # several scales: a guidance sweep
+    guidance: Sequence[float | None] | None = None  # several scales: a guidance sweep; None: the run's default
     seed: int | None = None
     checkpoint: str = "best"
     device: str = "auto"
@@ -155,7 +155,17 @@ def _open(request: FidRequest) -> _Opened:
         if s.kind in ("dataset", "folder")
     }
     notes = [note for im in images.values() for note in im.notes]
+    if None in (request.guidance or []):
+        notes += [f"guidance auto: {_default_guidance(run)}" for run in runs.values()]
     return _Opened(sources, runs, images, data_dir, notes)
+
+
+def _default_guidance(run: LoadedRun) -> str:
+    """What `--cfg auto` means for this run, in words."""
+    chosen = run.settings.sample.cfg
+    if run.chosen_guidance is None:
+        return f"{chosen:g}, the run's sample.cfg (it made no guidance sweep after training)"
+    return f"{chosen:g}, picked by the run's guidance sweep after training (plan.json)"
 
 
 def _nets(

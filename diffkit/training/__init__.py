@@ -11,7 +11,8 @@ once (`plan.json`), so the LR schedule ends with the budget and a resumed run fo
 | trainer     | `Trainer`: model, EMA, optimiser, data; one step, validation, epoch ends |
 | run         | `train_run`: directory checks, the lock, start or resume, under torchrun |
 | state       | the exact state between two steps (`last.state.pt`), and restoring it    |
-| budget      | what a time-budgeted run keeps in reserve (validation, grids, FID)       |
+| budget      | what a time-budgeted run keeps in reserve (validation, grids, FID, sweep)|
+| guidance    | the guidance sweep after training: the run's own default guidance        |
 | outcomes    | hooks for progress, the result, interrupted / diverged                   |
 """
 

@@ -24,12 +24,17 @@ if TYPE_CHECKING:
     from diffkit.training.trainer import Trainer
 
 SAVE_S = 1.0  # a checkpoint, curves.png and the metrics: about a second on a laptop
+# the guidance sweep takes at most this share of a budget, with fewer samples if need be, and is left
+# out below MIN_SWEEP_SAMPLES per scale: training steps matter more than a finely chosen guidance
+MAX_SWEEP_SHARE = 0.15
+MIN_SWEEP_SAMPLES = 100
 
 
 @dataclass(frozen=True)
 class Reserve:
     epoch_end_s: float  # validation and checkpoint at every epoch end, with grids and FID amortised
-    final_s: float  # the last epoch end, its grid and FID
+    final_s: float  # the last epoch end, its grid and FID, and the guidance sweep
+    sweep_s: float = 0.0  # the guidance sweep alone
 
 
 @torch.no_grad()
@@ -52,8 +57,17 @@ def forward_seconds_per_image(
     return best / n
 
 
-def reserve(settings: Settings, per_image_s: float, *, val_images: int, timesteps: int, with_fid: bool) -> Reserve:
-    """The seconds each epoch end and the final one cost, from the network's seconds per image."""
+def reserve(
+    settings: Settings,
+    per_image_s: float,
+    *,
+    val_images: int,
+    timesteps: int,
+    with_fid: bool,
+    sweep_passes: int = 0,
+) -> Reserve:
+    """The seconds each epoch end and the final one cost, from the network's seconds per image;
+    `sweep_passes`: images the guidance sweep puts through the network after the last step."""
     t, s = settings.train, settings.sample
     guided = 2 if settings.model.num_classes and s.cfg not in (0.0, 1.0) else 1
     steps = min(t.grid_steps, timesteps)
@@ -65,7 +79,16 @@ def reserve(settings: Settings, per_image_s: float, *, val_images: int, timestep
         epoch_end_s += grid_s / t.sample_every_epochs
     if with_fid and t.fid_every_epochs:
         epoch_end_s += fid_s / t.fid_every_epochs
-    return Reserve(epoch_end_s, val_s + grid_s + (fid_s if with_fid else 0.0))
+    sweep_s = sweep_passes * per_image_s
+    return Reserve(epoch_end_s, val_s + grid_s + (fid_s if with_fid else 0.0) + sweep_s, sweep_s)
+
+
+def sweep_samples(wanted: int, per_sample_s: float, budget_s: float) -> int:
+    """Samples per scale for the guidance sweep: `wanted`, or as many as fit in MAX_SWEEP_SHARE of the
+    budget at `per_sample_s` (all scales together); 0 (no sweep) when fewer than MIN_SWEEP_SAMPLES fit."""
+    fit = math.floor(MAX_SWEEP_SHARE * budget_s / per_sample_s) if per_sample_s > 0 else wanted
+    samples = min(wanted, fit)
+    return samples if samples >= min(MIN_SWEEP_SAMPLES, wanted) else 0
 
 
 def measure_plan(trainer: Trainer, step_s: float) -> ClockPlan:
@@ -73,14 +96,20 @@ def measure_plan(trainer: Trainer, step_s: float) -> ClockPlan:
     per_image = forward_seconds_per_image(
         trainer.ema, trainer.settings, trainer.precision, trainer.device, trainer.batch_size
     )
+    budget_s, elapsed = trainer.budget_s or 0.0, trainer.elapsed_s()
+    samples, passes, sweep = 0, 0, trainer.sweep
+    if sweep is not None:
+        per_sample_s = sweep.network_passes(trainer.settings.sample.steps, 1) * per_image
+        samples = sweep_samples(sweep.samples, per_sample_s, budget_s)
+        passes = sweep.network_passes(trainer.settings.sample.steps, samples)
     costs = reserve(
         trainer.settings,
         per_image,
         val_images=len(trainer.val_set),
         timesteps=trainer.process.grid.timesteps,
         with_fid=trainer.fid is not None,
+        sweep_passes=passes,
     )
-    budget_s, elapsed = trainer.budget_s or 0.0, trainer.elapsed_s()
     total = clock.plan_steps(
         budget_s=budget_s,
         elapsed_s=elapsed,
@@ -92,4 +121,14 @@ def measure_plan(trainer: Trainer, step_s: float) -> ClockPlan:
         cap=trainer.step_cap,
     )
     total = max(total, trainer.step)
-    return ClockPlan(budget_s, total, trainer.step, step_s, costs.epoch_end_s, costs.final_s, elapsed)
+    return ClockPlan(
+        budget_s,
+        total,
+        trainer.step,
+        step_s,
+        costs.epoch_end_s,
+        costs.final_s,
+        elapsed,
+        sweep_s=costs.sweep_s,
+        sweep_samples=samples if sweep is not None else None,
+    )

@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffkit.clock import ClockPlan
 from diffkit.errors import DiffkitError
 from diffkit.interrupts import StopRequest
+
+if TYPE_CHECKING:
+    from diffkit.training.guidance import GuidanceChoice, GuidanceSweep
 
 
 class TrainHooks:
@@ -26,6 +29,10 @@ class TrainHooks:
     def ran_out(self, step: int, planned: int) -> None: ...
 
     def stale_lock(self, run_dir: Path, pid: int) -> None: ...
+
+    def sweeping(self, sweep: GuidanceSweep, samples: int) -> None: ...
+
+    def guidance(self, choice: GuidanceChoice) -> None: ...
 
 
 @dataclass

@@ -105,6 +105,8 @@ def start_lines(total_steps: int, start_step: int, info: dict[str, Any]) -> list
         lines.append(
             f"time budget {info['budget_minutes']:g} min: the number of steps is planned after a few seconds of timing"
         )
+    if info.get("guidance"):
+        lines.append(info["guidance"])
     if start_step:
         lines.append(f"resuming at step {start_step:,} of {total_steps:,}")
     return lines
@@ -114,8 +116,16 @@ def plan_line(plan: ClockPlan) -> str:
     left = plan.budget_s - plan.elapsed_s
     return (
         f"planned {plan.planned_steps:,} steps at {plan.step_s:.3f} s/step to end within {plan.budget_s / 60:g} min "
-        f"({left:.0f} s left, {plan.final_s:.0f} s kept for the final validation and grid)"
+        f"({left:.0f} s left, {plan.final_s:.0f} s kept for the final validation and grid{_sweep_words(plan)})"
     )
+
+
+def _sweep_words(plan: ClockPlan) -> str:
+    if plan.sweep_samples is None:
+        return ""
+    if plan.sweep_samples == 0:
+        return "; no time for the guidance sweep: sample.cfg stays"
+    return f", {plan.sweep_s:.0f} s of them for the guidance sweep at {plan.sweep_samples} samples per scale"
 
 
 def ran_out_line(step: int, planned: int) -> str:

@@ -28,7 +28,7 @@ from diffkit.evaluation import training_fid
 from diffkit.interrupts import StopRequest, deferred_signals
 from diffkit.loss import diffusion_loss
 from diffkit.models import count_parameters
-from diffkit.optim import ema_decay_at, ema_update, lr_factor, param_groups
+from diffkit.optim import ema_decay_at, ema_update, lr_factor, param_groups, power_ema_decay, power_ema_gamma
 from diffkit.precision import FP32, PrecisionChoice, choose_precision, cpu_kind, machine_description
 from diffkit.previews import class_grid, superres_grid
 from diffkit.process import build_process
@@ -42,6 +42,7 @@ from diffkit.runs import (
 from diffkit.sampling import SamplingPlan
 from diffkit.settings import Settings, settings_to_dict
 from diffkit.training.budget import measure_plan
+from diffkit.training.guidance import GuidanceChoice, GuidanceSweep, guidance_sweep, sweep_after_training
 from diffkit.training.outcomes import (
     LossWindow,
     TrainHooks,
@@ -113,6 +114,11 @@ class Trainer:
         self.last_saved_at = time.perf_counter()
         # built now, so a setting that cannot work fails before the first step; rank 0 measures FID alone
         self.fid = self.world.on_main(lambda: training_fid(settings)) if t.fid_every_epochs else None
+        # the guidance sweep after the last step (rank 0): its digit CNN is loaded now, before the plan
+        sweep = self.world.on_main(lambda: guidance_sweep(settings, self.val_set))
+        self.sweep: GuidanceSweep | None = sweep[0] if sweep else None
+        self.sweep_note = sweep[1] if sweep else ""
+        self.guidance: GuidanceChoice | None = None  # what the sweep chose
 
     def _load_data(self) -> None:
         """The training and validation images, the global batch, and the run's length in steps."""
@@ -178,6 +184,8 @@ class Trainer:
         if self.budget_s is not None:
             record["budget_minutes"] = self.settings.train.max_minutes
             record["clock"] = self.clock_plan.to_dict() if self.clock_plan else None
+        if self.guidance is not None:  # diffkit.runs.load_run makes it the run's sample.cfg
+            record["guidance"] = self.guidance.to_dict()
         write_json(self.paths.plan, record)
 
     # --- state -----------------------------------------------------------------------------------
@@ -282,9 +290,16 @@ class Trainer:
         with warnings.catch_warnings():  # after a step the fp16 scaler skipped, torch warns of a wrong order
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
             self.lr_sched.step()
-        ema_update(self.ema, self.model, ema_decay_at(self.step, t.ema_decay, t.ema_warmup))
+        ema_update(self.ema, self.model, self.ema_decay(self.step))
         self.step += 1
         return mean_loss, lr, x0.shape[0] * self.world.size
+
+    def ema_decay(self, step: int) -> float:
+        """The EMA's decay for the update after step `step` (0-based): train.ema decides which average."""
+        t = self.settings.train
+        if t.ema == "power":
+            return power_ema_decay(step, power_ema_gamma(t.ema_sigma_rel))
+        return ema_decay_at(step, t.ema_decay, t.ema_warmup)
 
     # --- validation and grids --------------------------------------------------------------------
     @torch.no_grad()
@@ -362,6 +377,8 @@ class Trainer:
                         self._make_plan(watch.step_s)
                         watch = None
                 self._after_step()
+            if self.step == self.total_steps:
+                sweep_after_training(self)
         if self.step < self.total_steps or self.step % self.steps_per_epoch:
             self._save("last", with_state=True)  # stopped early or mid-epoch: keep the exact place
         self.runlog.hparams(settings_to_dict(self.settings))
@@ -410,6 +427,7 @@ class Trainer:
             "cpu": cpu_kind() if self.device.type == "cpu" else str(self.device),
             "budget_minutes": self.settings.train.max_minutes,
             "process": self.process.describe(),
+            "guidance": self.sweep.describe() if self.sweep else self.sweep_note,
         }
 
     # --- the clock -------------------------------------------------------------------------------

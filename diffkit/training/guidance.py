@@ -1,0 +1,266 @@
+"""The run picks its own default guidance: a quick sweep after training (`train.auto_cfg`).
+
+When a class-conditional digit run has trained, a few hundred samples (classes in turn, the run's own
+sampler settings, the same seed for every scale) are drawn at each of `train.auto_cfg_scales` from the
+weights `diffkit sample` will load, and scored with the digit CNN: FID against held-out real digits and
+class accuracy. The rule: the lowest FID among the scales whose class accuracy reaches
+`train.auto_cfg_min_accuracy` (98 %); if none does, the most accurate (and say so). The choice and every
+row go to plan.json (`guidance`) and metrics.jsonl, and `diffkit.runs.load_run` makes it the run's
+`sample.cfg`, so every command that samples the run without `--cfg` uses it.
+
+The held-out digits: MNIST's test split when it is in the data directory (all 10,000; their features
+are cached), else the run's own validation split (250 digits for the demo), which it never trained on.
+A run on other data, an unconditional or super-resolution run, or `train.auto_cfg = false` skips the
+sweep and keeps `sample.cfg`. Its cost is reserved in a time-budgeted run's plan (`diffkit.training.budget`),
+and the digit CNN (trained once per machine, then cached) is loaded before the plan is made.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from diffkit.data import ImageSet
+from diffkit.denoiser import Denoiser
+from diffkit.evaluation.measuring import _CLASSIFIER_DATASETS
+from diffkit.evaluation.sources import Images, _loadable
+from diffkit.progress import Progress
+from diffkit.runs import make_denoiser, read_checkpoint, resolve_checkpoint, split_weights
+from diffkit.sampling import SamplingPlan
+from diffkit.settings import Settings, resolve_data_dir
+
+if TYPE_CHECKING:
+    from diffkit.training.trainer import Trainer
+
+# (denoiser, plan, num, progress) -> (FID, class accuracy): `SampleQuality.score`, or a stand-in in tests
+Scorer = Callable[[Denoiser, SamplingPlan, int, Progress | None], tuple[float, float | None]]
+
+
+SWEEP_BATCH = 50  # images per batch: a stop request is acted on between batches
+
+
+@dataclass(frozen=True)
+class Yardstick:
+    """How the sweep scores a scale, and in words what against."""
+
+    score: Scorer
+    reference: str  # e.g. "mnist:test (10000 images)"
+    features: str
+
+
+@dataclass
+class GuidanceRow:
+    guidance: float
+    fid: float
+    accuracy: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "guidance": self.guidance,
+            "fid": round(self.fid, 3),
+            "class_accuracy": None if self.accuracy is None else round(self.accuracy, 4),
+        }
+
+
+@dataclass
+class GuidanceChoice:
+    """What the sweep measured and chose; `to_dict` is plan.json's `guidance` record."""
+
+    chosen: float
+    met: bool  # some scale reached the accuracy bar
+    min_accuracy: float
+    rows: list[GuidanceRow]
+    samples: int
+    sampler: str
+    reference: str
+    features: str
+    seconds: float = 0.0
+
+    @property
+    def row(self) -> GuidanceRow:
+        return next(r for r in self.rows if r.guidance == self.chosen)
+
+    @property
+    def reason(self) -> str:
+        bar = f"class accuracy >= {self.min_accuracy:.0%}"
+        if self.met:
+            return f"the lowest FID with {bar}"
+        return f"no scale reached {bar}: the most accurate one"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chosen": self.chosen,
+            "reason": self.reason,
+            "met_accuracy": self.met,
+            "min_accuracy": self.min_accuracy,
+            "samples": self.samples,
+            "sampler": self.sampler,
+            "reference": self.reference,
+            "features": self.features,
+            "seconds": round(self.seconds, 1),
+            "rows": [r.to_dict() for r in self.rows],
+        }
+
+    def metrics(self) -> dict[str, Any]:
+        """The metrics.jsonl fields (numbers under `guidance_*` for TensorBoard, the rows beside them)."""
+        row = self.row
+        return {
+            "guidance": self.chosen,
+            "guidance_fid": row.fid,
+            "guidance_class_accuracy": row.accuracy,
+            "guidance_met_accuracy": self.met,
+            "guidance_sweep": [r.to_dict() for r in self.rows],
+        }
+
+
+def choose(rows: list[GuidanceRow], min_accuracy: float) -> tuple[GuidanceRow, bool]:
+    """The lowest FID among rows with accuracy >= `min_accuracy`; else the most accurate (then lowest FID)."""
+    passing = [r for r in rows if r.accuracy is not None and r.accuracy >= min_accuracy]
+    if passing:
+        return min(passing, key=lambda r: r.fid), True
+    return min(rows, key=lambda r: (-(r.accuracy or 0.0), r.fid)), False
+
+
+def nfe_factor(guidance: float) -> int:
+    """Network evaluations per sampler step: guidance 0 or 1 needs one prediction, others two."""
+    return 1 if guidance in (0.0, 1.0) else 2
+
+
+@dataclass
+class GuidanceSweep:
+    """The sweep a run will make after training, built (and its yardstick loaded) before training starts."""
+
+    yardstick: Yardstick
+    scales: list[float]
+    samples: int
+    steps: int | None  # sampler steps; None: the run's sample.steps
+    min_accuracy: float
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        scales = ", ".join(f"{s:g}" for s in self.scales)
+        return (
+            f"guidance picked after training: {scales} on {self.samples} samples each, the lowest FID against "
+            f"{self.yardstick.reference} with class accuracy >= {self.min_accuracy:.0%} (train.auto_cfg)"
+        )
+
+    def plan(self, base: SamplingPlan) -> SamplingPlan:
+        """The run's plan at the sweep's steps, in batches small enough for Ctrl-C to be heard between
+        them (the images do not depend on the batch size)."""
+        plan = base.but(batch_size=min(base.batch_size, SWEEP_BATCH))
+        return plan if self.steps is None else plan.but(steps=self.steps)
+
+    def network_passes(self, sample_steps: int, samples: int | None = None) -> int:
+        """Images through the network in all, at `samples` per scale (default: as set), for the clock."""
+        steps = self.steps or sample_steps
+        return sum(nfe_factor(s) for s in self.scales) * (self.samples if samples is None else samples) * steps
+
+    def run(
+        self, denoiser: Denoiser, base: SamplingPlan, progress: Progress | None = None, samples: int | None = None
+    ) -> GuidanceChoice:
+        """Score every scale from the same noise (`samples` each, default as set), then choose."""
+        start, plan, rows = time.perf_counter(), self.plan(base), []
+        samples = samples or self.samples
+        for scale in self.scales:
+            fid, accuracy = self.yardstick.score(denoiser, plan.but(guidance=scale), samples, progress)
+            rows.append(GuidanceRow(scale, fid, accuracy))
+        best, met = choose(rows, self.min_accuracy)
+        return GuidanceChoice(
+            best.guidance,
+            met,
+            self.min_accuracy,
+            rows,
+            samples,
+            plan.label,
+            self.yardstick.reference,
+            self.yardstick.features,
+            time.perf_counter() - start,
+        )
+
+
+def guidance_sweep(settings: Settings, held_out: ImageSet) -> tuple[GuidanceSweep | None, str]:
+    """The run's sweep, or None and why there is none (said when training starts)."""
+    t = settings.train
+    cfg = f"guidance stays sample.cfg = {settings.sample.cfg:g}"
+    if not t.auto_cfg:
+        return None, f"{cfg} (train.auto_cfg = false)"
+    if settings.model.task != "generate" or not settings.model.num_classes:
+        return None, ""  # nothing to guide: said nowhere
+    stick = yardstick(settings, held_out)
+    if isinstance(stick, str):
+        return None, f"{cfg}: {stick}"
+    return GuidanceSweep(
+        stick, list(t.auto_cfg_scales), t.auto_cfg_samples, t.auto_cfg_steps, t.auto_cfg_min_accuracy
+    ), ""
+
+
+def yardstick(settings: Settings, held_out: ImageSet) -> Yardstick | str:
+    """The digit CNN against held-out real digits, or why there is no yardstick for this run's data."""
+    from diffkit.evaluation.quality import sample_quality
+
+    dataset = settings.data.dataset
+    if dataset not in _CLASSIFIER_DATASETS:
+        return f"no yardstick for {dataset} (the sweep scores digits: mnist, mnist-5k)"
+    data_dir = resolve_data_dir(settings.data_dir)
+    reference: str | Images
+    if _loadable("mnist:test", data_dir):
+        reference = "mnist:test"
+    elif len(held_out) >= 2:
+        reference = Images(held_out.images, held_out.labels, f"{dataset} validation split")
+    else:
+        return "no held-out digits to compare with (no mnist:test in the data directory, no validation split)"
+    quality = sample_quality(settings, reference, data_dir=data_dir)
+    label = f"{quality.reference.label} ({quality.reference.num} images)"
+    return Yardstick(quality.score, label, quality.net.name)
+
+
+class _Stopped(Exception):
+    """A stop was requested during the sweep: it is dropped."""
+
+
+def sweep_after_training(trainer: Trainer) -> None:
+    """After the last step, rank 0 sweeps on the weights `diffkit sample` will load and saves the choice
+    in plan.json and metrics.jsonl; a stop request (Ctrl-C) drops the sweep and the run keeps sample.cfg."""
+    sweep, clock = trainer.sweep, trainer.clock_plan
+    if sweep is None or not trainer.world.is_main:
+        return
+    samples = clock.sweep_samples if clock is not None and clock.sweep_samples is not None else sweep.samples
+    if samples == 0:
+        why = "guidance sweep: no time for it in the budget on this machine (diffkit.training.budget)"
+        trainer.runlog.append({"step": trainer.step, "skipped": why})
+        return
+    trainer.hooks.sweeping(sweep, samples)
+
+    def unless_stopped(done: int = 0, total: int = 0, message: str = "", /) -> None:
+        if trainer.stop:
+            raise _Stopped
+
+    try:
+        unless_stopped()
+        net = sampling_weights(trainer)
+        denoiser = make_denoiser(trainer.settings, net, trainer.process, precision=trainer.precision)
+        base = SamplingPlan.from_settings(trainer.settings.sample, trainer.num_classes)
+        base = base.check(trainer.process.grid.timesteps, trainer.num_classes)
+        choice = sweep.run(denoiser, base, unless_stopped, samples)
+    except _Stopped:
+        trainer.runlog.append({"step": trainer.step, "skipped": "guidance sweep: stop requested"})
+        return
+    trainer.guidance = choice
+    trainer.runlog.append({"step": trainer.step, **choice.metrics()})
+    trainer._write_plan()
+    trainer.hooks.guidance(choice)
+
+
+def sampling_weights(trainer: Trainer) -> nn.Module:
+    """The network `diffkit sample` loads by default: sample.checkpoint's EMA (or raw) weights, in the
+    layout the run trained in (the sweep samples in the training precision)."""
+    s = trainer.settings.sample
+    tensors, _ = read_checkpoint(resolve_checkpoint(trainer.paths.root, s.checkpoint))
+    net = copy.deepcopy(trainer.ema)
+    net.load_state_dict(split_weights(tensors, "ema" if s.use_ema else "model"))
+    return net.eval()
