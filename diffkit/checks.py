@@ -87,3 +87,13 @@ def one_of(given: Mapping[str, object]) -> str:
         got = f" (got {' and '.join(chosen)})" if chosen else ""
         raise DiffkitError(f"give exactly one of {', '.join(given)}{got}")
     return chosen[0]
+
+
+def parse_csv(text: str, kind: type, option: str) -> list[Any]:
+    """A comma-separated flag value as a list of `kind` (`--cfg 0,1,2`), or one line naming the flag."""
+    try:
+        return [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DiffkitError(
+            f"{option} {text!r} is not a comma-separated list of {kind.__name__}s: e.g. 10,20,50"
+        ) from None

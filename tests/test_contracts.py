@@ -36,3 +36,15 @@ def test_a_plan_is_checked_once_on_its_way_to_generate(tiny_run: Path, monkeypat
     assert calls == ["ddim"]
     generate(run.denoiser(plan), plan.but(steps=3), num=2, classes=torch.tensor([0, 1]))  # a changed plan: again
     assert calls == ["ddim", "ddim"]
+
+
+def test_the_library_imports_nothing_from_the_cli() -> None:
+    """The CLI is a thin layer over the library: the app, the Python face and the library never reach back."""
+    root = Path(__file__).resolve().parents[1] / "diffkit"
+    offenders = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if path.relative_to(root).parts[0] not in ("cli", "__main__.py")  # the entry point starts the CLI
+        and any(s in path.read_text() for s in ("from diffkit.cli", "import diffkit.cli", "from diffkit import cli"))
+    ]
+    assert offenders == []

@@ -22,7 +22,6 @@ from rich.progress import (
 )
 
 from diffkit.checks import check_output_dir
-from diffkit.errors import DiffkitError
 from diffkit.progress import Progress
 from diffkit.runlock import SharedRunLock
 from diffkit.runs import LoadedRun, latest_run, load_run
@@ -173,15 +172,6 @@ def fresh_dir(path: Path) -> Path:
         candidate = path.with_name(f"{path.name}-{n}")
     candidate.mkdir(parents=True, exist_ok=True)
     return candidate
-
-
-def parse_csv(text: str, kind: type, option: str) -> list[Any]:
-    try:
-        return [kind(v.strip()) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise DiffkitError(
-            f"{option} {text!r} is not a comma-separated list of {kind.__name__}s: e.g. 10,20,50"
-        ) from None
 
 
 def done(what: str, where: Path | str) -> None:

@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from diffkit.checks import check_sample_flags
+from diffkit.checks import check_sample_flags, parse_csv
 from diffkit.cli import common as opt
-from diffkit.cli.common import console, done, parse_csv, progress_task
+from diffkit.cli.common import console, done, progress_task
 from diffkit.compare import DEFAULT_SPREAD, Comparison, QualityFn, compare_samplers, grid_of
 from diffkit.evaluation import sample_quality
 from diffkit.generation import cycled_classes

@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from diffkit.checks import check_output_dir, check_output_file, check_sample_flags
+from diffkit.checks import check_output_dir, check_output_file, check_sample_flags, parse_csv
 from diffkit.cli import common as opt
-from diffkit.cli.common import console, done, fresh_dir, hold_runs_written, parse_csv, progress_task
+from diffkit.cli.common import console, done, fresh_dir, hold_runs_written, progress_task
 from diffkit.errors import DiffkitError
 from diffkit.evaluation import FEATURE_CHOICES, Accuracy, FidReport, FidRequest, evaluate, parse_eval_source
 from diffkit.samplers import SAMPLERS

@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 
 from diffkit.atomic import write_json
-from diffkit.checks import check_output_dir
-from diffkit.cli.common import OutOption, console, done, fresh_dir, hold_runs_written, parse_csv
+from diffkit.checks import check_output_dir, parse_csv
+from diffkit.cli.common import OutOption, console, done, fresh_dir, hold_runs_written
 from diffkit.process import PROCESSES, build_process
 from diffkit.process.curves import process_curves, process_key_values
 from diffkit.process.registry import default_processes

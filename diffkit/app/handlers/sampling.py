@@ -149,7 +149,7 @@ def compare(
     progress: Progress | None = None,
 ) -> Compared:
     """`diffkit compare-samplers`: every (sampler, steps) pair on the same noise, a row each."""
-    from diffkit.cli.common import parse_csv
+    from diffkit.checks import parse_csv
 
     loaded = app.require()
     if not samplers:
