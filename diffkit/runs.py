@@ -16,9 +16,7 @@ runs/<name>/
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from diffkit.errors import DiffkitError
 from diffkit.models import UNet
 from diffkit.precision import PrecisionChoice, choose_precision
 from diffkit.runlock import LOCK_NAME
+from diffkit.safeload import load_torch_file
 from diffkit.sampling import SamplingPlan
 from diffkit.schedules import NoiseSchedule
 from diffkit.settings import Settings, load_saved_settings, resolve_runs_dir, save_settings
@@ -230,19 +229,7 @@ STATE_KEYS = ("step", "best_val", "optimizer", "lr_schedule", "torch_rng", "gen_
 def load_state(path: Path) -> dict[str, Any]:
     """A resume state, loaded with `weights_only=True` (no code runs); anything else is one clear error."""
     fix = "it is not a diffkit resume state (or is damaged); start again with --force"
-    try:
-        with warnings.catch_warnings():  # torch's notes on pickle protocols would break the one-line error
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "GLOBAL" in str(exc):  # refused: it would need to run code. It is never loaded unsafely.
-            raise DiffkitError(
-                f"resume state {path} was refused: it holds objects that would run code; {fix}"
-            ) from None
-        raise DiffkitError(f"resume state {path} cannot be read (not a torch file); {fix}") from None
-    except Exception as exc:  # any other decoding failure of an untrusted file
-        reason = " ".join(str(exc).split())[:120]
-        raise DiffkitError(f"resume state {path} cannot be read ({type(exc).__name__}: {reason}); {fix}") from None
+    state = load_torch_file(path, "resume state", fix)
     missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
     if missing:
         raise DiffkitError(f"resume state {path} lacks {', '.join(missing)}: {fix}")
