@@ -15,18 +15,21 @@ runs/<name>/
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from diffkit.atomic import atomic_write
+from diffkit.atomic import clean_stale, link_into, temporary_beside, write_bytes
 from diffkit.denoiser import Denoiser
 from diffkit.devices import configure, resolve_device
 from diffkit.errors import DiffkitError
@@ -178,8 +181,8 @@ def save_checkpoint(
     meta: dict[str, Any],
     state: dict[str, Any] | None = None,
 ) -> Path:
-    """Weights of model and EMA in one safetensors file; optional resume state beside it. Atomic writes."""
-    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    """Weights of model and EMA in one safetensors file, written atomically; with `state`, the resumable
+    pair (weights + `<name>.state.pt`), replaced as one unit (see `_replace_pair`)."""
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors |= {f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}
     bad = nonfinite(tensors)
@@ -189,10 +192,81 @@ def save_checkpoint(
             "the previous checkpoint is kept"
         )
     target = paths.weights(name)
-    if state is not None:  # state first: a crash between the two leaves the old weights, not new weights + old state
-        atomic_write(paths.state(name), lambda tmp: torch.save(state, tmp))
-    atomic_write(target, lambda tmp: save_file(tensors, str(tmp), metadata={"diffkit": json.dumps(meta)}))
+    if state is None:
+        write_bytes(target, safetensors_bytes(tensors, metadata={"diffkit": json.dumps(meta)}))
+        return target
+    pair = uuid.uuid4().hex  # both files carry it: a resume takes only two files written together
+    weights = safetensors_bytes(tensors, metadata={"diffkit": json.dumps({**meta, "pair": pair})})
+    buffer = io.BytesIO()  # serialised in memory: a full disk is then an OSError at the write, not torch's own
+    torch.save({**state, "pair": pair}, buffer)
+    _replace_pair(paths, name, weights, buffer.getvalue())
     return target
+
+
+PREVIOUS = ".previous"  # `last.previous.safetensors` + `last.previous.state.pt`: kept while `last` is replaced
+
+
+def _replace_pair(paths: RunPaths, name: str, weights: bytes, state: bytes) -> None:
+    """Replace the pair `name` so that a kill at any instant leaves one complete pair to resume from.
+
+    The new files are written in full first; the current pair is then linked aside as `<name>.previous`,
+    the new state and weights renamed into place (a kill between the two renames leaves a mismatched
+    `name` and the intact previous pair: `recover_pair` puts it back), and only then is the previous pair
+    removed. The links copy nothing, so the cost is that of writing the two files once.
+    """
+    old = [(paths.weights(name), paths.weights(name + PREVIOUS)), (paths.state(name), paths.state(name + PREVIOUS))]
+    kept = f"the previous {name} checkpoint is kept; free space, then resume with --resume"
+    new_w, new_s = temporary_beside(paths.weights(name)), temporary_beside(paths.state(name))
+    try:
+        for tmp, data in ((new_w, weights), (new_s, state)):
+            write_bytes(tmp, data, durable=True, kept=kept)
+        if all(cur.is_file() for cur, _ in old):
+            for cur, aside in old:
+                link_into(cur, aside)
+        os.replace(new_s, paths.state(name))
+        os.replace(new_w, paths.weights(name))
+    finally:
+        new_w.unlink(missing_ok=True)
+        new_s.unlink(missing_ok=True)
+    for _, aside in old:
+        aside.unlink(missing_ok=True)
+
+
+def _pair_step(weights: Path, state: Path) -> int | None:
+    """The step of the resumable pair (`weights`, `state`) when both are there and were written together."""
+    if not (weights.is_file() and state.is_file()):
+        return None
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("diffkit", "{}"))
+        saved = load_state(state)
+    except (DiffkitError, SafetensorError, OSError, ValueError):
+        return None
+    return meta.get("step") if isinstance(meta, dict) and same_pair(meta, saved) else None
+
+
+def same_pair(meta: dict[str, Any], state: dict[str, Any]) -> bool:
+    """Whether weights metadata and a resume state were saved together (older runs: from the same step)."""
+    if "pair" in meta or "pair" in state:
+        return meta.get("pair") == state.get("pair")
+    return meta.get("step") == state.get("step")
+
+
+def recover_pair(paths: RunPaths, name: str = "last") -> str | None:
+    """After a crash, before a resume (by the run's owner, under its lock): remove stale temporaries and make
+    `name` a complete pair again. Returns what was done when it was not already complete, else None."""
+    removed = clean_stale(paths.checkpoints) + clean_stale(paths.root)
+    aside = (paths.weights(name + PREVIOUS), paths.state(name + PREVIOUS))
+    note = None
+    if _pair_step(paths.weights(name), paths.state(name)) is None and (step := _pair_step(*aside)) is not None:
+        link_into(aside[1], paths.state(name))  # links, not moves: a kill here leaves the previous pair whole
+        link_into(aside[0], paths.weights(name))
+        note = f"the newest {name} checkpoint was cut short by a crash: resuming from the one before (step {step})"
+    for path in aside:
+        path.unlink(missing_ok=True)
+    if removed and note is None:
+        note = f"removed {len(removed)} temporary files left by an interrupted write"
+    return note
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

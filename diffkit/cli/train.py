@@ -93,6 +93,9 @@ class RichHooks(TrainHooks):
             "releasing it (killed or crashed): taking it over"
         )
 
+    def note(self, message: str) -> None:
+        console.print(f"[yellow]note:[/yellow] {message}")
+
     def stop(self) -> None:
         self.bar.stop()
 

@@ -27,6 +27,8 @@ class TrainHooks:
 
     def stale_lock(self, run_dir: Path, pid: int) -> None: ...
 
+    def note(self, message: str) -> None: ...
+
 
 @dataclass
 class TrainResult:

@@ -14,7 +14,7 @@ import torch
 from diffkit.clock import ClockPlan, read_plan
 from diffkit.errors import DiffkitError
 from diffkit.precision import PrecisionChoice
-from diffkit.runs import load_state, read_checkpoint, split_weights
+from diffkit.runs import load_state, read_checkpoint, same_pair, split_weights
 
 if TYPE_CHECKING:
     from diffkit.training.trainer import Trainer
@@ -42,10 +42,10 @@ def restore(trainer: Trainer) -> None:
     """Load `last` (weights and state) into `trainer`, with the precision and plan the run was trained with."""
     tensors, meta = read_checkpoint(trainer.paths.weights("last"))
     state = load_state(trainer.paths.state("last"))
-    if meta.get("step") != state.get("step"):
+    if not same_pair(meta, state):  # recover_pair found no complete pair to go back to
         raise DiffkitError(
-            f"{trainer.paths.checkpoints}: last.safetensors and last.state.pt are from different steps; "
-            "start again with --force"
+            f"{trainer.paths.checkpoints}: last.safetensors and last.state.pt were not saved together and no "
+            "earlier pair is left; sample from best.safetensors, or start again with --force"
         )
     try:
         trainer.model.load_state_dict(split_weights(tensors, "model"))
