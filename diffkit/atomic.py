@@ -69,18 +69,18 @@ def atomic_write(path: Path, write: Callable[[Path], object], *, kept: str | Non
     return path
 
 
-def write_bytes(path: Path, data: bytes, *, durable: bool = False, kept: str | None = None) -> Path:
-    """`data` into `path` atomically; `durable`: on the disk (fsync) before the rename, so power loss too
-    leaves the old file or the whole new one."""
+def write_durably(path: Path, data: bytes) -> None:
+    """`data` into `path` (not atomically), on the disk (fsync) before this returns: a rename after it
+    survives power loss too, not only a killed process."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
 
-    return atomic_write(path, write, kept=kept)
+def write_bytes(path: Path, data: bytes, *, kept: str | None = None) -> Path:
+    """`data` into `path` atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), kept=kept)
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -99,12 +99,19 @@ def link_into(src: Path, dst: Path) -> None:
 
     def write(tmp: Path) -> None:
         tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:  # no hard links here (some network / FAT file systems)
-            shutil.copyfile(src, tmp)
+        hard_link(src, tmp)
 
     atomic_write(dst, write)
+
+
+def hard_link(src: Path, dst: Path) -> None:
+    """A new name `dst` for `src`'s file (no copying), or a copy where the file system has no hard links."""
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        shutil.copyfile(src, dst)
 
 
 def clean_stale(folder: Path) -> list[Path]:

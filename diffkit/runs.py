@@ -29,7 +29,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from diffkit.atomic import clean_stale, link_into, temporary_beside, write_bytes
+from diffkit.atomic import (
+    clean_stale,
+    disk_error,
+    hard_link,
+    link_into,
+    temporary_beside,
+    write_bytes,
+    write_durably,
+)
 from diffkit.denoiser import Denoiser
 from diffkit.devices import configure, resolve_device
 from diffkit.errors import DiffkitError
@@ -209,27 +217,31 @@ PREVIOUS = ".previous"  # `last.previous.safetensors` + `last.previous.state.pt`
 def _replace_pair(paths: RunPaths, name: str, weights: bytes, state: bytes) -> None:
     """Replace the pair `name` so that a kill at any instant leaves one complete pair to resume from.
 
-    The new files are written in full first; the current pair is then linked aside as `<name>.previous`,
-    the new state and weights renamed into place (a kill between the two renames leaves a mismatched
-    `name` and the intact previous pair: `recover_pair` puts it back), and only then is the previous pair
-    removed. The links copy nothing, so the cost is that of writing the two files once.
+    The new files are written in full (and fsynced) first; the current pair is then hard-linked aside as
+    `<name>.previous`, the new state and weights renamed into place (a kill between the two renames leaves
+    a mismatched `name` and the intact previous pair: `recover_pair` puts it back), and only then is the
+    previous pair removed. The links copy nothing: the cost is writing the two files once, and a few renames.
     """
-    old = [(paths.weights(name), paths.weights(name + PREVIOUS)), (paths.state(name), paths.state(name + PREVIOUS))]
-    kept = f"the previous {name} checkpoint is kept; free space, then resume with --resume"
-    new_w, new_s = temporary_beside(paths.weights(name)), temporary_beside(paths.state(name))
+    current = (paths.weights(name), paths.state(name))
+    aside = (paths.weights(name + PREVIOUS), paths.state(name + PREVIOUS))
+    new = (temporary_beside(current[0]), temporary_beside(current[1]))
     try:
-        for tmp, data in ((new_w, weights), (new_s, state)):
-            write_bytes(tmp, data, durable=True, kept=kept)
-        if all(cur.is_file() for cur, _ in old):
-            for cur, aside in old:
-                link_into(cur, aside)
-        os.replace(new_s, paths.state(name))
-        os.replace(new_w, paths.weights(name))
+        for tmp, data in zip(new, (weights, state), strict=True):
+            write_durably(tmp, data)
+        if all(cur.is_file() for cur in current):
+            for cur, old in zip(current, aside, strict=True):
+                old.unlink(missing_ok=True)
+                hard_link(cur, old)
+        os.replace(new[1], current[1])
+        os.replace(new[0], current[0])
+    except OSError as exc:
+        kept = f"the previous {name} checkpoint is kept; free space, then resume with --resume"
+        raise (disk_error(current[1], exc, kept) or exc) from None
     finally:
-        new_w.unlink(missing_ok=True)
-        new_s.unlink(missing_ok=True)
-    for _, aside in old:
-        aside.unlink(missing_ok=True)
+        for tmp in new:
+            tmp.unlink(missing_ok=True)
+    for old in aside:
+        old.unlink(missing_ok=True)
 
 
 def _pair_step(weights: Path, state: Path) -> int | None:
