@@ -23,6 +23,7 @@ from rich.progress import (
 
 from diffkit.cli.flags import check_output_dir
 from diffkit.errors import DiffkitError
+from diffkit.outputs import fresh_dir
 from diffkit.progress import Progress
 from diffkit.runlock import SharedRunLock
 from diffkit.runs import LoadedRun, latest_run, load_run
@@ -91,8 +92,9 @@ class RunArgs:
         return loaded
 
     def folder(self, loaded: LoadedRun, *default: str) -> Path:
-        """--out, else `<run>/<default...>`, as a new or empty folder (see `fresh_dir`)."""
-        return fresh_dir(self.out or loaded.root.joinpath(*default))
+        """--out, else `<run>/<default...>`, as a new or empty folder claimed until the command ends (see
+        `outputs.fresh_dir`): call it before the work, so a second writer or a read-only place is found first."""
+        return fresh_dir(self.out or loaded.root.joinpath(*default), self.held)
 
 
 def hold_runs_written(held: ExitStack, roots: Iterable[Path], places: Iterable[Path | None]) -> None:
@@ -163,16 +165,6 @@ def progress_task(description: str, total: int | None = None) -> Iterator[Progre
             bar.update(task, completed=done, total=total_, description=(message or description)[:70])
 
         yield advance
-
-
-def fresh_dir(path: Path) -> Path:
-    """`path`, or `path-2`, `path-3`, ... so earlier outputs are never overwritten."""
-    candidate, n = path, 1
-    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
 
 
 def parse_csv(text: str, kind: type, option: str) -> list[Any]:

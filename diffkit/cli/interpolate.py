@@ -54,23 +54,27 @@ def interpolate_command(
     loaded = args.open()
     plan = loaded.plan(steps=steps, cfg=cfg, seed=args.seed)
     inputs: torch.Tensor | None = None
+    if classes is not None:
+        tag = f"classes-{classes[0]}-{classes[1]}-seed{plan.seed}"
+    elif seeds is not None:
+        tag = f"seeds-{seeds[0]}-{seeds[1]}" + (f"-class{class_}" if class_ is not None else "")
+    else:
+        tag = "images-" + "-".join(Path(p).stem.replace(":", "_") for p in images or [])
+    folder = args.folder(loaded, "interpolate", tag)
     with progress_task("interpolating", plan.steps) as advance:
         if classes is not None:
-            tag = f"classes-{classes[0]}-{classes[1]}-seed{plan.seed}"
             result = interpolate_classes(loaded.denoiser(plan), *classes, plan, frames=frames, progress=advance)
         elif seeds is not None:
-            tag = f"seeds-{seeds[0]}-{seeds[1]}" + (f"-class{class_}" if class_ is not None else "")
             result = interpolate_seeds(
                 loaded.denoiser(plan), *seeds, plan, frames=frames, class_id=class_, progress=advance
             )
         else:
             assert images is not None
             inputs = torch.cat([_image(p, loaded) for p in images])
-            tag = "images-" + "-".join(Path(p).stem.replace(":", "_") for p in images)
             result = interpolate_images(
                 loaded.denoiser(plan), inputs[:1], inputs[1:], plan, frames=frames, progress=advance
             )
-    _report(loaded, result, inputs, args.folder(loaded, "interpolate", tag), kind, plan.steps)
+    _report(loaded, result, inputs, folder, kind, plan.steps)
 
 
 def _image(path_or_source: str, loaded: LoadedRun) -> torch.Tensor:

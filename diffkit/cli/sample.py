@@ -99,6 +99,8 @@ def _grid(
     check_bounded(total * k, MAX_PROCESS_PICTURES, "images x frames", "lower --num or --frames")
     d = loaded.settings.data  # the images, and with frames x_t and x̂0 at each frame: all held at once
     check_held(total * (1 + 2 * k), (d.channels, d.image_size, d.image_size), "this sample", _FEWER)
+    tag = f"{plan.sampler}-{plan.steps}-cfg{plan.guidance:g}-seed{plan.seed}"
+    folder = args.folder(loaded, "samples", tag + (f"-class{class_}" if class_ is not None else ""))
     _say(loaded, total, plan)
     recorded: Process | None = None
     with progress_task("sampling", total) as advance:
@@ -108,8 +110,6 @@ def _grid(
             )
         else:
             result = generate(loaded.denoiser(plan), plan, num=total, classes=classes, progress=advance)
-    tag = f"{plan.sampler}-{plan.steps}-cfg{plan.guidance:g}-seed{plan.seed}"
-    folder = args.folder(loaded, "samples", tag + (f"-class{class_}" if class_ is not None else ""))
     nrow = grid_rows(loaded.num_classes if class_ is None else 0, per_class, total)
     _timing(result, total)
     done("grid", save_grid(result.images, folder / "grid.png", nrow=nrow, scale=2))

@@ -10,8 +10,9 @@ import typer
 from rich.table import Table
 
 from diffkit.atomic import write_json
-from diffkit.cli.common import OutOption, console, done, fresh_dir, hold_runs_written, parse_csv
+from diffkit.cli.common import OutOption, console, done, hold_runs_written, parse_csv
 from diffkit.cli.flags import check_output_dir
+from diffkit.outputs import fresh_dir
 from diffkit.runs import RunPaths, build_schedule
 from diffkit.schedules import SCHEDULE_KINDS, NoiseSchedule, named_schedules, schedule_curves, schedule_key_values
 from diffkit.settings import load_saved_settings
@@ -42,7 +43,7 @@ def plot_schedules_command(
         chosen[f"run {run.name}"] = _run_schedule(run)
     with ExitStack() as held:  # the default --out is inside the run
         hold_runs_written(held, [run] if run else [], [out or run])
-        folder = fresh_dir(out or (run / "schedules" if run else Path("schedules")))
+        folder = fresh_dir(out or (run / "schedules" if run else Path("schedules")), held)
         plots = plot_schedules({name: schedule_curves(s) for name, s in chosen.items()}, folder)
         values = {name: {"timesteps": s.timesteps, **schedule_key_values(s)} for name, s in chosen.items()}
         report = write_json(folder / "schedules.json", values)
