@@ -309,6 +309,19 @@ def split_weights(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, to
     return {k.removeprefix(f"{prefix}."): v for k, v in tensors.items() if k.startswith(f"{prefix}.")}
 
 
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """`weights` into `model`, refusing integer tensors where the model has floats (load_state_dict would
+    silently cast them and the model would sample garbage); a shape mismatch raises RuntimeError."""
+    own = model.state_dict()
+    cast = [k for k, v in weights.items() if k in own and own[k].is_floating_point() and not v.is_floating_point()]
+    if cast:
+        raise DiffkitError(
+            f"checkpoint {path} holds integer tensors where the model has floating-point weights ({len(cast)}, "
+            f"first {cast[0]}): it was altered; use an untouched checkpoint or retrain"
+        )
+    model.load_state_dict(weights)
+
+
 STATE_KEYS = ("step", "best_val", "optimizer", "lr_schedule", "torch_rng", "gen_rng")
 
 
@@ -417,7 +430,7 @@ def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, d
     model = build_model(settings)
     weights = split_weights(tensors, "ema" if use_ema else "model")
     try:
-        model.load_state_dict(weights)
+        load_weights(model, weights, path)
     except RuntimeError:
         raise DiffkitError(
             f"checkpoint {path} does not match the model in {run_dir}/config.toml: use a checkpoint from this run"

@@ -14,7 +14,7 @@ import torch
 from diffkit.clock import ClockPlan, read_plan
 from diffkit.errors import DiffkitError
 from diffkit.precision import PrecisionChoice
-from diffkit.runs import load_state, read_checkpoint, same_pair, split_weights
+from diffkit.runs import load_state, load_weights, read_checkpoint, same_pair, split_weights
 
 if TYPE_CHECKING:
     from diffkit.training.trainer import Trainer
@@ -48,8 +48,8 @@ def restore(trainer: Trainer) -> None:
             "earlier pair is left; sample from best.safetensors, or start again with --force"
         )
     try:
-        trainer.model.load_state_dict(split_weights(tensors, "model"))
-        trainer.ema.load_state_dict(split_weights(tensors, "ema"))
+        load_weights(trainer.model, split_weights(tensors, "model"), trainer.paths.weights("last"))
+        load_weights(trainer.ema, split_weights(tensors, "ema"), trainer.paths.weights("last"))
         trainer.opt.load_state_dict(state["optimizer"])
         trainer.lr_sched.load_state_dict(state["lr_schedule"])
         torch.set_rng_state(state["torch_rng"])
