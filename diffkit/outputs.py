@@ -48,6 +48,7 @@ def claim(path: Path, flag: str = "output") -> Iterator[Path]:
     """Hold the exclusive claim on output `path` (creating its folder, which must be writable) while the
     block runs; raises OutputBusy (one line) when another process holds it."""
     lock = path.parent / f".{path.name}.lock"
+    top = _first_missing(path)  # folders made for this output are removed again if it stays empty
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -69,6 +70,31 @@ def claim(path: Path, flag: str = "output") -> Iterator[Path]:
             lock.unlink(missing_ok=True)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+        if top is not None:
+            _remove_empty(path, top)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its folders that does not exist yet (None when `path` exists)."""
+    if path.exists():
+        return None
+    top = path
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    return top
+
+
+def _remove_empty(path: Path, top: Path) -> None:
+    """Remove `path` and its folders up to `top` while they are empty: a failed command leaves nothing."""
+    for folder in (path, *path.parents):
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:  # not empty (the output was written), or a file
+            return
+        if folder == top:
+            return
 
 
 def check_writable(folder: Path, flag: str) -> None:

@@ -24,6 +24,8 @@ from pydantic_settings import (
 from diffkit.atomic import write_text
 from diffkit.errors import DiffkitError
 
+MAX_SEED = 2**63 - 1  # the largest seed torch.Generator.manual_seed takes as a signed 64-bit number
+
 
 class _Group(BaseModel):
     # no setting may be NaN or infinite (a flag checked against these fields neither: `check_flag`)
@@ -131,7 +133,7 @@ class TrainSettings(_Group):
     # CUDA takes bf16, else fp16 with a gradient scaler, else fp32 (diffkit.precision)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     max_minutes: float | None = Field(None, gt=0.0, le=100_000.0)  # plan the run's length by the clock
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # torch's generators take a 64-bit seed
     log_every: int = Field(25, ge=1)
     sample_every_epochs: int = Field(1, ge=0)  # 0: only at the end
     grid_steps: int = Field(25, ge=1, le=100_000)  # sampler steps for those grids (cheaper than sample.steps)
@@ -173,7 +175,7 @@ class SampleSettings(_Group):
     cfg: float = Field(2.0, ge=0.0, le=100.0)
     rescale: float = Field(0.0, ge=0.0, le=1.0)  # CFG-rescale φ (Lin et al. 2023)
     num: int = Field(10, ge=1, le=1_000_000)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # torch's generators take a 64-bit seed
     checkpoint: str = "best"
     use_ema: bool = True
     batch_size: int = Field(250, ge=1)
@@ -280,6 +282,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomli.load(f)
     except tomli.TOMLDecodeError as exc:
         raise DiffkitError(f"{path} is not valid TOML ({exc}): fix the file") from None
+    except RecursionError:  # nested arrays / tables thousands deep: the parser gives up
+        raise DiffkitError(f"{path} is nested too deeply to be a diffkit preset: fix the file") from None
     except UnicodeDecodeError:
         raise DiffkitError(f"{path} is not UTF-8 text, so not a TOML file: fix or replace the file") from None
     except IsADirectoryError:

@@ -34,6 +34,8 @@ def test_fresh_dir_moves_past_a_folder_being_written(tmp_path: Path) -> None:
         a = fresh_dir(tmp_path / "out", first)
         b = fresh_dir(tmp_path / "out", second)  # `out` is empty but claimed: the next name
         assert (a.name, b.name) == ("out", "out-2") and a.is_dir() and b.is_dir()
+    assert list(tmp_path.iterdir()) == []  # made for outputs that stayed empty: removed again
+    (tmp_path / "out").mkdir()
     (tmp_path / "out" / "grid.png").write_bytes(b"x")
     with ExitStack() as third:
         assert fresh_dir(tmp_path / "out", third).name == "out-2"  # empty and free again

@@ -29,15 +29,20 @@ from diffkit.runlock import SharedRunLock
 from diffkit.runs import LoadedRun, latest_run, load_run
 from diffkit.samplers import SAMPLERS
 from diffkit.schedules import SPACINGS
+from diffkit.settings import MAX_SEED
 
 console = Console(highlight=False, soft_wrap=True)  # long paths stay on one line, copy-pasteable
 
 # Options several commands share, defined once (a command with a different meaning defines its own).
 RunOption = Annotated[Path | None, typer.Option("--run", help="Run directory (default: the most recent run).")]
 CheckpointOption = Annotated[str | None, typer.Option("--checkpoint", help="best, last or a .safetensors path.")]
-SeedOption = Annotated[int | None, typer.Option("--seed", help="Random seed (default: the run's sample.seed).")]
+SeedOption = Annotated[
+    int | None,
+    typer.Option("--seed", min=0, max=MAX_SEED, help="Random seed (default: the run's sample.seed)."),
+]
+DEVICES = "auto, cpu, cuda or cuda:N"
 OutOption = Annotated[Path | None, typer.Option("--out", help="Output directory (default: inside the run).")]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda (cuda:N).")]
 SamplerOption = Annotated[str | None, typer.Option("--sampler", help=f"One of: {', '.join(SAMPLERS)}.")]
 StepsOption = Annotated[int | None, typer.Option("--steps", help="Sampler steps (default: the run's sample.steps).")]
 CfgOption = Annotated[

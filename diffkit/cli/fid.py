@@ -15,6 +15,7 @@ from diffkit.cli.flags import check_output_dir, check_output_file, check_sample_
 from diffkit.evaluation import FEATURE_CHOICES, Accuracy, FidReport, FidRequest, evaluate, parse_eval_source
 from diffkit.outputs import claim, fresh_dir
 from diffkit.samplers import SAMPLERS
+from diffkit.settings import MAX_SEED
 
 SOURCES_HELP = (
     "One or two of: a dataset split (mnist:test, mnist-5k), a folder of images, an .npz of statistics, "
@@ -61,7 +62,9 @@ def fid_command(
         str | None,
         typer.Option("--cfg", help="Guidance scale, or several (0,1,2,3,5) for a sweep with a plot."),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="For run sources (default: the run's).")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="For run sources (default: the run's).")
+    ] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last or a .safetensors path.")] = "best",
     batch_size: opt.BatchSizeOption = None,
     out: opt.OutOption = None,

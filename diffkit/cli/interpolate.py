@@ -16,6 +16,7 @@ from diffkit.cli.inputs import one_of, read_images, scores_table
 from diffkit.editing import Interpolation, interpolate_classes, interpolate_images, interpolate_seeds, score
 from diffkit.errors import DiffkitError
 from diffkit.runs import LoadedRun
+from diffkit.settings import MAX_SEED
 from diffkit.viz import FIGURE_FRAME, save_gif, save_images, save_labelled_rows
 
 
@@ -28,7 +29,7 @@ def interpolate_command(
     ] = None,
     seeds: Annotated[
         tuple[int, int] | None,
-        typer.Option("--seeds", help="Two seeds: slerp of their start noise, deterministic DDIM."),
+        typer.Option("--seeds", min=0, max=MAX_SEED, help="Two seeds: slerp of their start noise, deterministic DDIM."),
     ] = None,
     images: Annotated[
         tuple[str, str] | None,

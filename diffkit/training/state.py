@@ -65,13 +65,18 @@ def restore(trainer: Trainer) -> None:
     trainer.saved_step = trainer.step
     trainer.runlog.truncate(trainer.step)
     plan = read_plan(trainer.paths.plan)
-    if "precision" in plan:  # the format the run was trained in, not a fresh probe: resume stays exact
-        trainer.precision = PrecisionChoice.from_dict(plan["precision"])
-        trainer._apply_precision()
-    else:
-        trainer.choose_precision()
-    if state.get("grad_scaler") and trainer.scaler.is_enabled():
-        trainer.scaler.load_state_dict(state["grad_scaler"])
-    if state.get("planned") and isinstance(plan.get("clock"), dict):
-        trainer.clock_plan = ClockPlan(**plan["clock"])
-        trainer.total_steps = int(state["total_steps"])
+    try:
+        if "precision" in plan:  # the format the run was trained in, not a fresh probe: resume stays exact
+            trainer.precision = PrecisionChoice.from_dict(plan["precision"])
+            trainer._apply_precision()
+        else:
+            trainer.choose_precision()
+        if state.get("grad_scaler") and trainer.scaler.is_enabled():
+            trainer.scaler.load_state_dict(state["grad_scaler"])
+        if state.get("planned") and isinstance(plan.get("clock"), dict):
+            trainer.clock_plan = ClockPlan(**plan["clock"])
+            trainer.total_steps = int(state["total_steps"])
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:  # a plan.json of the wrong shape
+        raise DiffkitError(
+            f"{trainer.paths.plan} is damaged ({type(exc).__name__}); restore it, or start again with --force"
+        ) from None
