@@ -123,8 +123,8 @@ class TrainSettings(_Group):
     weight_decay: float = Field(0.0, ge=0.0, le=10.0)
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
-    epochs: int | None = Field(None, ge=1)
-    max_steps: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1, le=1_000_000)
+    max_steps: int | None = Field(None, ge=1, le=10**12)  # beyond any run; keeps step counters in 64 bits
     grad_clip: float | None = Field(1.0, gt=0.0)
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
     ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step))
@@ -351,6 +351,27 @@ def load_settings(preset: str, overrides: dict[str, Any] | None = None) -> Setti
     return settings
 
 
+def _cut(text: str, limit: int = 80) -> str:
+    """A value as an error line shows it: long ones (a 2,000,000-item list) cut, with their length."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def warn_unknown_environment() -> list[str]:
+    """DIFFKIT_* variables diffkit does not read (a misspelling is otherwise silently ignored)."""
+    own = {"RUNS_DIR", "DATA_DIR", "OFFLINE", "PRESETS_DIR", "CACHE_DIR"}  # read directly, not settings
+
+    def known(name: str) -> bool:
+        group, _, key = name.lower().partition("__")  # DIFFKIT_TRAIN__LR: train.lr
+        field = Settings.model_fields.get(group)
+        if field is None:
+            return False
+        inner = getattr(field.annotation, "model_fields", None)
+        return not key if inner is None else (not key or key in inner)
+
+    names = [n.removeprefix("DIFFKIT_") for n in os.environ if n.startswith("DIFFKIT_")]
+    return sorted(f"DIFFKIT_{n}" for n in names if n not in own and not known(n))
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One line naming each bad key, what is allowed, and where to fix it."""
     problems = []
@@ -360,7 +381,7 @@ def describe_validation_error(exc: ValidationError) -> str:
             problems.append(f"unknown setting {key}")
         else:
             value = err.get("input")
-            shown = "" if isinstance(value, dict) else f" = {value!r}"
+            shown = "" if isinstance(value, dict) else f" = {_cut(repr(value))}"
             problems.append(f"invalid setting {key}{shown}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(problems) + " (fix the preset, the DIFFKIT_* variable or the --set flag)"
 

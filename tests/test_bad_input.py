@@ -195,6 +195,7 @@ CASES: list[tuple[str, list[str], list[str], Setup]] = [
     ("fid-huge-index-range", ["fid", "synthetic:test:0..10000000000", "synthetic:train"], ["outside"], None),
     ("checkpoint-int-weights", [*S], ["integer tensors"], _int_weights),
     ("fid-nan-statistics", ["fid", "nan.npz", "nan.npz"], ["NaN"], None),
+    ("train-max-steps-past-any-run", ["train", "--preset", "tiny", "--run-dir", "new", "--max-steps", str(2**70), *TINY], ["max_steps"], None),
     ("resume-locked-run", ["train", "--run-dir", R, "--resume"], ["in use by another diffkit process"], "lock"),
     ("force-locked-run", ["train", "--preset", "tiny", "--run-dir", R, "--force", *TINY], ["in use"], "lock"),
     # writing inside a run being trained (its lock held exclusively), and training one being written into
@@ -244,3 +245,15 @@ def test_bad_input(cli, workdir: Path, trained: Path, args: list[str], fragments
     assert "weights_only=False" not in result[2]
     assert _tree(workdir) == before  # nothing written, replaced or removed
     assert not (workdir / "PWNED").exists()  # the hostile state ran no code
+
+
+def test_long_values_are_cut_and_unknown_variables_warned(cli, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_cli import one_line_error
+
+    huge = "[" + "1," * 2_000_000 + "1]"
+    result = cli("train", "--preset", "tiny", "--run-dir", "new", "--set", f"model.channel_mults={huge}", *TINY)
+    one_line_error(result, "characters)")
+    assert len(result[2]) < 1000  # one line, not 6 MB
+    monkeypatch.setenv("DIFFKIT_TRIAN__LR", "3")
+    code, _, err = cli("train", "--preset", "tiny", "--run-dir", "new", "--set", "train.lr=nan", *TINY)
+    assert code == 2 and "DIFFKIT_TRIAN__LR is not a setting diffkit reads" in err

@@ -61,6 +61,10 @@ def main() -> None:
     """Console entry point: user errors (bad flags too) become one line on stderr and exit code 2."""
     from typer._click import exceptions as click  # typer's own click (typer.BadParameter's module)
 
+    from diffkit.settings import warn_unknown_environment
+
+    for name in warn_unknown_environment():
+        print(f"diffkit: warning: {name} is not a setting diffkit reads (misspelt?); it is ignored", file=sys.stderr)
     try:
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:

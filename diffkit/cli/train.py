@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from pathlib import Path
@@ -201,9 +202,10 @@ def _length(max_steps: int | None, epochs: int | None, minutes: float | None, re
 
 def _report(trainer: Trainer, result: TrainResult, root: Path) -> None:
     best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
+    last = f", last loss {result.final_loss:.4f}" if math.isfinite(result.final_loss) else ""  # none: nothing ran
     console.print(
         f"trained {result.steps:,} of {trainer.total_steps:,} steps in {result.seconds:.0f}s "
-        f"({result.images_per_s:.0f} img/s), last loss {result.final_loss:.4f}{best}"
+        f"({result.images_per_s:.0f} img/s){last}{best}"
     )
     if trainer.budget_s is not None:
         console.print(f"time used: {trainer.elapsed_s():.0f} s of the {trainer.budget_s:.0f} s budget")
