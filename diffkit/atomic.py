@@ -37,7 +37,8 @@ def disk_error(path: Path, exc: OSError, kept: str | None = None) -> DiffkitErro
         return None
     if kept is None:
         kept = f"the previous {path.name} is kept unchanged" if path.exists() else "nothing was written there"
-    return DiffkitError(f"cannot write {path}: {reason}; {kept} (free space or choose another place)")
+        kept += " (free space or choose another place)"
+    return DiffkitError(f"cannot write {path}: {reason}; {kept}")
 
 
 def temporary_beside(path: Path) -> Path:
