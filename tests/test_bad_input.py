@@ -257,3 +257,17 @@ def test_long_values_are_cut_and_unknown_variables_warned(cli, workdir: Path, mo
     monkeypatch.setenv("DIFFKIT_TRIAN__LR", "3")
     code, _, err = cli("train", "--preset", "tiny", "--run-dir", "new", "--set", "train.lr=nan", *TINY)
     assert code == 2 and "DIFFKIT_TRIAN__LR is not a setting diffkit reads" in err
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from diffkit.data.images import decode_image
+
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.array([[0, 32896, 65535]], dtype=np.uint16)).save(path)  # black, mid-grey, white
+    assert Image.open(path).mode.startswith("I")
+    for mode in ("L", "RGB"):
+        pixels, found = decode_image(path, mode, "unreadable")
+        assert pixels.reshape(3, -1)[:, 0].tolist() == [0, 128, 255] and "3x1" in found
