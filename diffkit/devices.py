@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor
 
@@ -10,6 +12,8 @@ from diffkit.errors import DiffkitError
 
 def resolve_device(name: str) -> torch.device:
     """`auto` is CUDA when a GPU is visible, else the CPU; `cuda` without a GPU is a one-line error."""
+    if name not in ("auto", "cpu") and re.fullmatch(r"cuda(:\d+)?", name) is None:  # tpu, meta, gpu ...
+        raise DiffkitError(f"--device {name} is not a device diffkit runs on: use auto, cpu or cuda (cuda:N)")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DiffkitError(f"--device {name} was asked for but no CUDA GPU is available: use --device cpu or auto")
     if name == "auto":

@@ -90,17 +90,28 @@ def check_not_in_use(root: Path) -> None:
 
 def _lock_file(root: Path, operation: int, refused: Callable[[Path], DiffkitError]) -> int:
     """An open descriptor of `root`'s lock file holding `operation` (LOCK_EX or LOCK_SH), else `refused(root)`."""
-    path = lock_path(root)
+
+    def unwritable(exc: OSError) -> DiffkitError:
+        return DiffkitError(f"cannot lock run directory {root} ({exc.strerror}): is it writable?")
+
+    return lock_file(lock_path(root), operation, lambda: refused(root), unwritable)
+
+
+def lock_file(
+    path: Path, operation: int, refused: Callable[[], DiffkitError], unwritable: Callable[[OSError], DiffkitError]
+) -> int:
+    """An open descriptor of lock file `path` (created if needed) holding `operation` (LOCK_EX or LOCK_SH)
+    without waiting, else `refused()`; a file that cannot be created is `unwritable(error)`."""
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise DiffkitError(f"cannot lock run directory {root} ({exc.strerror}): is it writable?") from None
+            raise unwritable(exc) from None
         try:
             fcntl.flock(fd, operation | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise refused(root) from None
+            raise refused() from None
         try:  # the file we locked may have been removed and replaced by its owner's release: retry
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:

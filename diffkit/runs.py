@@ -15,10 +15,11 @@ runs/<name>/
 
 from __future__ import annotations
 
+import io
 import json
-import pickle
+import os
 import shutil
-import warnings
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,18 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from diffkit.atomic import atomic_write
+from diffkit.atomic import (
+    clean_stale,
+    disk_error,
+    hard_link,
+    link_into,
+    temporary_beside,
+    write_bytes,
+    write_durably,
+)
 from diffkit.clock import read_plan
 from diffkit.denoiser import Denoiser
 from diffkit.devices import configure, resolve_device
@@ -38,6 +47,7 @@ from diffkit.models import UNet
 from diffkit.precision import PrecisionChoice, choose_precision
 from diffkit.process import DiffusionProcess, build_process
 from diffkit.runlock import LOCK_NAME
+from diffkit.safeload import load_torch_file
 from diffkit.sampling import SamplingPlan
 from diffkit.schedules import NoiseSchedule
 from diffkit.settings import Settings, load_saved_settings, resolve_runs_dir, save_settings
@@ -172,8 +182,8 @@ def save_checkpoint(
     meta: dict[str, Any],
     state: dict[str, Any] | None = None,
 ) -> Path:
-    """Weights of model and EMA in one safetensors file; optional resume state beside it. Atomic writes."""
-    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    """Weights of model and EMA in one safetensors file, written atomically; with `state`, the resumable
+    pair (weights + `<name>.state.pt`), replaced as one unit (see `_replace_pair`)."""
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors |= {f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}
     bad = nonfinite(tensors)
@@ -183,10 +193,85 @@ def save_checkpoint(
             "the previous checkpoint is kept"
         )
     target = paths.weights(name)
-    if state is not None:  # state first: a crash between the two leaves the old weights, not new weights + old state
-        atomic_write(paths.state(name), lambda tmp: torch.save(state, tmp))
-    atomic_write(target, lambda tmp: save_file(tensors, str(tmp), metadata={"diffkit": json.dumps(meta)}))
+    if state is None:
+        write_bytes(target, safetensors_bytes(tensors, metadata={"diffkit": json.dumps(meta)}))
+        return target
+    pair = uuid.uuid4().hex  # both files carry it: a resume takes only two files written together
+    weights = safetensors_bytes(tensors, metadata={"diffkit": json.dumps({**meta, "pair": pair})})
+    buffer = io.BytesIO()  # serialised in memory: a full disk is then an OSError at the write, not torch's own
+    torch.save({**state, "pair": pair}, buffer)
+    _replace_pair(paths, name, weights, buffer.getvalue())
     return target
+
+
+PREVIOUS = ".previous"  # `last.previous.safetensors` + `last.previous.state.pt`: kept while `last` is replaced
+
+
+def _replace_pair(paths: RunPaths, name: str, weights: bytes, state: bytes) -> None:
+    """Replace the pair `name` so that a kill at any instant leaves one complete pair to resume from.
+
+    The new files are written in full (and fsynced) first; the current pair is then hard-linked aside as
+    `<name>.previous`, the new state and weights renamed into place (a kill between the two renames leaves
+    a mismatched `name` and the intact previous pair: `recover_pair` puts it back), and only then is the
+    previous pair removed. The links copy nothing: the cost is writing the two files once, and a few renames.
+    """
+    current = (paths.weights(name), paths.state(name))
+    aside = (paths.weights(name + PREVIOUS), paths.state(name + PREVIOUS))
+    new = (temporary_beside(current[0]), temporary_beside(current[1]))
+    try:
+        for tmp, data in zip(new, (weights, state), strict=True):
+            write_durably(tmp, data)
+        if all(cur.is_file() for cur in current):
+            for cur, old in zip(current, aside, strict=True):
+                old.unlink(missing_ok=True)
+                hard_link(cur, old)
+        os.replace(new[1], current[1])
+        os.replace(new[0], current[0])
+    except OSError as exc:
+        kept = f"the previous {name} checkpoint is kept; free space, then resume with --resume"
+        raise (disk_error(current[1], exc, kept) or exc) from None
+    finally:
+        for tmp in new:
+            tmp.unlink(missing_ok=True)
+    for old in aside:
+        old.unlink(missing_ok=True)
+
+
+def _pair_step(weights: Path, state: Path) -> int | None:
+    """The step of the resumable pair (`weights`, `state`) when both are there and were written together."""
+    if not (weights.is_file() and state.is_file()):
+        return None
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("diffkit", "{}"))
+        saved = load_state(state)
+    except (DiffkitError, SafetensorError, OSError, ValueError):
+        return None
+    return meta.get("step") if isinstance(meta, dict) and same_pair(meta, saved) else None
+
+
+def same_pair(meta: dict[str, Any], state: dict[str, Any]) -> bool:
+    """Whether weights metadata and a resume state were saved together (older runs: from the same step)."""
+    if "pair" in meta or "pair" in state:
+        return meta.get("pair") == state.get("pair")
+    return meta.get("step") == state.get("step")
+
+
+def recover_pair(paths: RunPaths, name: str = "last") -> str | None:
+    """After a crash, before a resume (by the run's owner, under its lock): remove stale temporaries and make
+    `name` a complete pair again. Returns what was done when it was not already complete, else None."""
+    removed = clean_stale(paths.checkpoints) + clean_stale(paths.root)
+    aside = (paths.weights(name + PREVIOUS), paths.state(name + PREVIOUS))
+    note = None
+    if _pair_step(paths.weights(name), paths.state(name)) is None and (step := _pair_step(*aside)) is not None:
+        link_into(aside[1], paths.state(name))  # links, not moves: a kill here leaves the previous pair whole
+        link_into(aside[0], paths.weights(name))
+        note = f"the newest {name} checkpoint was cut short by a crash: resuming from the one before (step {step})"
+    for path in aside:
+        path.unlink(missing_ok=True)
+    if removed and note is None:
+        note = f"removed {len(removed)} temporary files left by an interrupted write"
+    return note
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -217,25 +302,26 @@ def split_weights(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, to
     return {k.removeprefix(f"{prefix}."): v for k, v in tensors.items() if k.startswith(f"{prefix}.")}
 
 
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """`weights` into `model`, refusing integer tensors where the model has floats (load_state_dict would
+    silently cast them and the model would sample garbage); a shape mismatch raises RuntimeError."""
+    own = model.state_dict()
+    cast = [k for k, v in weights.items() if k in own and own[k].is_floating_point() and not v.is_floating_point()]
+    if cast:
+        raise DiffkitError(
+            f"checkpoint {path} holds integer tensors where the model has floating-point weights ({len(cast)}, "
+            f"first {cast[0]}): it was altered; use an untouched checkpoint or retrain"
+        )
+    model.load_state_dict(weights)
+
+
 STATE_KEYS = ("step", "best_val", "optimizer", "lr_schedule", "torch_rng", "gen_rng")
 
 
 def load_state(path: Path) -> dict[str, Any]:
     """A resume state, loaded with `weights_only=True` (no code runs); anything else is one clear error."""
     fix = "it is not a diffkit resume state (or is damaged); start again with --force"
-    try:
-        with warnings.catch_warnings():  # torch's notes on pickle protocols would break the one-line error
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "GLOBAL" in str(exc):  # refused: it would need to run code. It is never loaded unsafely.
-            raise DiffkitError(
-                f"resume state {path} was refused: it holds objects that would run code; {fix}"
-            ) from None
-        raise DiffkitError(f"resume state {path} cannot be read (not a torch file); {fix}") from None
-    except Exception as exc:  # any other decoding failure of an untrusted file
-        reason = " ".join(str(exc).split())[:120]
-        raise DiffkitError(f"resume state {path} cannot be read ({type(exc).__name__}: {reason}); {fix}") from None
+    state = load_torch_file(path, "resume state", fix)
     missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
     if missing:
         raise DiffkitError(f"resume state {path} lacks {', '.join(missing)}: {fix}")
@@ -359,7 +445,7 @@ def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, d
     model = build_model(settings)
     weights = split_weights(tensors, "ema" if use_ema else "model")
     try:
-        model.load_state_dict(weights)
+        load_weights(model, weights, path)
     except RuntimeError:
         raise DiffkitError(
             f"checkpoint {path} does not match the model in {run_dir}/config.toml: use a checkpoint from this run"

@@ -27,6 +27,8 @@ from diffkit.atomic import write_text
 from diffkit.choices import Clipping, Objective, Precision, ProcessName, ScheduleKind, Spacing, TimeDistribution
 from diffkit.errors import DiffkitError
 
+MAX_SEED = 2**63 - 1  # the largest seed torch.Generator.manual_seed takes as a signed 64-bit number
+
 
 class _Group(BaseModel):
     # no setting may be NaN or infinite (a flag checked against these fields neither: `check_flag`)
@@ -219,8 +221,8 @@ class TrainSettings(_Group):
     weight_decay: float = Field(0.0, ge=0.0, le=10.0)
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
-    epochs: int | None = Field(None, ge=1)
-    max_steps: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1, le=1_000_000)
+    max_steps: int | None = Field(None, ge=1, le=10**12)  # beyond any run; keeps step counters in 64 bits
     grad_clip: float | None = Field(1.0, gt=0.0)
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
     ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step))
@@ -233,7 +235,7 @@ class TrainSettings(_Group):
     # CUDA takes bf16, else fp16 with a gradient scaler, else fp32 (diffkit.precision)
     precision: Precision = "auto"
     max_minutes: float | None = Field(None, gt=0.0, le=100_000.0)  # plan the run's length by the clock
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # torch's generators take a 64-bit seed
     log_every: int = Field(25, ge=1)
     sample_every_epochs: int = Field(1, ge=0)  # 0: only at the end
     grid_steps: int = Field(25, ge=1, le=100_000)  # sampler steps for those grids (cheaper than sample.steps)
@@ -290,7 +292,7 @@ class SampleSettings(_Group):
     cfg: float = Field(2.0, ge=0.0, le=100.0)
     rescale: float = Field(0.0, ge=0.0, le=1.0)  # CFG-rescale φ (Lin et al. 2023)
     num: int = Field(10, ge=1, le=1_000_000)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # torch's generators take a 64-bit seed
     checkpoint: str = "best"
     use_ema: bool = True
     batch_size: int = Field(250, ge=1)
@@ -397,6 +399,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomli.load(f)
     except tomli.TOMLDecodeError as exc:
         raise DiffkitError(f"{path} is not valid TOML ({exc}): fix the file") from None
+    except RecursionError:  # nested arrays / tables thousands deep: the parser gives up
+        raise DiffkitError(f"{path} is nested too deeply to be a diffkit preset: fix the file") from None
     except UnicodeDecodeError:
         raise DiffkitError(f"{path} is not UTF-8 text, so not a TOML file: fix or replace the file") from None
     except IsADirectoryError:
@@ -480,6 +484,27 @@ def _check_explicit_diffusion_options(overrides: dict[str, Any], process: str) -
             )
 
 
+def _cut(text: str, limit: int = 80) -> str:
+    """A value as an error line shows it: long ones (a 2,000,000-item list) cut, with their length."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def warn_unknown_environment() -> list[str]:
+    """DIFFKIT_* variables diffkit does not read (a misspelling is otherwise silently ignored)."""
+    own = {"RUNS_DIR", "DATA_DIR", "OFFLINE", "PRESETS_DIR", "CACHE_DIR"}  # read directly, not settings
+
+    def known(name: str) -> bool:
+        group, _, key = name.lower().partition("__")  # DIFFKIT_TRAIN__LR: train.lr
+        field = Settings.model_fields.get(group)
+        if field is None:
+            return False
+        inner = getattr(field.annotation, "model_fields", None)
+        return not key if inner is None else (not key or key in inner)
+
+    names = [n.removeprefix("DIFFKIT_") for n in os.environ if n.startswith("DIFFKIT_")]
+    return sorted(f"DIFFKIT_{n}" for n in names if n not in own and not known(n))
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One line naming each bad key, what is allowed, and where to fix it."""
     problems = []
@@ -489,7 +514,7 @@ def describe_validation_error(exc: ValidationError) -> str:
             problems.append(f"unknown setting {key}")
         else:
             value = err.get("input")
-            shown = "" if isinstance(value, dict) else f" = {value!r}"
+            shown = "" if isinstance(value, dict) else f" = {_cut(repr(value))}"
             problems.append(f"invalid setting {key}{shown}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(problems) + " (fix the preset, the DIFFKIT_* variable or the --set flag)"
 

@@ -102,7 +102,10 @@ def plot_training_curves(metrics_file: str | Path, out: str | Path) -> Path | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    path = Path(metrics_file)
+    if not path.is_file():  # nothing logged yet (a run shorter than train.log_every, without validation)
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if "val_loss" in r]
     if not train:

@@ -65,6 +65,15 @@ def _files(here: Path) -> None:
     save_file(bad, str(here / "nan.safetensors"))
     raw = zlib.compress(b"\x00" * 8)
     (here / "big.png").write_bytes(_png(5_000, 5_000, raw))  # 25 megapixels, in a few bytes
+    (here / "nested.toml").write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    import numpy as np
+
+    np.savez(here / "nan.npz", mu=np.array([np.nan, 0.0]), sigma=np.eye(2))
+    (here / "one" / "a").mkdir(parents=True)
+    (here / "one" / "a" / "0.png").write_bytes((here / "text.png").read_bytes())
+    from PIL import Image
+
+    Image.new("L", (28, 28), 128).save(here / "one" / "a" / "0.png")
 
 
 def _png(width: int, height: int, data: bytes) -> bytes:
@@ -88,6 +97,21 @@ def _nan_last(run: Path) -> None:
     first = next(k for k, v in tensors.items() if v.dtype.is_floating_point)
     tensors[first] = tensors[first] * float("nan")
     save_file(tensors, str(run / "checkpoints" / "last.safetensors"), metadata={"diffkit": '{"step": 2}'})
+
+
+def _int_weights(run: Path) -> None:
+    """A checkpoint whose float weights were cast to integers (its metadata kept)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = run / "checkpoints" / "last.safetensors"  # `best` falls back to it: this run has no validation yet
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    save_file({k: v.round().to(torch.int32) for k, v in load_file(str(path)).items()}, str(path), metadata=meta)
+
+
+def _plan(run: Path, text: str) -> None:
+    (run / "plan.json").write_text(text)
 
 
 def _config(run: Path, data: bytes) -> None:
@@ -157,6 +181,21 @@ CASES: list[tuple[str, list[str], list[str], Setup]] = [
     ("resume-state-wrong-optimizer", ["train", "--run-dir", R, "--resume"], ["does not fit"], lambda run: _state(run, {**torch.load(run / "checkpoints" / "last.state.pt", weights_only=True), "optimizer": {"state": {}, "param_groups": []}})),
     ("resume-nan-weights", ["train", "--run-dir", R, "--resume"], ["non-finite"], _nan_last),
     # a run directory another process owns
+    # round two (issue 18): numbers past int64, devices, damaged plans, deep TOML, tiny and huge data
+    ("sample-seed-past-int64", [*S, "--seed", "18446744073709551616"], ["--seed"], None),
+    ("interpolate-seeds-past-int64", ["interpolate", "--run", R, "--seeds", "1", "18446744073709551616"], ["--seeds"], None),
+    ("compare-seed-past-int64", ["compare-samplers", "--run", R, "--seed", "18446744073709551616"], ["--seed"], None),
+    ("train-seed-past-int64", ["train", "--preset", "tiny", "--run-dir", "new", "--set", "train.seed=18446744073709551616", *TINY], ["train.seed"], None),
+    ("sample-device-tpu", [*S, "--device", "tpu"], ["--device tpu", "auto, cpu or cuda"], None),
+    ("sample-device-meta", [*S, "--device", "meta"], ["--device meta"], None),
+    ("inpaint-device-gpu", ["inpaint", "--run", R, "--class", "0", "--device", "gpu"], ["--device gpu"], None),
+    ("resume-plan-wrong-shape", ["train", "--run-dir", R, "--resume"], ["plan.json is damaged"], lambda run: _plan(run, '{"precision": [1, 2]}')),
+    ("preset-nested-too-deep", ["train", "--preset", "nested.toml", "--run-dir", "new"], ["nested too deeply"], None),
+    ("train-one-image-folder", ["train", "--preset", "tiny", "--run-dir", "new", "--set", "data.dataset='folder'", "--set", "data.path='one'", *TINY], ["1 image", "at least 2"], None),
+    ("fid-huge-index-range", ["fid", "synthetic:test:0..10000000000", "synthetic:train"], ["outside"], None),
+    ("checkpoint-int-weights", [*S], ["integer tensors"], _int_weights),
+    ("fid-nan-statistics", ["fid", "nan.npz", "nan.npz"], ["NaN"], None),
+    ("train-max-steps-past-any-run", ["train", "--preset", "tiny", "--run-dir", "new", "--max-steps", str(2**70), *TINY], ["max_steps"], None),
     ("resume-locked-run", ["train", "--run-dir", R, "--resume"], ["in use by another diffkit process"], "lock"),
     ("force-locked-run", ["train", "--preset", "tiny", "--run-dir", R, "--force", *TINY], ["in use"], "lock"),
     # writing inside a run being trained (its lock held exclusively), and training one being written into
@@ -206,3 +245,29 @@ def test_bad_input(cli, workdir: Path, trained: Path, args: list[str], fragments
     assert "weights_only=False" not in result[2]
     assert _tree(workdir) == before  # nothing written, replaced or removed
     assert not (workdir / "PWNED").exists()  # the hostile state ran no code
+
+
+def test_long_values_are_cut_and_unknown_variables_warned(cli, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_cli import one_line_error
+
+    huge = "[" + "1," * 2_000_000 + "1]"
+    result = cli("train", "--preset", "tiny", "--run-dir", "new", "--set", f"model.channel_mults={huge}", *TINY)
+    one_line_error(result, "characters)")
+    assert len(result[2]) < 1000  # one line, not 6 MB
+    monkeypatch.setenv("DIFFKIT_TRIAN__LR", "3")
+    code, _, err = cli("train", "--preset", "tiny", "--run-dir", "new", "--set", "train.lr=nan", *TINY)
+    assert code == 2 and "DIFFKIT_TRIAN__LR is not a setting diffkit reads" in err
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from diffkit.data.images import decode_image
+
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.array([[0, 32896, 65535]], dtype=np.uint16)).save(path)  # black, mid-grey, white
+    assert Image.open(path).mode.startswith("I")
+    for mode in ("L", "RGB"):
+        pixels, found = decode_image(path, mode, "unreadable")
+        assert pixels.reshape(3, -1)[:, 0].tolist() == [0, 128, 255] and "3x1" in found

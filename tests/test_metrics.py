@@ -343,21 +343,12 @@ def test_inception_missing_weights_error(tmp_path: Path, monkeypatch: pytest.Mon
 def test_inception_plumbing_with_random_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pytorch_fid.inception as fid_inception
 
-    state = random_fid_inception_state()
     weights = tmp_path / "my-weights.pth"
-    weights.write_bytes(b"stand-in: the fake loader below returns random weights")
-    hub_before = torch.hub.get_dir()
-    seen: list[Path] = []
-
-    def fake_loader(url: str, *_: object, **__: object) -> dict[str, torch.Tensor]:
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-        assert cached.resolve() == weights.resolve()  # torch.hub would find it cached: no download
-        seen.append(cached)
-        return state
-
-    monkeypatch.setattr(fid_inception, "load_state_dict_from_url", fake_loader)
+    torch.save(random_fid_inception_state(), weights)  # a plain state dict: loads with weights_only=True
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *_, **__: pytest.fail("tried to download"))
+    original = fid_inception.load_state_dict_from_url
     net = metrics.inception_feature_net(weights)
-    assert seen and torch.hub.get_dir() == hub_before
+    assert fid_inception.load_state_dict_from_url is original  # pytorch-fid's loader is back in place
     grey = torch.rand(2, 1, 32, 32) * 2 - 1
     feats = net.features(grey, batch_size=2)
     assert feats.shape == (2, 2048) and feats.dtype == np.float64 and np.isfinite(feats).all()
@@ -369,7 +360,7 @@ def test_inception_plumbing_with_random_weights(tmp_path: Path, monkeypatch: pyt
 def test_inception_unreadable_weights_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pth"
     bad.write_text("garbage")
-    with pytest.raises(DiffkitError, match="is not pytorch-fid's Inception weights"):
+    with pytest.raises(DiffkitError, match=r"Inception weights .*bad.pth cannot be read"):
         metrics.inception_feature_net(bad)
 
 

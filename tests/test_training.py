@@ -94,7 +94,8 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path: Path) -> None:
     model, ema = nn.Conv2d(2, 3, 3), nn.Conv2d(2, 3, 3)
     save_checkpoint(paths, "last", model, ema, {"step": 7}, {"step": 7, "x": torch.arange(3)})
     tensors, meta = read_checkpoint(paths.weights("last"))
-    assert meta == {"step": 7}
+    state = torch.load(paths.state("last"), weights_only=True)
+    assert meta == {"step": 7, "pair": state["pair"]} and len(meta["pair"]) == 32  # saved together
     for name, value in model.state_dict().items():
         assert torch.equal(split_weights(tensors, "model")[name], value)
     for name, value in ema.state_dict().items():

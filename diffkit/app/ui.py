@@ -455,6 +455,9 @@ def _run_tab(app: h.AppRun) -> dict[str, Any]:
     return {"fn": on_run, "inputs": None, "outputs": outputs}
 
 
+MAX_UPLOAD = "32mb"
+
+
 def serve(app: h.AppRun, *, host: str, port: int) -> None:
     """Serve the page until interrupted; only the run's directory and the app's outputs can be fetched."""
     page = build(app)
@@ -472,6 +475,7 @@ def serve(app: h.AppRun, *, host: str, port: int) -> None:
             enable_monitoring=False,
             footer_links=[],
             allowed_paths=app.served_paths,
+            max_file_size=MAX_UPLOAD,  # an upload is an image of at most 16 megapixels: nothing needs more
             css=CSS,
             quiet=True,  # no "set share=True" hint: a local page has nothing to share; diffkit prints the URL
         )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import typer
 
 from diffkit import __version__
+from diffkit.atomic import disk_error
 
 # not cli/app.py: a submodule named `app` would replace the Typer `app` here
 from diffkit.cli import compare, fid, inpaint, interpolate, presets, sample, schedules, superres, train, webapp
@@ -59,6 +61,10 @@ def main() -> None:
     """Console entry point: user errors (bad flags too) become one line on stderr and exit code 2."""
     from typer._click import exceptions as click  # typer's own click (typer.BadParameter's module)
 
+    from diffkit.settings import warn_unknown_environment
+
+    for name in warn_unknown_environment():
+        print(f"diffkit: warning: {name} is not a setting diffkit reads (misspelt?); it is ignored", file=sys.stderr)
     try:
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:
@@ -84,3 +90,9 @@ def main() -> None:
     except KeyboardInterrupt:
         print("diffkit: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:  # the disk refused a write that was not atomic (an image, a log line): one line too
+        refused = disk_error(Path(exc.filename or "a file"), exc, "the files written before it are kept")
+        if refused is None:
+            raise
+        print(f"diffkit: error: {' '.join(str(refused).split())}", file=sys.stderr)
+        sys.exit(2)

@@ -22,20 +22,26 @@ from rich.progress import (
 )
 
 from diffkit.checks import check_output_dir
+from diffkit.outputs import fresh_dir
 from diffkit.progress import Progress
 from diffkit.runlock import SharedRunLock
 from diffkit.runs import LoadedRun, latest_run, load_run
 from diffkit.samplers import SAMPLERS
 from diffkit.schedules import SPACINGS
+from diffkit.settings import MAX_SEED
 
 console = Console(highlight=False, soft_wrap=True)  # long paths stay on one line, copy-pasteable
 
 # Options several commands share, defined once (a command with a different meaning defines its own).
 RunOption = Annotated[Path | None, typer.Option("--run", help="Run directory (default: the most recent run).")]
 CheckpointOption = Annotated[str | None, typer.Option("--checkpoint", help="best, last or a .safetensors path.")]
-SeedOption = Annotated[int | None, typer.Option("--seed", help="Random seed (default: the run's sample.seed).")]
+SeedOption = Annotated[
+    int | None,
+    typer.Option("--seed", min=0, max=MAX_SEED, help="Random seed (default: the run's sample.seed)."),
+]
+DEVICES = "auto, cpu, cuda or cuda:N"
 OutOption = Annotated[Path | None, typer.Option("--out", help="Output directory (default: inside the run).")]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda (cuda:N).")]
 SamplerOption = Annotated[str | None, typer.Option("--sampler", help=f"One of: {', '.join(SAMPLERS)}.")]
 StepsOption = Annotated[int | None, typer.Option("--steps", help="Sampler steps (default: the run's sample.steps).")]
 CfgOption = Annotated[
@@ -90,8 +96,9 @@ class RunArgs:
         return loaded
 
     def folder(self, loaded: LoadedRun, *default: str) -> Path:
-        """--out, else `<run>/<default...>`, as a new or empty folder (see `fresh_dir`)."""
-        return fresh_dir(self.out or loaded.root.joinpath(*default))
+        """--out, else `<run>/<default...>`, as a new or empty folder claimed until the command ends (see
+        `outputs.fresh_dir`): call it before the work, so a second writer or a read-only place is found first."""
+        return fresh_dir(self.out or loaded.root.joinpath(*default), self.held)
 
 
 def hold_runs_written(held: ExitStack, roots: Iterable[Path], places: Iterable[Path | None]) -> None:
@@ -162,16 +169,6 @@ def progress_task(description: str, total: int | None = None) -> Iterator[Progre
             bar.update(task, completed=done, total=total_, description=(message or description)[:70])
 
         yield advance
-
-
-def fresh_dir(path: Path) -> Path:
-    """`path`, or `path-2`, `path-3`, ... so earlier outputs are never overwritten."""
-    candidate, n = path, 1
-    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
 
 
 def done(what: str, where: Path | str) -> None:

@@ -80,6 +80,7 @@ def compare_samplers_command(
         f"comparing {len(plans)} sampler settings on {count} images (guidance {base.guidance:g}, "
         f"seed {base.seed}) from {loaded.checkpoint}"
     )
+    folder = args.folder(loaded, "compare", f"cfg{base.guidance:g}-seed{base.seed}")
     with progress_task("comparing", 1) as advance:
         result = compare_samplers(
             loaded.denoiser(base),
@@ -89,7 +90,6 @@ def compare_samplers_command(
             quality=_quality(loaded, fid, fid_ref, count),
             progress=advance,
         )
-    folder = args.folder(loaded, "compare", f"cfg{base.guidance:g}-seed{base.seed}")
     report, picture = result.save(folder, run=str(loaded.root), checkpoint=str(loaded.checkpoint))
     console.print(_table(result))
     done("report", report)

@@ -11,10 +11,12 @@ from rich.table import Table
 
 from diffkit.checks import check_output_dir, check_output_file, check_sample_flags, parse_csv
 from diffkit.cli import common as opt
-from diffkit.cli.common import console, done, fresh_dir, hold_runs_written, progress_task
+from diffkit.cli.common import console, done, hold_runs_written, progress_task
 from diffkit.errors import DiffkitError
 from diffkit.evaluation import FEATURE_CHOICES, Accuracy, FidReport, FidRequest, evaluate, parse_eval_source
+from diffkit.outputs import claim, fresh_dir
 from diffkit.samplers import SAMPLERS
+from diffkit.settings import MAX_SEED
 
 SOURCES_HELP = (
     "One or two of: a dataset split (mnist:test, mnist-5k), a folder of images, an .npz of statistics, "
@@ -65,7 +67,9 @@ def fid_command(
             "(the scale its sweep picked after training), also in a list (auto,3).",
         ),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="For run sources (default: the run's).")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="For run sources (default: the run's).")
+    ] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last or a .safetensors path.")] = "best",
     batch_size: opt.BatchSizeOption = None,
     out: opt.OutOption = None,
@@ -96,9 +100,13 @@ def fid_command(
     runs = [s.path for s in map(parse_eval_source, sources) if s.path is not None and s.kind == "run"]
     with ExitStack() as held:  # the default --out is inside the first run
         hold_runs_written(held, runs, [out or next(iter(runs), None), save_stats])
+        if save_stats is not None:  # one writer: claimed, then checked again under the claim, before the work
+            held.enter_context(claim(save_stats, "--save-stats"))
+            check_output_file(save_stats, "--save-stats", force=force)
+        folder = fresh_dir(out, held) if out is not None else None
         with progress_task("starting") as progress:
             report = evaluate(request, progress)
-        _show(report, out)
+        _show(report, folder, held)
 
 
 def _guidance(cfg: str | None) -> list[float | None] | None:
@@ -112,7 +120,7 @@ def _guidance(cfg: str | None) -> list[float | None] | None:
     return scales
 
 
-def _show(report: FidReport, out: Path | None) -> None:
+def _show(report: FidReport, out: Path | None, held: ExitStack) -> None:
     """The tables and notes, then the files: statistics, and the report folder (see `_report_folder`)."""
     console.print(f"features: [bold]{report.feature_net}[/bold]")
     for note in report.notes:
@@ -121,7 +129,7 @@ def _show(report: FidReport, out: Path | None) -> None:
     _print_summary(report)
     if report.saved_statistics is not None:
         done(f"statistics ({report.feature_net})", report.saved_statistics)
-    folder = _report_folder(report, out)
+    folder = _report_folder(report, out, held)
     if folder is not None:
         for path in report.save(folder):
             done(path.name, path)
@@ -196,11 +204,11 @@ def _accuracy_table(scored: list[tuple[float | None, Accuracy]]) -> Table:
     return table
 
 
-def _report_folder(report: FidReport, out: Path | None) -> Path | None:
-    """--out, else <run>/eval/fid-... when a run is involved, else nowhere (the table says it all)."""
+def _report_folder(report: FidReport, out: Path | None, held: ExitStack) -> Path | None:
+    """--out (claimed before the work), else <run>/eval/fid-... when a run is involved, else nowhere."""
     if out is not None:
-        return fresh_dir(out)
+        return out
     if report.run is None or report.sampling is None:
         return None
     s = report.sampling
-    return fresh_dir(report.run / "eval" / f"fid-{s.sampler}-{s.steps}-n{report.rows[0].num}-seed{s.seed}")
+    return fresh_dir(report.run / "eval" / f"fid-{s.sampler}-{s.steps}-n{report.rows[0].num}-seed{s.seed}", held)

@@ -63,6 +63,7 @@ def inpaint_command(
         f"inpainting {len(originals)} image(s) from {what} with mask {mask} by {', '.join(methods)} "
         f"(seed {plan.seed}) from {loaded.checkpoint}"
     )
+    folder = args.folder(loaded, "inpaint", f"{'+'.join(methods)}-{Path(mask).stem}-seed{plan.seed}")
     results: dict[str, InpaintResult] = {}
     for m in methods:
         with progress_task(m, 1) as advance:
@@ -79,7 +80,6 @@ def inpaint_command(
                 lr=lr,
                 progress=advance,
             )
-    folder = args.folder(loaded, "inpaint", f"{'+'.join(results)}-{Path(mask).stem}-seed{plan.seed}")
     _report(loaded, originals, masks, results, mask, what, plan, folder)
 
 

@@ -17,6 +17,7 @@ from diffkit.drawing import check_interpolation, interpolation
 from diffkit.editing import Interpolation, score
 from diffkit.errors import DiffkitError
 from diffkit.runs import LoadedRun
+from diffkit.settings import MAX_SEED
 from diffkit.viz import FIGURE_FRAME, save_gif, save_images, save_labelled_rows
 
 
@@ -29,7 +30,7 @@ def interpolate_command(
     ] = None,
     seeds: Annotated[
         tuple[int, int] | None,
-        typer.Option("--seeds", help="Two seeds: slerp of their start noise, deterministic DDIM."),
+        typer.Option("--seeds", min=0, max=MAX_SEED, help="Two seeds: slerp of their start noise, deterministic DDIM."),
     ] = None,
     images: Annotated[
         tuple[str, str] | None,
@@ -59,9 +60,10 @@ def interpolate_command(
         assert images is not None
         inputs = ends = torch.cat([_image(p, loaded) for p in images])
         tag = "images-" + "-".join(Path(p).stem.replace(":", "_") for p in images)
+    folder = args.folder(loaded, "interpolate", tag)  # chosen (and claimed) before the work
     with progress_task("interpolating", plan.steps) as advance:
         result = interpolation(loaded, plan, kind, ends, frames=frames, class_id=class_, progress=advance)
-    _report(loaded, result, inputs, args.folder(loaded, "interpolate", tag), kind, plan.steps)
+    _report(loaded, result, inputs, folder, kind, plan.steps)
 
 
 def _image(path_or_source: str, loaded: LoadedRun) -> torch.Tensor:

@@ -94,11 +94,11 @@ def _grid(
 ) -> None:
     """grid.png and images/ (a row per class, or one class); with `k` frames, pictures of the process too."""
     shape = layout(loaded, class_, per_class, k)
+    tag = f"{plan.sampler}-{plan.steps}-cfg{plan.guidance:g}-seed{plan.seed}"
+    folder = args.folder(loaded, "samples", tag + (f"-class{class_}" if class_ is not None else ""))
     _say(loaded, shape.total, plan)
     with progress_task("sampling", shape.total) as advance:
         result, recorded = draw(loaded, plan, shape, advance)
-    tag = f"{plan.sampler}-{plan.steps}-cfg{plan.guidance:g}-seed{plan.seed}"
-    folder = args.folder(loaded, "samples", tag + (f"-class{class_}" if class_ is not None else ""))
     _timing(result, shape.total)
     done("grid", save_grid(result.images, folder / "grid.png", nrow=shape.nrow, scale=2))
     save_images(result.images, folder / "images")

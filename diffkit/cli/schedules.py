@@ -12,7 +12,8 @@ from rich.table import Table
 
 from diffkit.atomic import write_json
 from diffkit.checks import check_output_dir, parse_csv
-from diffkit.cli.common import OutOption, console, done, fresh_dir, hold_runs_written
+from diffkit.cli.common import OutOption, console, done, hold_runs_written
+from diffkit.outputs import fresh_dir
 from diffkit.process import PROCESSES, build_process
 from diffkit.process.curves import process_curves, process_key_values
 from diffkit.process.registry import default_processes
@@ -59,7 +60,7 @@ def plot_schedules_command(
         drawn[f"run {run.name} ({run_process.name})"] = run_process
     with ExitStack() as held:  # the default --out is inside the run
         hold_runs_written(held, [run] if run else [], [out or run])
-        folder = fresh_dir(out or (run / "schedules" if run else Path("schedules")))
+        folder = fresh_dir(out or (run / "schedules" if run else Path("schedules")), held)
         plots = plot_schedules({name: schedule_curves(s) for name, s in chosen.items()}, folder) if chosen else []
         values = {name: {"timesteps": s.timesteps, **schedule_key_values(s)} for name, s in chosen.items()}
         curves = {name: process_curves(p) for name, p in drawn.items()}

@@ -60,13 +60,14 @@ def super_res_command(
         f"{d.image_size}x{d.image_size}, with {plan.sampler} ({plan.steps} steps, seed {plan.seed}) "
         f"from {loaded.checkpoint}"
     )
+    folder = args.folder(loaded, "super-res", f"x{scale}-{plan.sampler}-{plan.steps}-seed{plan.seed}")
     with progress_task("super-resolving", len(low)) as advance:
         result = super_resolve(loaded.denoiser(plan), low, plan, progress=advance)
-    _report(args, loaded, result, truth, what, plan, scale)
+    _report(folder, loaded, result, truth, what, plan, scale)
 
 
 def _report(
-    args: opt.RunArgs,
+    folder: Path,
     loaded: LoadedRun,
     result: SuperResolved,
     truth: torch.Tensor | None,
@@ -75,16 +76,15 @@ def _report(
     scale: int,
 ) -> None:
     """The figure (low-res / bicubic / diffusion / ground truth), the images, and the scores against the truth."""
-    d, name, n_steps, seed_ = loaded.settings.data, plan.sampler, plan.steps, plan.seed
-    folder = args.folder(loaded, "super-res", f"x{scale}-{name}-{n_steps}-seed{seed_}")
+    d = loaded.settings.data
     shown_low = F.interpolate(result.low, size=d.image_size, mode="nearest")  # pixels as they are, enlarged
     rows, labels = [shown_low, result.bicubic, result.images], [f"low-res x1/{scale}", "bicubic", "diffusion"]
     record: dict[str, Any] = {
         "input": what,
         "scale": scale,
-        "sampler": name,
-        "steps": n_steps,
-        "seed": seed_,
+        "sampler": plan.sampler,
+        "steps": plan.steps,
+        "seed": plan.seed,
         "nfe": result.nfe,
         "seconds": round(result.seconds, 2),
         "checkpoint": str(loaded.checkpoint),

@@ -91,6 +91,9 @@ class RichHooks(TrainHooks):
             "unless --cfg is given"
         )
 
+    def note(self, message: str) -> None:
+        console.print(f"[yellow]note:[/yellow] {message}")
+
     def stop(self) -> None:
         self.bar.stop()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -14,6 +15,15 @@ import typer
 
 from diffkit.cli import common as opt
 from diffkit.cli.common import console
+from diffkit.errors import DiffkitError
+from diffkit.runs import is_run
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
 
 INSTALL_HINT = "diffkit app needs the app extra (gradio): pip install 'diffkit[app]'"
 
@@ -31,7 +41,15 @@ def app_command(
     if importlib.util.find_spec("gradio") is None:  # checked without importing it: other commands stay fast
         print(INSTALL_HINT, file=sys.stderr)
         raise typer.Exit(2)
+    if run is not None and not is_run(run):  # an explicit --run must be one; with none, the page says so
+        raise DiffkitError(f"--run {run} is not a diffkit run (no config.toml): give a run directory made by train")
+    if host not in LOOPBACK:
+        console.print(
+            f"[yellow]warning:[/yellow] --host {host} makes the page reachable from the network, by anyone who "
+            "can reach this machine (it has no login); use 127.0.0.1 to keep it to this machine"
+        )
     workdir = Path(tempfile.mkdtemp(prefix="diffkit-app-"))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the finally below removes the uploads, as Ctrl-C does
     os.environ.setdefault("GRADIO_TEMP_DIR", str(workdir / "gradio"))
     try:
         from diffkit.app.handlers import open_app

@@ -85,7 +85,11 @@ def decode_image(path: Path, mode: str, unreadable: str) -> tuple[np.ndarray, st
     try:
         with Image.open(path) as img:
             check_pixels(img, path)
-            return np.asarray(img.convert(mode)), f"{img.width}x{img.height} {img.mode}"
+            found = f"{img.width}x{img.height} {img.mode}"
+            if img.mode.startswith("I"):  # 16-bit grey: scaled to 8 bits (convert() would clip at 255)
+                grey = (np.asarray(img, np.float64) / 257).round().clip(0, 255).astype(np.uint8)
+                return np.asarray(Image.fromarray(grey).convert(mode)), found
+            return np.asarray(img.convert(mode)), found
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise DiffkitError(unreadable) from None
 

@@ -81,7 +81,9 @@ def load_images(
 
 def train_val_split(data: ImageSet, val_fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """A held-out validation set, chosen by a fixed permutation (independent of the training seed)."""
-    n_val = round(len(data) * val_fraction)
+    if len(data) < 2:
+        raise DiffkitError(f"{data.name} holds {len(data)} image(s): training needs at least 2 (one to validate on)")
+    n_val = min(round(len(data) * val_fraction), len(data) - 1)
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return data.subset(order[n_val:]), data.subset(order[:n_val])
 
@@ -121,14 +123,13 @@ def _parse_index(text: str, size: int, source: str) -> list[int]:
     try:
         if ".." in text:
             start, end = (int(v) for v in text.split("..", 1))
-            index = list(range(start, end + 1))
         else:
-            index = [int(text)]
+            start = end = int(text)
     except ValueError:
         raise DiffkitError(f"index {text!r} in {source!r} is not N or A..B: e.g. mnist:test:0..3") from None
-    if not index or min(index) < 0 or max(index) >= size:
+    if start > end or start < 0 or end >= size:  # checked before the range is materialised
         raise DiffkitError(f"index {text!r} in {source!r} is outside 0..{size - 1}: pick images that exist")
-    return index
+    return list(range(start, end + 1))
 
 
 def resolve_data(settings: Settings) -> ImageSet:

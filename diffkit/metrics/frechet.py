@@ -216,6 +216,8 @@ def load_statistics(path: str | Path) -> tuple[Array, Array]:
             mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
         except (OSError, ValueError, TypeError, zipfile.BadZipFile, EOFError) as err:
             raise DiffkitError(f"{path} has unreadable mu/sigma arrays ({err}): give an .npz of numbers") from None
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise DiffkitError(f"{path} holds NaN or infinite statistics: measure them again (--save-stats)")
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise DiffkitError(
             f"{path} holds mu {mu.shape} and sigma {sigma.shape}, not (D,) and (D, D): "

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +14,7 @@ from diffkit.errors import DiffkitError
 from diffkit.metrics.features import _batches, _check_batch
 from diffkit.metrics.frechet import Array
 from diffkit.progress import Progress
+from diffkit.safeload import load_torch_file
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FID_WEIGHTS_NAME}"
@@ -62,10 +61,12 @@ def inception_feature_net(weights: str | Path | None = None) -> InceptionFeature
             f"Inception FID weights not found ({where}): download {FID_WEIGHTS_URL} into "
             f"{hub_file.parent}, or pass --inception-weights PATH"
         )
+    fix = f"give pytorch-fid's Inception weights file, {FID_WEIGHTS_NAME} from {FID_WEIGHTS_URL}"
+    state = load_torch_file(path, "Inception weights", fix)  # weights_only: a payload in the file never runs
     try:
-        with _hub_cache_holding(path):
+        with _loading_from(state):
             model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
-    except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as err:
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise DiffkitError(
             f"{path} is not pytorch-fid's Inception weights file ({type(err).__name__}): give "
             f"{FID_WEIGHTS_NAME} from {FID_WEIGHTS_URL}"
@@ -74,25 +75,15 @@ def inception_feature_net(weights: str | Path | None = None) -> InceptionFeature
 
 
 @contextmanager
-def _hub_cache_holding(weights: Path) -> Iterator[None]:
-    """Point torch hub at a temporary cache that holds `weights` under pytorch-fid's file name.
+def _loading_from(state: object) -> Iterator[None]:
+    """Have pytorch-fid's model take `state` (already loaded safely) where it would call
+    torch.hub.load_state_dict_from_url, whose torch.load may run code and may download: neither happens,
+    and none of pytorch-fid's model code needs copying."""
+    import pytorch_fid.inception as fid_inception
 
-    pytorch-fid loads its weights with torch.hub.load_state_dict_from_url, which downloads only when the
-    file is missing from <hub dir>/checkpoints: with the file there it just loads it, so no network is
-    touched and none of pytorch-fid's model code needs copying.
-    """
-    previous = getattr(torch.hub, "_hub_dir", None)  # None = derived from $TORCH_HOME; restore exactly that
-    with tempfile.TemporaryDirectory(prefix="diffkit-hub-") as tmp:
-        target = Path(tmp) / "checkpoints" / FID_WEIGHTS_NAME
-        target.parent.mkdir()
-        try:
-            target.symlink_to(weights.resolve())
-        except OSError:  # no symlinks (some filesystems): a copy works too, it is just slower
-            import shutil
-
-            shutil.copyfile(weights, target)
-        torch.hub.set_dir(tmp)
-        try:
-            yield
-        finally:
-            setattr(torch.hub, "_hub_dir", previous)  # noqa: B010 (private attribute, no public reset)
+    original = fid_inception.load_state_dict_from_url
+    fid_inception.load_state_dict_from_url = lambda *_, **__: state
+    try:
+        yield
+    finally:
+        fid_inception.load_state_dict_from_url = original

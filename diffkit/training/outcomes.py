@@ -34,6 +34,8 @@ class TrainHooks:
 
     def guidance(self, choice: GuidanceChoice) -> None: ...
 
+    def note(self, message: str) -> None: ...
+
 
 @dataclass
 class TrainResult:

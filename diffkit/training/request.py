@@ -3,6 +3,7 @@ lines that report its progress (plain text: the CLI prints them through rich, a 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +151,10 @@ def stale_lock_line(run_dir: Path, pid: int) -> str:
 def result_lines(trainer: Trainer, result: TrainResult, root: Path) -> list[str]:
     """What training says when it ends: steps, speed, losses, the time used, and how to continue."""
     best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
+    last = f", last loss {result.final_loss:.4f}" if math.isfinite(result.final_loss) else ""  # none: nothing ran
     lines = [
         f"trained {result.steps:,} of {trainer.total_steps:,} steps in {result.seconds:.0f}s "
-        f"({result.images_per_s:.0f} img/s), last loss {result.final_loss:.4f}{best}"
+        f"({result.images_per_s:.0f} img/s){last}{best}"
     ]
     if trainer.budget_s is not None:
         lines.append(f"time used: {trainer.elapsed_s():.0f} s of the {trainer.budget_s:.0f} s budget")

@@ -10,7 +10,7 @@ from diffkit.devices import resolve_device
 from diffkit.distributed import World
 from diffkit.interrupts import deferred_signals
 from diffkit.runlock import RunLock, check_not_in_use
-from diffkit.runs import RunPaths, check_run_dir, create_run_dir
+from diffkit.runs import RunPaths, check_run_dir, create_run_dir, recover_pair
 from diffkit.settings import Settings
 from diffkit.training.outcomes import TrainHooks, TrainResult
 from diffkit.training.trainer import Trainer
@@ -69,7 +69,10 @@ def _claim(run_dir: Path, resume: bool, force: bool, hooks: TrainHooks | None, s
         (hooks or TrainHooks()).stale_lock(run_dir, lock.stale_pid)
     try:
         check_run_dir(run_dir, resume=resume, force=force)  # again, now that it is ours
+        note = recover_pair(RunPaths(run_dir)) if resume else None  # a crash mid-checkpoint: the pair before
     except BaseException:
         lock.abandon()
         raise
+    if note:
+        (hooks or TrainHooks()).note(note)
     return lock

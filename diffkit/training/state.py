@@ -14,7 +14,7 @@ import torch
 from diffkit.clock import ClockPlan, read_plan
 from diffkit.errors import DiffkitError
 from diffkit.precision import PrecisionChoice
-from diffkit.runs import load_state, read_checkpoint, split_weights
+from diffkit.runs import load_state, load_weights, read_checkpoint, same_pair, split_weights
 
 if TYPE_CHECKING:
     from diffkit.training.trainer import Trainer
@@ -42,14 +42,14 @@ def restore(trainer: Trainer) -> None:
     """Load `last` (weights and state) into `trainer`, with the precision and plan the run was trained with."""
     tensors, meta = read_checkpoint(trainer.paths.weights("last"))
     state = load_state(trainer.paths.state("last"))
-    if meta.get("step") != state.get("step"):
+    if not same_pair(meta, state):  # recover_pair found no complete pair to go back to
         raise DiffkitError(
-            f"{trainer.paths.checkpoints}: last.safetensors and last.state.pt are from different steps; "
-            "start again with --force"
+            f"{trainer.paths.checkpoints}: last.safetensors and last.state.pt were not saved together and no "
+            "earlier pair is left; sample from best.safetensors, or start again with --force"
         )
     try:
-        trainer.model.load_state_dict(split_weights(tensors, "model"))
-        trainer.ema.load_state_dict(split_weights(tensors, "ema"))
+        load_weights(trainer.model, split_weights(tensors, "model"), trainer.paths.weights("last"))
+        load_weights(trainer.ema, split_weights(tensors, "ema"), trainer.paths.weights("last"))
         trainer.opt.load_state_dict(state["optimizer"])
         trainer.lr_sched.load_state_dict(state["lr_schedule"])
         torch.set_rng_state(state["torch_rng"])
@@ -65,13 +65,18 @@ def restore(trainer: Trainer) -> None:
     trainer.saved_step = trainer.step
     trainer.runlog.truncate(trainer.step)
     plan = read_plan(trainer.paths.plan)
-    if "precision" in plan:  # the format the run was trained in, not a fresh probe: resume stays exact
-        trainer.precision = PrecisionChoice.from_dict(plan["precision"])
-        trainer._apply_precision()
-    else:
-        trainer.choose_precision()
-    if state.get("grad_scaler") and trainer.scaler.is_enabled():
-        trainer.scaler.load_state_dict(state["grad_scaler"])
-    if state.get("planned") and isinstance(plan.get("clock"), dict):
-        trainer.clock_plan = ClockPlan(**plan["clock"])
-        trainer.total_steps = int(state["total_steps"])
+    try:
+        if "precision" in plan:  # the format the run was trained in, not a fresh probe: resume stays exact
+            trainer.precision = PrecisionChoice.from_dict(plan["precision"])
+            trainer._apply_precision()
+        else:
+            trainer.choose_precision()
+        if state.get("grad_scaler") and trainer.scaler.is_enabled():
+            trainer.scaler.load_state_dict(state["grad_scaler"])
+        if state.get("planned") and isinstance(plan.get("clock"), dict):
+            trainer.clock_plan = ClockPlan(**plan["clock"])
+            trainer.total_steps = int(state["total_steps"])
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:  # a plan.json of the wrong shape
+        raise DiffkitError(
+            f"{trainer.paths.plan} is damaged ({type(exc).__name__}); restore it, or start again with --force"
+        ) from None
