@@ -252,7 +252,7 @@ def sweep_after_training(trainer: Trainer) -> None:
         return
     trainer.guidance = choice
     trainer.runlog.append({"step": trainer.step, **choice.metrics()})
-    trainer._write_plan()
+    trainer.write_plan()
     trainer.hooks.guidance(choice)
 
 

@@ -68,7 +68,7 @@ def restore(trainer: Trainer) -> None:
     try:
         if "precision" in plan:  # the format the run was trained in, not a fresh probe: resume stays exact
             trainer.precision = PrecisionChoice.from_dict(plan["precision"])
-            trainer._apply_precision()
+            trainer.apply_precision()
         else:
             trainer.choose_precision()
         if state.get("grad_scaler") and trainer.scaler.is_enabled():

@@ -161,16 +161,16 @@ class Trainer:
             )
         )
         self.precision = self.world.from_main(choice) or FP32
-        self._apply_precision()
-        self._write_plan()
+        self.apply_precision()
+        self.write_plan()
         return self.precision
 
-    def _apply_precision(self) -> None:
+    def apply_precision(self) -> None:
         for net in (self.model, self.ema):
             self.precision.prepare(net)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_grad_scaler)
 
-    def _write_plan(self) -> None:
+    def write_plan(self) -> None:
         """plan.json: what this machine chose for the run (precision and, with a budget, the length)."""
         if not self.world.is_main:
             return
@@ -447,7 +447,7 @@ class Trainer:
         self.hooks.ran_out(self.step, self.total_steps)
         self.clock_plan.ended_early_at = self.step
         self.total_steps = self.step
-        self._write_plan()
+        self.write_plan()
         self._end_epoch()
 
     def _make_plan(self, step_s: float) -> None:
@@ -455,7 +455,7 @@ class Trainer:
         self.clock_plan = self.world.from_main(measure_plan(self, step_s) if self.world.is_main else None)
         assert self.clock_plan is not None
         self.total_steps = self.clock_plan.planned_steps
-        self._write_plan()
+        self.write_plan()
         self.hooks.plan(self.clock_plan)
 
     def _end_epoch(self) -> None:
