@@ -41,13 +41,13 @@ def test_fp16_trains_with_a_gradient_scaler_and_resumes_exactly(tmp_path: Path) 
 
 def test_an_fp16_overflow_skips_the_step_instead_of_stopping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Overflowing fp16 gradients are routine: the scaler skips that step and halves its scale."""
-    real = Trainer._apply_precision
+    real = Trainer.apply_precision
 
     def huge_scale(self: Trainer) -> None:
         real(self)
         self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**120, growth_interval=10**6)
 
-    monkeypatch.setattr(Trainer, "_apply_precision", huge_scale)
+    monkeypatch.setattr(Trainer, "apply_precision", huge_scale)
     trainer, result = train_run(fp16("train.max_steps=3"), tmp_path / "overflow")
     assert result.steps == 3 and trainer.scaler.get_scale() < 2.0**120  # backed off, not diverged
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
