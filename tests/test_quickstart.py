@@ -43,7 +43,9 @@ def test_the_quickstart_runs_from_top_to_bottom(tmp_path: Path, monkeypatch: pyt
     assert "trained " in text and "planned " in text  # training's own progress lines reached the notebook
     assert "Samples(16 images, labels [5]" in text
     assert "'replace': {'psnr'" in text and "'repaint'" in text
-    assert "FID" in text and "real-vs-real floor" in text
+    assert "FID" in text
+    if "reference digits: mnist:test" in text:  # against MNIST's test split the floor is measured too
+        assert "real-vs-real floor" in text
     # the class grid, a digit, three guidance grids, the denoising, the inpainting: pictures, not text
     assert pictures >= 7 and gifs == 1
     assert (tmp_path / "runs" / "quickstart" / "checkpoints" / "last.safetensors").is_file()
