@@ -219,10 +219,11 @@ def test_bad_process_settings_are_one_line_errors(sets: list[str], fragment: str
 
 def test_an_option_of_another_process_from_the_environment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIFFKIT_DIFFUSION__PROCESS", "flow")
-    assert load_settings("demo").diffusion.process == "flow"  # demo's min_snr_gamma is a preset's: dropped
+    settings = load_settings("mnist-linear")  # a vp preset: its schedule is a preset's option, dropped
+    assert settings.diffusion.process == "flow" and settings.diffusion.schedule is None
     monkeypatch.setenv("DIFFKIT_DIFFUSION__OBJECTIVE", "v")
     with pytest.raises(DiffkitError, match=r"diffusion\.objective belongs to process vp"):
-        load_settings("demo")
+        load_settings("mnist-linear")
 
 
 def test_train_refuses_a_foreign_option_writing_nothing(cli, workdir: Path) -> None:  # type: ignore[no-untyped-def]
