@@ -73,7 +73,7 @@ def test_fid_of_the_student(cli, student: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(measure_module, "digit_feature_net", lambda **_: net)
     monkeypatch.setattr(measure_module, "classifier_feature_net", lambda dataset, **_: net)
     monkeypatch.setenv("DIFFKIT_CACHE_DIR", str(tmp_path / "cache"))
-    code, out, err = cli("fid", f"run:{student}", "synthetic:test", "--num", "8", "--class-accuracy")
+    code, _out, err = cli("fid", f"run:{student}", "synthetic:test", "--num", "8", "--class-accuracy")
     assert code == 0, err
     report = json.loads(max(student.glob("eval/*/fid.json"), key=lambda p: p.stat().st_mtime).read_text())
     row = report["rows"][0]

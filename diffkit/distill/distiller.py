@@ -10,6 +10,7 @@ switch the student's EMA becomes the teacher and the student restarts from it; t
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +69,19 @@ class Distiller(Trainer):
         if round_ == self.teacher_round:
             return
         if self.world.is_main:  # saved first: a run resumed inside the new round loads exactly this
-            save_checkpoint(self.paths, TEACHER, self.model, self.ema, {"step": self.step, "round": round_})
+            meta = {"step": self.step, "round": round_, "sample_steps": self.rounds[self.teacher_round]}
+            save_checkpoint(self.paths, TEACHER, self.model, self.ema, meta)
+            # the finished round's student, to sample at its own steps: --checkpoint <run>/checkpoints/steps_NN...
+            save_checkpoint(self.paths, f"steps_{self.rounds[self.teacher_round]:02d}", self.model, self.ema, meta)
         self.model.load_state_dict(self.ema.state_dict())
         self._student_teacher(copy.deepcopy(self.ema))
         self.teacher_round = round_
+        self.best_val = math.inf  # validation losses of different rounds do not compare: `best` is the last round's
+
+    def _save(self, name: str, with_state: bool, val_loss: float | None = None) -> None:
+        if name == "best" and self.round_at(self.step - 1) < len(self.rounds) - 1:
+            return  # an earlier round's student is not the run's best (it samples in more steps)
+        super()._save(name, with_state, val_loss)
 
     def _student_teacher(self, net: nn.Module) -> None:
         net.eval().requires_grad_(False)
