@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffkit.choices import Clipping, Objective
+from diffkit.errors import DiffkitError
 from diffkit.models.contract import DenoisingNetwork, network
 from diffkit.precision import PrecisionChoice
 from diffkit.schedules import NoiseSchedule
@@ -49,6 +50,18 @@ def dynamic_threshold(x0: Tensor, percentile: float = 0.995) -> Tensor:
     return x0.clamp(-s, s) / s
 
 
+def check_guidance_range(guidance: float | Tensor, trained: tuple[float, float]) -> None:
+    """A guidance-input student knows only the scales it was distilled over: others are a one-line error."""
+    low, high = trained
+    values = guidance if isinstance(guidance, Tensor) else torch.tensor([float(guidance)])
+    if bool(((values < low - 1e-6) | (values > high + 1e-6)).any()):
+        shown = f"{float(values.min()):g}" if bool(values.min() < low) else f"{float(values.max()):g}"
+        raise DiffkitError(
+            f"--cfg {shown} is outside the guidance range this student was distilled for ({low:g} to {high:g}): "
+            "choose a scale in that range, or distil again with a wider distill.guidance_min / guidance_max"
+        )
+
+
 @dataclass
 class Denoiser:
     """A network plus its process: (x_t, t, classes, guidance) -> Prediction.
@@ -67,6 +80,8 @@ class Denoiser:
     rescale_phi: float = 0.0
     cond: Tensor | None = None  # extra input channels (super-resolution), one per batch item
     precision: PrecisionChoice | None = None  # bf16 autocast for the network when chosen; maths stays fp32
+    # a guidance-distilled student (`diffkit distill`): the scale is a network input, valid in this range
+    guidance_range: tuple[float, float] | None = None
 
     @property
     def schedule(self) -> NoiseSchedule:
@@ -88,7 +103,9 @@ class Denoiser:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def __call__(self, x_t: Tensor, t: Tensor, classes: Tensor | None = None, guidance: float = 1.0) -> Prediction:
+    def __call__(
+        self, x_t: Tensor, t: Tensor, classes: Tensor | None = None, guidance: float | Tensor = 1.0
+    ) -> Prediction:
         n = x_t.shape[0]
         t = t.to(x_t.device).float().expand(n) if t.ndim == 0 else t.to(x_t.device).float()
         alpha_bar = self.schedule.alpha_bar_at(t.cpu()).to(x_t.device, x_t.dtype).reshape(-1, 1, 1, 1)
@@ -96,16 +113,22 @@ class Denoiser:
         if classes is not None and classes.is_floating_point():  # class weights: "no class" is the last row
             null = F.one_hot(torch.full_like(null, self.num_classes), self.num_classes + 1).to(classes)
         x_in, noise_input = self.process.network_inputs(x_t, t, alpha_bar)
-        if classes is None or self.num_classes == 0 or guidance == 0.0:
+        scale = guidance if isinstance(guidance, Tensor) else None  # per-image scales (N,)
+        if self.guidance_range is not None:  # a guidance-distilled student: w is an input, one pass
+            check_guidance_range(guidance, self.guidance_range)
+            w = torch.as_tensor(guidance, dtype=torch.float32, device=x_t.device).expand(n)
+            output = self._forward(x_in, noise_input, null if classes is None else classes, guidance=w)
+        elif classes is None or self.num_classes == 0 or (scale is None and guidance == 0.0):
             output = self._forward(x_in, noise_input, null)
-        elif guidance == 1.0:
+        elif scale is None and guidance == 1.0:
             output = self._forward(x_in, noise_input, classes)
         else:  # conditional and unconditional in one batch
             both = self._forward(
                 torch.cat([x_in, x_in]), torch.cat([noise_input, noise_input]), torch.cat([classes, null]), True
             )
             cond_out, uncond_out = both.chunk(2)
-            output = uncond_out + guidance * (cond_out - uncond_out)
+            w_out = guidance if scale is None else scale.to(cond_out).reshape(-1, *([1] * (cond_out.ndim - 1)))
+            output = uncond_out + w_out * (cond_out - uncond_out)
             if self.rescale_phi > 0:
                 output = rescale_guidance(output, cond_out, self.rescale_phi)
         pred = self.process.predict(output.float(), x_t, t, alpha_bar)
@@ -115,7 +138,9 @@ class Denoiser:
         eps = (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt().clamp_min(1e-8)
         return Prediction(x0, eps)
 
-    def _forward(self, x: Tensor, t: Tensor, classes: Tensor, repeat_cond: bool = False) -> Tensor:
+    def _forward(
+        self, x: Tensor, t: Tensor, classes: Tensor, repeat_cond: bool = False, guidance: Tensor | None = None
+    ) -> Tensor:
         labels = (
             classes
             if classes.is_floating_point()
@@ -124,7 +149,9 @@ class Denoiser:
         cond = self.cond
         if cond is not None and repeat_cond:
             cond = torch.cat([cond, cond])
-        extra = {"cond": cond} if cond is not None else {}
+        extra: dict[str, Tensor] = {"cond": cond} if cond is not None else {}
+        if guidance is not None:
+            extra["guidance"] = guidance
         if self.precision is None:
             out = self.model(x, t, labels if self.num_classes else None, **extra)
         else:
@@ -132,7 +159,7 @@ class Denoiser:
                 out = self.model(self.precision.layout(x), t, labels if self.num_classes else None, **extra)
         return out.float()  # guidance and the objective algebra in fp32
 
-    def conditioned(self, classes: Tensor | None = None, guidance: float = 1.0) -> DenoiseFn:
+    def conditioned(self, classes: Tensor | None = None, guidance: float | Tensor = 1.0) -> DenoiseFn:
         """Fix classes and guidance: the (x_t, t) -> Prediction function that samplers take."""
 
         def denoise(x_t: Tensor, t: Tensor) -> Prediction:

@@ -40,7 +40,7 @@ from diffkit.atomic import (
     write_durably,
 )
 from diffkit.clock import read_plan
-from diffkit.denoiser import Denoiser
+from diffkit.denoiser import Denoiser, check_guidance_range
 from diffkit.devices import configure, resolve_device
 from diffkit.errors import DiffkitError
 from diffkit.models import UNet
@@ -158,6 +158,7 @@ def build_model(settings: Settings) -> UNet:
         norm_groups=m.norm_groups,
         num_classes=m.num_classes or 0,
         cond_channels=m.cond_channels,
+        guidance_input=m.guidance_input,
     )
 
 
@@ -386,7 +387,11 @@ class LoadedRun:
     def plan(self, **flags: Any) -> SamplingPlan:
         """This run's [sample] settings < `flags` (see `SamplingPlan.from_settings`), checked against the model."""
         plan = SamplingPlan.from_settings(self.settings.sample, self.num_classes, **flags)
-        return plan.check(self.schedule.timesteps, self.num_classes)
+        plan = plan.check(self.schedule.timesteps, self.num_classes)
+        trained = guidance_range(self.settings)
+        if trained is not None:  # a guidance-distilled student: before any image is drawn
+            check_guidance_range(plan.guidance, trained)
+        return plan
 
     def denoiser(self, plan: SamplingPlan | None = None) -> Denoiser:
         """The network as a Denoiser, in the plan's precision, clipping and CFG-rescale (the run's by default)."""
@@ -412,6 +417,14 @@ def apply_chosen_guidance(settings: Settings, plan_path: Path) -> float | None:
     return settings.sample.cfg
 
 
+def guidance_range(settings: Settings) -> tuple[float, float] | None:
+    """The guidance scales a guidance-input student was distilled over; None for a network without that input."""
+    if not settings.model.guidance_input:
+        return None
+    d = settings.distill
+    return (d.guidance_min, d.guidance_max) if d is not None else (1.0, 1.0)
+
+
 def make_denoiser(
     settings: Settings,
     model: nn.Module,
@@ -431,6 +444,7 @@ def make_denoiser(
         clipping=plan.clipping,
         rescale_phi=plan.rescale,
         precision=precision,
+        guidance_range=guidance_range(settings),
     )
 
 

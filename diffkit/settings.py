@@ -50,6 +50,9 @@ class ModelSettings(_Group):
     cond_channels: int = Field(0, ge=0, le=16)  # extra input channels (super-resolution conditioning)
     task: Literal["generate", "super-res"] = "generate"  # super-res: SR3, conditioned on a bicubic upsample
     sr_scales: list[int] = Field(default_factory=lambda: [2, 4], min_length=1, max_length=4)  # trained factors
+    # the guidance scale as a network input (a guidance-distilled student, `diffkit distill`): a guided step is
+    # one pass, for scales within distill.guidance_min .. guidance_max
+    guidance_input: bool = False
 
     @model_validator(mode="after")
     def _task_matches_conditioning(self) -> ModelSettings:
@@ -302,6 +305,24 @@ class SampleSettings(_Group):
     precision: Precision = "auto"  # as train.precision, timed for inference
 
 
+class DistillSettings(_Group):
+    """A distilled student's origin and its method's options (set by `diffkit distill`; absent in trained runs)."""
+
+    teacher: str  # the teacher's run directory
+    teacher_checkpoint: str = "best"
+    method: str = "progressive"
+    steps: int = Field(4, ge=1, le=1024)  # the student's sampling steps
+    teacher_steps: int = Field(64, ge=2, le=4096)  # progressive: the teacher's DDIM steps its first round halves
+    guidance_min: float = Field(1.0, ge=0.0, le=100.0)  # the trained range of the guidance input
+    guidance_max: float = Field(3.0, ge=0.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _range(self) -> DistillSettings:
+        if self.guidance_max < self.guidance_min:
+            raise ValueError("distill.guidance_max must be at least distill.guidance_min")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything a run needs. Layered: preset TOML < DIFFKIT_* environment < CLI flags."""
 
@@ -325,6 +346,7 @@ class Settings(BaseSettings):
     data: DataSettings = Field(default_factory=DataSettings)
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=10))
     sample: SampleSettings = Field(default_factory=SampleSettings)
+    distill: DistillSettings | None = None  # a student made by `diffkit distill`
 
     @model_validator(mode="after")
     def _super_res_fits_data(self) -> Settings:

@@ -12,7 +12,7 @@ from diffkit import __version__
 from diffkit.atomic import disk_error
 
 # not cli/app.py: a submodule named `app` would replace the Typer `app` here
-from diffkit.cli import compare, fid, inpaint, interpolate, presets, sample, schedules, superres, train, webapp
+from diffkit.cli import compare, distill, fid, inpaint, interpolate, presets, sample, schedules, superres, train, webapp
 from diffkit.distributed import launched_rank
 from diffkit.errors import DiffkitError
 
@@ -43,6 +43,7 @@ def _root(
 # every command, registered once, under the name users type (function names: <name>_command)
 COMMANDS: dict[str, Callable[..., None]] = {
     "train": train.train_command,
+    "distill": distill.distill_command,
     "sample": sample.sample_command,
     "compare-samplers": compare.compare_samplers_command,
     "plot-schedules": schedules.plot_schedules_command,

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+GUIDANCE_INPUT_SCALE = 100.0  # w of 0 .. 10 spread over the sinusoids as timesteps 0 .. 1000 are
+
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
@@ -103,6 +105,7 @@ class UNet(nn.Module):
         num_classes: int = 0,
         cond_channels: int = 0,
         mid_attention: bool = True,
+        guidance_input: bool = False,
     ) -> None:
         super().__init__()
         self.image_size, self.in_channels, self.num_classes = image_size, in_channels, num_classes
@@ -112,6 +115,13 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # index num_classes is the learned "no class" token used for unconditional predictions
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
+        # a distilled student's guidance scale w (Meng et al. 2023), added to the time embedding; the last
+        # layer starts at zero, so a student initialised from its teacher starts as the teacher
+        self.guidance_mlp = (
+            nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), zero_init(nn.Linear(emb_dim, emb_dim)))
+            if guidance_input
+            else None
+        )
 
         self.input_conv = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
 
@@ -138,13 +148,30 @@ class UNet(nn.Module):
     def null_class(self) -> int:
         return self.num_classes
 
-    def forward(self, x: Tensor, t: Tensor, classes: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
+    @property
+    def guidance_input(self) -> bool:
+        """Whether the guidance scale is an input (a guidance-distilled student): one pass per guided step."""
+        return self.guidance_mlp is not None
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        classes: Tensor | None = None,
+        cond: Tensor | None = None,
+        guidance: Tensor | None = None,
+    ) -> Tensor:
         """x: (N, C, H, W); t: (N,) float or int timesteps; classes: (N,) with `null_class` = none.
 
         `classes` may also be float weights (N, num_classes + 1) that mix rows of the class-embedding
         table (the last row is the null class): interpolation between classes uses this.
+        `guidance` (N,): the guidance scale, for a UNet made with `guidance_input` (unset: 1, conditional).
         """
         emb = self.time_mlp(timestep_embedding(t, self.base_channels))
+        if self.guidance_mlp is not None:
+            w = torch.ones(x.shape[0], device=x.device) if guidance is None else guidance.to(x.device)
+            w = w.expand(x.shape[0])
+            emb = emb + self.guidance_mlp(timestep_embedding(w * GUIDANCE_INPUT_SCALE, self.base_channels))
         if self.class_emb is not None:
             if classes is None:
                 classes = torch.full((x.shape[0],), self.null_class, device=x.device, dtype=torch.long)

@@ -25,13 +25,15 @@ def train_run(
     hooks: TrainHooks | None = None,
     stop_after: int | None = None,
     world: World | None = None,
+    trainer: type[Trainer] = Trainer,
 ) -> tuple[Trainer, TrainResult]:
     """Check the run directory, lock it, load data, build, (re)start, train.
 
     The run directory's lock (`diffkit.runlock`) is held throughout: a second process, or a `--force`
     from one, is refused. SIGINT / SIGTERM are deferred to the next step boundary (`TrainingInterrupted`).
     Under torchrun (`world` None: joined from the environment) rank 0 owns the directory and the others
-    only read it; a failed start on rank 0 ends every rank with its error.
+    only read it; a failed start on rank 0 ends every rank with its error. `trainer` is the Trainer (sub)class
+    to run (a `diffkit.distill.Distiller` for a student).
     """
     clock_start = time.perf_counter()
     own_world = world is None
@@ -41,20 +43,20 @@ def train_run(
             stack.enter_context(deferred_signals())
             lock = world.on_main(lambda: _claim(run_dir, resume, force, hooks, stack))
             try:
-                trainer = Trainer(settings, RunPaths(run_dir), hooks, clock_start=clock_start, world=world)
+                loop = trainer(settings, RunPaths(run_dir), hooks, clock_start=clock_start, world=world)
             except BaseException:
                 if lock is not None:  # a failed start leaves nothing behind
                     lock.abandon()
                 raise
             if resume:
-                trainer.resume()
+                loop.resume()
             else:
-                world.on_main(lambda: create_run_dir(trainer.paths, settings))
-                trainer.choose_precision()
+                world.on_main(lambda: create_run_dir(loop.paths, settings))
+                loop.choose_precision()
             try:
-                return trainer, trainer.train(stop_after)
+                return loop, loop.train(stop_after)
             finally:
-                trainer.runlog.close()
+                loop.runlog.close()
     finally:
         if own_world:
             world.close()
