@@ -119,8 +119,8 @@ def test_plain_settings_ignore_environment(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_zero_terminal_snr_refuses_eps_objective() -> None:
     with pytest.raises(DiffkitError, match="zero_terminal_snr needs objective v"):
-        load_settings("demo", parse_overrides(["diffusion.zero_terminal_snr=true"]))
-    s = load_settings("demo", parse_overrides(["diffusion.zero_terminal_snr=true", "diffusion.objective=v"]))
+        load_settings("mnist-cosine", parse_overrides(["diffusion.zero_terminal_snr=true"]))
+    s = load_settings("mnist-cosine", parse_overrides(["diffusion.zero_terminal_snr=true", "diffusion.objective=v"]))
     assert s.diffusion.zero_terminal_snr
 
 
