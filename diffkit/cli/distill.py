@@ -19,7 +19,9 @@ from diffkit.training import TrainingInterrupted
 def distill_command(
     run: Annotated[Path | None, typer.Option("--run", help="The teacher: a run made by diffkit train.")] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="The student's sampling steps (e.g. 4, 2, 1).")] = 4,
-    method: Annotated[str, typer.Option("--method", help="Distillation method: progressive.")] = "progressive",
+    method: Annotated[
+        str, typer.Option("--method", help="progressive (halves distill.teacher_steps) or consistency (1 to 4 steps).")
+    ] = "progressive",
     minutes: Annotated[
         float | None, typer.Option("--minutes", min=0.1, help="Distil for this many minutes (default 8), by the clock.")
     ] = None,

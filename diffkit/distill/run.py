@@ -55,12 +55,13 @@ def check_teacher(teacher_dir: Path, method: str) -> Settings:
             f"teacher run {teacher_dir} is a super-resolution model: distillation makes few-step generators, "
             "distil a generating run"
         )
-    if teacher.distill is not None and teacher.distill.method != method:
+    chosen = get_method(method)  # a known method (else one line)
+    if teacher.distill is not None and (teacher.distill.method != method or not chosen.students_teach):
+        why = "cannot teach another method" if teacher.distill.method != method else "is no diffusion model to teach"
         raise DiffkitError(
-            f"teacher run {teacher_dir} is a {teacher.distill.method} student: a student cannot teach another "
-            f"method; distil its teacher {teacher.distill.teacher} with --method {method}"
+            f"teacher run {teacher_dir} is a {teacher.distill.method} student: a student {why}; "
+            f"distil its teacher {teacher.distill.teacher} with --method {method}"
         )
-    get_method(method)  # a known method (else one line)
     return teacher
 
 
