@@ -7,20 +7,17 @@ measured on the demo (README, "Few-step students"), not here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY_RUN, one_line_error
+from test_distill import fid_row
 from torch import Tensor
 
 from diffkit.denoiser import Prediction
 from diffkit.distill import distill_run, student_settings
 from diffkit.distill.run import check_teacher
-from diffkit.evaluation import measuring as measure_module
-from diffkit.metrics import ClassifierFeatureNet
-from diffkit.models.classifier import SmallClassifier
 from diffkit.process import build_process
 from diffkit.process.consistency import ConsistencyProcess
 from diffkit.runs import RunPaths, load_run, read_checkpoint
@@ -141,15 +138,7 @@ def test_the_consistency_student_samples_in_its_steps_with_no_flags(cli, student
 
 
 def test_fid_of_the_consistency_student(cli, student: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    net = ClassifierFeatureNet(SmallClassifier(num_classes=4), "fake-digits", {"key": "fake"})
-    monkeypatch.setattr(measure_module, "digit_feature_net", lambda **_: net)
-    monkeypatch.setattr(measure_module, "classifier_feature_net", lambda dataset, **_: net)
-    monkeypatch.setenv("DIFFKIT_CACHE_DIR", str(tmp_path / "cache"))
-    code, _out, err = cli("fid", f"run:{student}", "synthetic:test", "--num", "8", "--class-accuracy")
-    assert code == 0, err
-    report = json.loads(max(student.glob("eval/*/fid.json"), key=lambda p: p.stat().st_mtime).read_text())
-    row = report["rows"][0]
+    row = fid_row(cli, student, monkeypatch, tmp_path)
     assert row["fid"] > 0 and 0 <= row["class_accuracy"] <= 1
 
 

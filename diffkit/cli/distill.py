@@ -14,6 +14,7 @@ from diffkit.distill import check_teacher, distill_run, get_method, student_sett
 from diffkit.errors import DiffkitError
 from diffkit.settings import load_saved_settings, parse_overrides, resolve_runs_dir
 from diffkit.training import TrainingInterrupted
+from diffkit.training.request import interrupted_line
 
 
 def distill_command(
@@ -83,11 +84,8 @@ def distill_command(
         trainer, result = distill_run(settings, root, resume=resume, force=force, hooks=hooks, stop_after=stop_after)
     except TrainingInterrupted as stop:
         hooks.stop()
-        why = f" by {signal.Signals(stop.signum).name}" if stop.signum else ""
-        console.print(
-            f"[yellow]interrupted{why} at step {stop.step:,}[/yellow]: saved the exact state; continue with: "
-            f"diffkit distill --run-dir {root} --resume"
-        )
+        name = signal.Signals(stop.signum).name if stop.signum else None
+        console.print(f"[yellow]{interrupted_line(stop.step, name, root, 'distill')}[/yellow]")
         raise typer.Exit(stop.exit_code) from None
     finally:
         hooks.stop()
