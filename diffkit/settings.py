@@ -316,7 +316,10 @@ class DistillSettings(_Group):
     method: str = "progressive"
     steps: int = Field(4, ge=1, le=1024)  # the student's sampling steps
     teacher_steps: int = Field(64, ge=2, le=4096)  # progressive: the teacher's DDIM steps its first round halves
-    points: int = Field(18, ge=2, le=1000)  # consistency: N levels on the grid, one teacher step between neighbours
+    # consistency: N levels on the grid, one teacher solve between neighbours (8, not Song et al.'s 18: a CPU
+    # budget of ~100 steps carries the boundary condition up fewer links; README, "Few-step students")
+    points: int = Field(8, ge=2, le=1000)
+    substeps: int = Field(1, ge=1, le=64)  # consistency: the teacher's DDIM steps in that solve
     guidance_min: float = Field(1.0, ge=0.0, le=100.0)  # the trained range of the guidance input
     guidance_max: float = Field(3.0, ge=0.0, le=100.0)
 

@@ -186,7 +186,7 @@ def test_both_methods_distil_edm_and_flow_teachers(
     cli, process_teacher: Path, tmp_path: Path, method: str, steps: int
 ) -> None:
     root = tmp_path / "student"
-    distill_run(_settings(process_teacher, method, steps, "distill.teacher_steps=4"), root)
+    distill_run(_settings(process_teacher, method, steps, "distill.teacher_steps=4", "distill.substeps=2"), root)
     saved = load_run(root)
     teacher = load_run(process_teacher)
     assert saved.settings.diffusion.process == teacher.settings.diffusion.process  # the teacher's process kept
