@@ -14,9 +14,9 @@ States handed to callbacks are always variance-preserving x_t, whatever the samp
 | `registry` | `Step`, `SamplerSpec` and its one check of a request, the registry, `sample` (counts NFE) |
 | `loop` | what samplers share: noise, the callback, ᾱ, the DDIM update, the discrete-timestep loop |
 | `ancestral` | DDPM, DDIM, PLMS (PNDM) |
-| `consistency` | multistep consistency sampling (the sampler of `diffkit distill --method consistency` students) |
 | `dpm_solver` | DPM-Solver++ 2M, 3M, 2M SDE (exponential multistep in log-SNR time) |
 | `karras` | Euler and Heun on the probability-flow ODE over Karras sigmas |
+| `consistency` | multistep consistency sampling (the sampler of `diffkit distill --method consistency` students) |
 | `accuracy` | the exact-Gaussian accuracy harness of the tests and `make bench` (imported on its own) |
 
 Importing this package registers every sampler, in the order above.
@@ -27,7 +27,8 @@ from __future__ import annotations
 import sys
 import types
 
-from diffkit.samplers import ancestral, consistency, dpm_solver, karras  # noqa: F401  (registers the samplers)
+from diffkit.samplers import ancestral, dpm_solver, karras  # noqa: F401  (registers the samplers)
+from diffkit.samplers import consistency as _students  # noqa: F401  (last: the sampler of consistency students)
 from diffkit.samplers.dpm_solver import exp_weights
 from diffkit.samplers.loop import ddim_update
 from diffkit.samplers.registry import (
