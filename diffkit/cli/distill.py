@@ -89,10 +89,11 @@ def distill_command(
         raise typer.Exit(stop.exit_code) from None
     finally:
         hooks.stop()
+    cfg = trainer.guidance.chosen if trainer.guidance is not None else settings.sample.cfg  # the sweep's pick
     console.print(
         f"distilled {result.steps:,} of {trainer.total_steps:,} steps in {trainer.elapsed_s() / 60:.1f} min; "
         f"the student samples in {d.steps} step{'s' if d.steps > 1 else ''} "
-        f"({settings.sample.sampler}, guidance {settings.sample.cfg:g}, one pass per step)"
+        f"({settings.sample.sampler}, guidance {cfg:g}, one pass per step)"
     )
     if result.steps < trainer.total_steps:
         console.print(f"continue with: diffkit distill --run-dir {root} --resume")
