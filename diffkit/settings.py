@@ -160,6 +160,9 @@ class DiffusionSettings(_Group):
     sigmoid_tau: float | None = Field(None, gt=0.0, le=10.0)
     edm: EDMOptions | None = None
     flow: FlowOptions | None = None
+    # a consistency student (`diffkit distill --method consistency`): x̂0 is the consistency function, with
+    # f(x, σ_min) = x at the grid's least noisy point (diffkit.process.consistency); unset in trained runs
+    consistency: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -313,6 +316,10 @@ class DistillSettings(_Group):
     method: str = "progressive"
     steps: int = Field(4, ge=1, le=1024)  # the student's sampling steps
     teacher_steps: int = Field(64, ge=2, le=4096)  # progressive: the teacher's DDIM steps its first round halves
+    # consistency: N levels on the grid, one teacher solve between neighbours (8, not Song et al.'s 18: a CPU
+    # budget of ~100 steps carries the boundary condition up fewer links; README, "Few-step students")
+    points: int = Field(8, ge=2, le=1000)
+    substeps: int = Field(1, ge=1, le=64)  # consistency: the teacher's DDIM steps in that solve
     guidance_min: float = Field(1.0, ge=0.0, le=100.0)  # the trained range of the guidance input
     guidance_max: float = Field(3.0, ge=0.0, le=100.0)
 

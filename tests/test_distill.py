@@ -67,7 +67,8 @@ def test_the_student_is_a_run_that_samples_in_its_steps_with_no_flags(cli, stude
     assert len(list((student / "s" / "images").glob("*.png"))) == 8  # 2 per class
 
 
-def test_fid_of_the_student(cli, student: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def fid_row(cli, student: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
+    """`diffkit fid run:STUDENT` with an untrained 4-class digit net (the tiny teacher's classes): its report row."""
     torch.manual_seed(0)
     net = ClassifierFeatureNet(SmallClassifier(num_classes=4), "fake-digits", {"key": "fake"})
     monkeypatch.setattr(measure_module, "digit_feature_net", lambda **_: net)
@@ -76,7 +77,11 @@ def test_fid_of_the_student(cli, student: Path, monkeypatch: pytest.MonkeyPatch,
     code, _out, err = cli("fid", f"run:{student}", "synthetic:test", "--num", "8", "--class-accuracy")
     assert code == 0, err
     report = json.loads(max(student.glob("eval/*/fid.json"), key=lambda p: p.stat().st_mtime).read_text())
-    row = report["rows"][0]
+    return report["rows"][0]
+
+
+def test_fid_of_the_student(cli, student: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    row = fid_row(cli, student, monkeypatch, tmp_path)
     assert row["fid"] > 0 and 0 <= row["class_accuracy"] <= 1
 
 

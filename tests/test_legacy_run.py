@@ -16,6 +16,8 @@ from diffkit.runs import load_run
 from diffkit.samplers import SAMPLERS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy-vp-run"
+NEWER = {"consistency"}  # samplers added after the fixture was made (no old pixels to compare with)
+OLD_SAMPLERS = [name for name in SAMPLERS if name not in NEWER]
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +28,10 @@ def legacy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_fixture_covers_every_sampler() -> None:
-    assert set(load_file(str(FIXTURE / "reference.safetensors"))) == set(SAMPLERS)
+    assert set(load_file(str(FIXTURE / "reference.safetensors"))) == set(OLD_SAMPLERS)
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("sampler", OLD_SAMPLERS)
 def test_an_old_run_samples_the_same_pixels(legacy: Path, sampler: str) -> None:
     with safe_open(str(FIXTURE / "reference.safetensors"), "pt") as f:
         meta, reference = f.metadata(), f.get_tensor(sampler)

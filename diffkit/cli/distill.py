@@ -14,12 +14,15 @@ from diffkit.distill import check_teacher, distill_run, get_method, student_sett
 from diffkit.errors import DiffkitError
 from diffkit.settings import load_saved_settings, parse_overrides, resolve_runs_dir
 from diffkit.training import TrainingInterrupted
+from diffkit.training.request import interrupted_line
 
 
 def distill_command(
     run: Annotated[Path | None, typer.Option("--run", help="The teacher: a run made by diffkit train.")] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="The student's sampling steps (e.g. 4, 2, 1).")] = 4,
-    method: Annotated[str, typer.Option("--method", help="Distillation method: progressive.")] = "progressive",
+    method: Annotated[
+        str, typer.Option("--method", help="progressive (halves distill.teacher_steps) or consistency (1 to 4 steps).")
+    ] = "progressive",
     minutes: Annotated[
         float | None, typer.Option("--minutes", min=0.1, help="Distil for this many minutes (default 8), by the clock.")
     ] = None,
@@ -81,18 +84,16 @@ def distill_command(
         trainer, result = distill_run(settings, root, resume=resume, force=force, hooks=hooks, stop_after=stop_after)
     except TrainingInterrupted as stop:
         hooks.stop()
-        why = f" by {signal.Signals(stop.signum).name}" if stop.signum else ""
-        console.print(
-            f"[yellow]interrupted{why} at step {stop.step:,}[/yellow]: saved the exact state; continue with: "
-            f"diffkit distill --run-dir {root} --resume"
-        )
+        name = signal.Signals(stop.signum).name if stop.signum else None
+        console.print(f"[yellow]{interrupted_line(stop.step, name, root, 'distill')}[/yellow]")
         raise typer.Exit(stop.exit_code) from None
     finally:
         hooks.stop()
+    cfg = trainer.guidance.chosen if trainer.guidance is not None else settings.sample.cfg  # the sweep's pick
     console.print(
         f"distilled {result.steps:,} of {trainer.total_steps:,} steps in {trainer.elapsed_s() / 60:.1f} min; "
         f"the student samples in {d.steps} step{'s' if d.steps > 1 else ''} "
-        f"({settings.sample.sampler}, guidance {settings.sample.cfg:g}, one pass per step)"
+        f"({settings.sample.sampler}, guidance {cfg:g}, one pass per step)"
     )
     if result.steps < trainer.total_steps:
         console.print(f"continue with: diffkit distill --run-dir {root} --resume")

@@ -19,29 +19,21 @@ from torch import Tensor, nn
 
 from diffkit.denoiser import Denoiser
 from diffkit.distill.methods import DistillMethod, get_method
-from diffkit.distributed import Rows, World, draw_rows
+from diffkit.distributed import Rows, draw_rows
 from diffkit.errors import DiffkitError
-from diffkit.runs import RunPaths, load_run, make_denoiser, read_checkpoint, save_checkpoint, split_weights
-from diffkit.settings import DistillSettings, Settings
-from diffkit.training.outcomes import TrainHooks
+from diffkit.runs import load_run, make_denoiser, read_checkpoint, save_checkpoint, split_weights
+from diffkit.settings import DistillSettings
 from diffkit.training.trainer import Trainer
 
 TEACHER = "teacher"  # checkpoints/teacher.safetensors: the current round's teacher (rounds after the first)
 
 
 class Distiller(Trainer):
-    def __init__(
-        self,
-        settings: Settings,
-        paths: RunPaths,
-        hooks: TrainHooks | None = None,
-        *,
-        clock_start: float | None = None,
-        world: World | None = None,
-    ) -> None:
-        super().__init__(settings, paths, hooks, clock_start=clock_start, world=world)
-        assert settings.distill is not None  # a student's settings (see diffkit.distill.run.student_settings)
-        self.options: DistillSettings = settings.distill
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """The Trainer's own start (its arguments), then the teacher and the student's start from it."""
+        super().__init__(*args, **kwargs)
+        assert self.settings.distill is not None  # a student's settings (see diffkit.distill.run.student_settings)
+        self.options: DistillSettings = self.settings.distill
         self.method: DistillMethod = get_method(self.options.method)
         self.rounds = self.method.rounds(self.options)
         first = load_run(Path(self.options.teacher), self.options.teacher_checkpoint, device=str(self.device))

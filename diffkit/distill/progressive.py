@@ -12,8 +12,8 @@ every process. The next round's teacher is this round's student (its EMA), which
 from. A class-conditional student also learns the guidance scale w as an input (w uniform in the trained
 range; the first teacher's target is its guided prediction), so a guided student step is one pass.
 
-An ε-predicting vp teacher gives a v-predicting student: with ε̂ the first step's x̂0 = (x_T - σ ε̂) / α
-divides by α ≈ 5e-5, so no large first step can be taught (Salimans & Ho 2022, §4, use v or x0 too).
+An ε-predicting vp teacher gives a v-predicting student (`methods.x0_capable`): no large first step can be taught
+to an ε-student.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffkit.denoiser import Prediction
-from diffkit.distill.methods import DistillMethod, register
+from diffkit.distill.methods import DistillMethod, alpha_bar_of, draw_noise, register, x0_capable
 from diffkit.distributed import Rows, draw_rows
 from diffkit.errors import DiffkitError
-from diffkit.samplers.loop import timestep_pairs
+from diffkit.samplers.loop import ddim_update, timestep_pairs
 from diffkit.settings import DistillSettings
 
 if TYPE_CHECKING:
@@ -37,18 +36,9 @@ if TYPE_CHECKING:
 SPACING = "trailing"  # the student's grid: it starts at T - 1 (pure noise) and halves exactly
 
 
-def alpha_bar_of(distiller: Distiller, t: Tensor) -> Tensor:
-    """ᾱ at grid positions t (N,) as (N, 1, 1, 1) floats; t = -1 is the clean end (ᾱ = 1)."""
-    return distiller.process.grid.alpha_bar_at(t.cpu().double()).float().reshape(-1, 1, 1, 1)
-
-
-def ddim_jump(pred: Prediction, alpha_bar_next: Tensor) -> Tensor:
-    """The deterministic DDIM step to ᾱ_next with per-image ᾱ (the samplers' `ddim_update` at eta 0)."""
-    return alpha_bar_next.sqrt() * pred.x0 + (1 - alpha_bar_next).sqrt() * pred.eps
-
-
 class Progressive(DistillMethod):
     name: ClassVar[str] = "progressive"
+    students_teach: ClassVar[bool] = True  # a progressive student goes on halving from its own steps
     summary: ClassVar[str] = (
         "Salimans & Ho 2022: each round halves the steps (64 -> 32 -> ... -> 1), guidance folded in"
     )
@@ -65,9 +55,7 @@ class Progressive(DistillMethod):
         return [start >> k for k in range(1, halvings + 1)]
 
     def student_diffusion(self, teacher: dict[str, Any]) -> dict[str, Any]:
-        if teacher.get("process", "vp") == "vp" and teacher.get("objective", "eps") == "eps":
-            return {**teacher, "objective": "v"}
-        return teacher
+        return x0_capable(teacher)
 
     def student_sample(self, options: DistillSettings) -> dict[str, Any]:
         # no clipping: the student was taught to land exactly where the teacher did
@@ -86,7 +74,7 @@ class Progressive(DistillMethod):
         steps = distiller.student_steps
         teacher_grid = timestep_pairs(distiller.process.grid, 2 * steps, SPACING)  # student step i = its 2i, 2i+1
         index = draw_rows(rows, n, lambda k: torch.randint(0, steps, (k,), generator=gen, device=device))
-        noise = draw_rows(rows, n, lambda k: torch.randn((k, *x0.shape[1:]), generator=gen, device=device))
+        noise = draw_noise(rows, x0, gen)
         w = distiller.draw_guidance(n, gen, rows)
         t, t_mid, t_end = (
             torch.tensor([teacher_grid[2 * i][0] for i in index.tolist()], device=device),
@@ -97,8 +85,8 @@ class Progressive(DistillMethod):
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         with torch.no_grad():
             guidance = 1.0 if w is None else w
-            x_mid = ddim_jump(distiller.teacher(x_t, t, labels, guidance), ab_mid)
-            x_end = ddim_jump(distiller.teacher(x_mid, t_mid, labels, guidance), ab_end)
+            x_mid = ddim_update(*distiller.teacher(x_t, t, labels, guidance), ab_mid)
+            x_end = ddim_update(*distiller.teacher(x_mid, t_mid, labels, guidance), ab_end)
             ratio = ((1 - ab_end) / (1 - ab)).sqrt()
             target_x0 = (x_end - ratio * x_t) / (ab_end.sqrt() - ratio * ab.sqrt())
             target = distiller.process.output_for(target_x0, x_t, t, ab)

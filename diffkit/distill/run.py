@@ -18,7 +18,8 @@ from diffkit.errors import DiffkitError
 from diffkit.runlock import is_locked, read_owner
 from diffkit.runs import RunPaths, is_run, resolve_checkpoint
 from diffkit.settings import Settings, describe_validation_error, load_saved_settings, settings_to_dict
-from diffkit.training import TrainHooks, TrainResult, train_run
+from diffkit.training import TrainResult, train_run
+from diffkit.training.request import merge
 
 DEFAULT_MINUTES = 8.0
 # the student's optimisation: it starts from its teacher, so a constant LR after a short warm-up, and an EMA
@@ -55,12 +56,13 @@ def check_teacher(teacher_dir: Path, method: str) -> Settings:
             f"teacher run {teacher_dir} is a super-resolution model: distillation makes few-step generators, "
             "distil a generating run"
         )
-    if teacher.distill is not None and teacher.distill.method != method:
+    chosen = get_method(method)  # a known method (else one line)
+    if teacher.distill is not None and (teacher.distill.method != method or not chosen.students_teach):
+        why = "cannot teach another method" if teacher.distill.method != method else "is no diffusion model to teach"
         raise DiffkitError(
-            f"teacher run {teacher_dir} is a {teacher.distill.method} student: a student cannot teach another "
-            f"method; distil its teacher {teacher.distill.teacher} with --method {method}"
+            f"teacher run {teacher_dir} is a {teacher.distill.method} student: a student {why}; "
+            f"distil its teacher {teacher.distill.teacher} with --method {method}"
         )
-    get_method(method)  # a known method (else one line)
     return teacher
 
 
@@ -109,30 +111,14 @@ def student_settings(
     return settings
 
 
-def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def distill_run(
-    settings: Settings,
-    run_dir: Path,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    hooks: TrainHooks | None = None,
-    stop_after: int | None = None,
-) -> tuple[Distiller, TrainResult]:
-    """Train the student `settings` describe into `run_dir` (or continue it), by the training loop."""
+def distill_run(settings: Settings, run_dir: Path, **options: Any) -> tuple[Distiller, TrainResult]:
+    """Train the student `settings` describe into `run_dir` (or continue it), by the training loop: `train_run`
+    with the `Distiller`, after the teacher's checks; `options` are train_run's (resume, force, hooks, ...)."""
     assert settings.distill is not None
     teacher_dir = Path(settings.distill.teacher)
     if run_dir.resolve() == teacher_dir.resolve():
         raise DiffkitError(f"--run-dir {run_dir} is the teacher's own directory: choose another --run-dir")
     check_teacher(teacher_dir, settings.distill.method)
-    trainer, result = train_run(
-        settings, run_dir, resume=resume, force=force, hooks=hooks, stop_after=stop_after, trainer=Distiller
-    )
+    trainer, result = train_run(settings, run_dir, trainer=Distiller, **options)
     assert isinstance(trainer, Distiller)
     return trainer, result

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from diffkit.errors import DiffkitError
 from diffkit.process.base import DiffusionProcess
+from diffkit.process.consistency import ConsistencyProcess
 from diffkit.process.edm import EDMProcess
 from diffkit.process.flow import FlowProcess
 from diffkit.process.vp import VPProcess
@@ -51,7 +52,8 @@ def build_process(d: DiffusionSettings) -> DiffusionProcess:
     """The process a run's [diffusion] settings describe."""
     if d.process not in PROCESSES:  # settings validate the name; this guards direct construction
         raise DiffkitError(f"unknown diffusion.process {d.process!r}: choose one of {', '.join(PROCESSES)}")
-    return PROCESSES[d.process][0](d)
+    process = PROCESSES[d.process][0](d)
+    return ConsistencyProcess(process) if d.consistency else process
 
 
 def default_processes(names: list[str]) -> dict[str, DiffusionProcess]:

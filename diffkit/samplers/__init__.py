@@ -16,6 +16,7 @@ States handed to callbacks are always variance-preserving x_t, whatever the samp
 | `ancestral` | DDPM, DDIM, PLMS (PNDM) |
 | `dpm_solver` | DPM-Solver++ 2M, 3M, 2M SDE (exponential multistep in log-SNR time) |
 | `karras` | Euler and Heun on the probability-flow ODE over Karras sigmas |
+| `consistency` | multistep consistency sampling (the sampler of `diffkit distill --method consistency` students) |
 | `accuracy` | the exact-Gaussian accuracy harness of the tests and `make bench` (imported on its own) |
 
 Importing this package registers every sampler, in the order above.
@@ -27,6 +28,7 @@ import sys
 import types
 
 from diffkit.samplers import ancestral, dpm_solver, karras  # noqa: F401  (registers the samplers)
+from diffkit.samplers import consistency as _students  # noqa: F401  (last: the sampler of consistency students)
 from diffkit.samplers.dpm_solver import exp_weights
 from diffkit.samplers.loop import ddim_update
 from diffkit.samplers.registry import (

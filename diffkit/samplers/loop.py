@@ -45,11 +45,14 @@ def at(t: float, like: Tensor) -> Tensor:
     return torch.full((like.shape[0],), float(t), device=like.device)
 
 
-def ddim_update(x0: Tensor, eps: Tensor, ab_next: float, sigma: float = 0.0) -> Tensor:
+def ddim_update(x0: Tensor, eps: Tensor, ab_next: float | Tensor, sigma: float = 0.0) -> Tensor:
     """Carry a consistent estimate (x̂0, ε̂) to ᾱ_next, leaving variance sigma² for fresh noise.
 
     Every discrete sampler ends its step with this; they differ only in how they estimate (x̂0, ε̂).
+    `ab_next` may be per image, (N, 1, 1, 1) (the teacher steps of `diffkit.distill`).
     """
+    if isinstance(ab_next, Tensor):
+        return ab_next.sqrt() * x0 + (1.0 - ab_next - sigma**2).clamp_min(0.0).sqrt() * eps
     return ab_next**0.5 * x0 + max(1.0 - ab_next - sigma**2, 0.0) ** 0.5 * eps
 
 

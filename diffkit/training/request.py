@@ -166,9 +166,10 @@ def result_lines(trainer: Trainer, result: TrainResult, root: Path) -> list[str]
     return lines
 
 
-def interrupted_line(step: int, signal_name: str | None, root: Path) -> str:
+def interrupted_line(step: int, signal_name: str | None, root: Path, command: str = "train") -> str:
+    """What a stopped run tells its user; `command` continues it (`diffkit distill` for a student)."""
     why = f" by {signal_name}" if signal_name else ""
     return (
         f"interrupted{why} at step {step:,}: saved the exact state after it as "
-        f"{root / 'checkpoints' / 'last.safetensors'}; continue with: diffkit train --run-dir {root} --resume"
+        f"{root / 'checkpoints' / 'last.safetensors'}; continue with: diffkit {command} --run-dir {root} --resume"
     )
