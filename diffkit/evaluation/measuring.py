@@ -323,7 +323,7 @@ def measure_run(
 
     def tick(done: int, total: int, message: str = "") -> None:
         if progress is not None:
-            progress(done, total, f"sampling, guidance {plan.guidance:g}")
+            progress(done, total, f"sampling, guidance {plan.cfg:g}")
 
     keep = max(1, run.num_classes) * PREVIEW_ROWS
     feats, predicted, preview = generated_features(

@@ -55,13 +55,13 @@ class Yardstick:
 
 @dataclass
 class GuidanceRow:
-    guidance: float
+    cfg: float
     fid: float
     accuracy: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "guidance": self.guidance,
+            "cfg": self.cfg,
             "fid": round(self.fid, 3),
             "class_accuracy": None if self.accuracy is None else round(self.accuracy, 4),
         }
@@ -83,7 +83,7 @@ class GuidanceChoice:
 
     @property
     def row(self) -> GuidanceRow:
-        return next(r for r in self.rows if r.guidance == self.chosen)
+        return next(r for r in self.rows if r.cfg == self.chosen)
 
     @property
     def reason(self) -> str:
@@ -126,9 +126,9 @@ def choose(rows: list[GuidanceRow], min_accuracy: float) -> tuple[GuidanceRow, b
     return min(rows, key=lambda r: (-(r.accuracy or 0.0), r.fid)), False
 
 
-def nfe_factor(guidance: float) -> int:
-    """Network evaluations per sampler step: guidance 0 or 1 needs one prediction, others two."""
-    return 1 if guidance in (0.0, 1.0) else 2
+def nfe_factor(cfg: float) -> int:
+    """Network evaluations per sampler step: a scale of 0 or 1 needs one prediction, others two."""
+    return 1 if cfg in (0.0, 1.0) else 2
 
 
 @dataclass
@@ -167,11 +167,11 @@ class GuidanceSweep:
         start, plan, rows = time.perf_counter(), self.plan(base), []
         samples = samples or self.samples
         for scale in self.scales:
-            fid, accuracy = self.yardstick.score(denoiser, plan.but(guidance=scale), samples, progress)
+            fid, accuracy = self.yardstick.score(denoiser, plan.but(cfg=scale), samples, progress)
             rows.append(GuidanceRow(scale, fid, accuracy))
         best, met = choose(rows, self.min_accuracy)
         return GuidanceChoice(
-            best.guidance,
+            best.cfg,
             met,
             self.min_accuracy,
             rows,
