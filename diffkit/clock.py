@@ -1,8 +1,11 @@
-"""Training by the clock: a run with `train.max_minutes` times its first steps, then fixes its length once.
+"""Training by the clock: a run with `train.max_minutes` times its first steps, then fixes its length.
 
 `ClockWatch` times training steps after a warm-up; `plan_steps` turns the measured seconds into the
 number of steps that ends the run, final epoch end included, inside the budget; `ClockPlan` is what
-was decided, saved in plan.json so that a resumed run follows the same plan.
+was decided, saved in plan.json so that a resumed run follows the same plan. The first seconds can
+mislead (another program busy, a laptop leaving its power-saving state), so the speed is measured once
+more, at half the planned steps or a quarter of the budget, whichever comes first; a speed more than
+RECHECK_TOLERANCE off the planned one re-plans the rest of the run, once.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ class ClockPlan:
     ended_early_at: int | None = None  # the step where a slowed-down machine ran out of budget
     sweep_s: float = 0.0  # of final_s: the guidance sweep after the last step (diffkit.training.guidance)
     sweep_samples: int | None = None  # its samples per scale as planned (0: no time for it); None: no sweep
+    rechecked_at: int | None = None  # the step where the speed was measured again (None: not yet)
+    recheck_step_s: float | None = None  # the speed measured then
+    first_planned_steps: int | None = None  # set when the re-check re-planned: the first plan's length ...
+    first_step_s: float | None = None  # ... and the speed it was made at
 
     def to_dict(self) -> dict[str, Any]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
@@ -54,6 +61,24 @@ def plan_steps(
     left = budget_s * margin - elapsed_s - final_s
     total = step + max(0, math.floor(left / per_step))
     return min(total, cap) if cap is not None else total
+
+
+RECHECK_SHARE = 0.25  # re-check the speed by this share of the budget at the latest ...
+RECHECK_TOLERANCE = 0.2  # ... and re-plan when it is off by more than this
+
+
+def recheck_due(plan: ClockPlan, step: int, elapsed_s: float) -> bool:
+    """Whether a run following `plan` should measure its speed again now (once: at half the planned steps
+    or a quarter of the budget, whichever comes first)."""
+    if plan.rechecked_at is not None:
+        return False
+    return 2 * (step - plan.planned_at_step) >= plan.planned_steps - plan.planned_at_step or (
+        elapsed_s >= RECHECK_SHARE * plan.budget_s
+    )
+
+
+def speed_changed(planned_step_s: float, measured_step_s: float) -> bool:
+    return abs(measured_step_s / planned_step_s - 1.0) > RECHECK_TOLERANCE
 
 
 class ClockWatch:

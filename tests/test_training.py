@@ -176,10 +176,13 @@ def test_time_budget_plans_once_and_resume_follows_the_plan(tmp_path: Path, monk
 
     monkeypatch.setattr(clock, "plan_steps", fixed_plan)
     monkeypatch.setattr(clock.ClockWatch, "ready", lambda self, budget_s: self.count >= 3)
+    monkeypatch.setattr(clock, "speed_changed", lambda planned, measured: False)  # the re-check keeps the plan
     trainer, straight = train_run(tiny_settings(*budget), tmp_path / "straight")
     assert straight.steps == trainer.total_steps == 12 and planned == [5]  # 2 warm-up steps + 3 timed
     plan = json.loads((tmp_path / "straight" / "plan.json").read_text())
     assert plan["total_steps"] == 12 and plan["clock"]["planned_at_step"] == 5
+    # checked again once half the planned steps were done and 3 more were timed after 2 warm-up steps
+    assert plan["clock"]["rechecked_at"] == 10 and plan["clock"]["first_planned_steps"] is None
     assert plan["precision"]["name"] == "fp32" and plan["budget_minutes"] == 5
 
     _, first = train_run(tiny_settings(*budget), tmp_path / "split", stop_after=8)
@@ -189,6 +192,43 @@ def test_time_budget_plans_once_and_resume_follows_the_plan(tmp_path: Path, monk
     assert second.steps == 12 and first.losses + second.losses == straight.losses
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_changed_speed_re_plans_once_and_resume_keeps_the_new_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    budget = ["train.max_minutes=5", "train.max_steps=100", "train.precision=fp32"]
+    planned: list[int] = []
+
+    def growing_plan(**kwargs: object) -> int:
+        planned.append(int(kwargs["step"]))  # type: ignore[call-overload]
+        return 12 if len(planned) == 1 else 16  # the first plan was measured on a busy machine
+
+    monkeypatch.setattr(clock, "plan_steps", growing_plan)
+    monkeypatch.setattr(clock.ClockWatch, "ready", lambda self, budget_s: self.count >= 3)
+    monkeypatch.setattr(clock, "speed_changed", lambda planned_s, measured_s: True)
+    trainer, straight = train_run(tiny_settings(*budget), tmp_path / "straight")
+    assert planned == [5, 10] and straight.steps == trainer.total_steps == 16
+    record = json.loads(trainer.paths.plan.read_text())["clock"]
+    assert record["rechecked_at"] == 10 and record["first_planned_steps"] == 12 and record["planned_steps"] == 16
+    assert record["first_step_s"] > 0 and record["recheck_step_s"] == record["step_s"]
+
+    planned.clear()
+    train_run(tiny_settings(*budget), tmp_path / "split", stop_after=11)
+    _, second = train_run(tiny_settings(*budget), tmp_path / "split", resume=True)
+    assert planned == [5, 10] and second.steps == 16  # re-planned once, before the stop; the resumed run kept it
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_re_check_is_due_once_at_half_the_plan_or_a_quarter_of_the_budget() -> None:
+    plan = clock.ClockPlan(400.0, 105, 5, 0.5, 1.0, 10.0, 6.0)
+    assert not clock.recheck_due(plan, step=54, elapsed_s=60.0)
+    assert clock.recheck_due(plan, step=55, elapsed_s=60.0)  # half of the 100 planned steps done
+    assert clock.recheck_due(plan, step=20, elapsed_s=100.0)  # a quarter of the 400 s budget spent
+    plan.rechecked_at = 55
+    assert not clock.recheck_due(plan, step=80, elapsed_s=200.0)
+    assert clock.speed_changed(0.5, 0.61) and clock.speed_changed(0.5, 0.39) and not clock.speed_changed(0.5, 0.59)
 
 
 def test_a_real_time_budget_run_ends_with_its_plan(tmp_path: Path) -> None:

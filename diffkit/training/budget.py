@@ -6,6 +6,7 @@ this module estimates them from one timed forward pass of the network as the run
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -131,4 +132,20 @@ def measure_plan(trainer: Trainer, step_s: float) -> ClockPlan:
         elapsed,
         sweep_s=costs.sweep_s,
         sweep_samples=samples if sweep is not None else None,
+    )
+
+
+def recheck_plan(trainer: Trainer, step_s: float) -> ClockPlan:
+    """The plan after measuring the speed again (`step_s`): the same plan, marked re-checked, while the speed
+    holds; else a new plan for the rest of the budget that remembers the first one."""
+    old = trainer.clock_plan
+    assert old is not None
+    if not clock.speed_changed(old.step_s, step_s):
+        return dataclasses.replace(old, rechecked_at=trainer.step, recheck_step_s=step_s)
+    return dataclasses.replace(
+        measure_plan(trainer, step_s),
+        rechecked_at=trainer.step,
+        recheck_step_s=step_s,
+        first_planned_steps=old.planned_steps,
+        first_step_s=old.step_s,
     )

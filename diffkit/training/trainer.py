@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from diffkit.atomic import write_json
-from diffkit.clock import ClockPlan, ClockWatch
+from diffkit.clock import ClockPlan, ClockWatch, recheck_due
 from diffkit.data import ImageSet, random_condition, resolve_data, to_float, train_val_split
 from diffkit.denoiser import Denoiser
 from diffkit.devices import configure, resolve_device, to_device
@@ -41,7 +41,7 @@ from diffkit.runs import (
 )
 from diffkit.sampling import SamplingPlan
 from diffkit.settings import Settings, settings_to_dict
-from diffkit.training.budget import measure_plan
+from diffkit.training.budget import measure_plan, recheck_plan
 from diffkit.training.guidance import GuidanceChoice, GuidanceSweep, guidance_sweep, sweep_after_training
 from diffkit.training.outcomes import (
     LossWindow,
@@ -353,7 +353,9 @@ class Trainer:
         self.net = self._wrap()
         self.model.train()
         window, run_start = LossWindow(), time.perf_counter()
-        watch = ClockWatch() if self.budget_s is not None and self.clock_plan is None else None
+        # times the first steps to plan on, then the steps after the plan to check it once (diffkit.clock)
+        unchecked = self.clock_plan is None or self.clock_plan.rechecked_at is None
+        watch = ClockWatch() if self.budget_s is not None and unchecked else None
         self.last_saved_at = time.perf_counter()
         with deferred_signals() as self.stop:
             while self.step < self._end(stop_after):
@@ -373,9 +375,10 @@ class Trainer:
                 self.hooks.step(self.step, loss, lr, window.images_per_s)
                 if watch is not None:
                     watch.add(time.perf_counter() - step_start)
-                    if self.world.agree(False, watch.ready(self.budget_s or 0.0))[1]:
-                        self._make_plan(watch.step_s)
-                        watch = None
+                    if self.world.agree(False, self._plan_due(watch))[1]:
+                        first = self.clock_plan is None
+                        self._make_plan(watch.step_s, recheck=not first)
+                        watch = ClockWatch() if first else None
                 self._after_step()
             if self.step == self.total_steps:
                 sweep_after_training(self)
@@ -450,13 +453,20 @@ class Trainer:
         self.write_plan()
         self._end_epoch()
 
-    def _make_plan(self, step_s: float) -> None:
-        """Fix total_steps (rank 0 decides) so that the rest of the run, its last epoch end and grid fit."""
-        self.clock_plan = self.world.from_main(measure_plan(self, step_s) if self.world.is_main else None)
-        assert self.clock_plan is not None
-        self.total_steps = self.clock_plan.planned_steps
+    def _plan_due(self, watch: ClockWatch) -> bool:
+        plan = self.clock_plan
+        return watch.ready(self.budget_s or 0.0) and (plan is None or recheck_due(plan, self.step, self.elapsed_s()))
+
+    def _make_plan(self, step_s: float, recheck: bool = False) -> None:
+        """Fix total_steps (rank 0 decides) so that the rest of the run, its last epoch end and grid fit;
+        `recheck`: the plan exists and `step_s` is the speed measured since, which may re-plan it."""
+        decide = recheck_plan if recheck else measure_plan
+        plan = self.world.from_main(decide(self, step_s) if self.world.is_main else None)
+        assert plan is not None
+        self.clock_plan, self.total_steps = plan, plan.planned_steps
         self.write_plan()
-        self.hooks.plan(self.clock_plan)
+        if not recheck or plan.first_planned_steps is not None:
+            self.hooks.plan(plan)
 
     def _end_epoch(self) -> None:
         epoch = math.ceil(self.step / self.steps_per_epoch)
