@@ -21,21 +21,22 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
+from diffkit.clock import ClockPlan
 from diffkit.data import ImageSet
 from diffkit.denoiser import Denoiser
 from diffkit.evaluation.measuring import _CLASSIFIER_DATASETS
 from diffkit.evaluation.sources import Images, _loadable
+from diffkit.precision import PrecisionChoice
+from diffkit.process import DiffusionProcess
 from diffkit.progress import Progress
 from diffkit.runs import make_denoiser, read_checkpoint, resolve_checkpoint, split_weights
 from diffkit.sampling import SamplingPlan
 from diffkit.settings import Settings, resolve_data_dir
-
-if TYPE_CHECKING:
-    from diffkit.training.trainer import Trainer
 
 # (denoiser, plan, num, progress) -> (FID, class accuracy): `SampleQuality.score`, or a stand-in in tests
 Scorer = Callable[[Denoiser, SamplingPlan, int, Progress | None], tuple[float, float | None]]
@@ -223,44 +224,47 @@ class _Stopped(Exception):
     """A stop was requested during the sweep: it is dropped."""
 
 
-def sweep_after_training(trainer: Trainer) -> None:
-    """After the last step, rank 0 sweeps on the weights `diffkit sample` will load and saves the choice
-    in plan.json and metrics.jsonl; a stop request (Ctrl-C) drops the sweep and the run keeps sample.cfg."""
-    sweep, clock = trainer.sweep, trainer.clock_plan
-    if sweep is None or not trainer.world.is_main:
-        return
-    samples = clock.sweep_samples if clock is not None and clock.sweep_samples is not None else sweep.samples
+def sweep_after_training(
+    sweep: GuidanceSweep,
+    clock_plan: ClockPlan | None,
+    *,
+    settings: Settings,
+    ema: nn.Module,
+    run_dir: Path,
+    process: DiffusionProcess,
+    precision: PrecisionChoice,
+    stopped: Callable[[], bool],
+    starting: Callable[[GuidanceSweep, int], None],
+) -> GuidanceChoice | str:
+    """After the last step (rank 0), the sweep on the weights `diffkit sample` will load (`ema`'s layout
+    filled from sample.checkpoint). Returns the choice, or why there is none: no time for it in the
+    budget, or a stop request (Ctrl-C, `stopped()` between batches); then the run keeps sample.cfg."""
+    planned = clock_plan.sweep_samples if clock_plan is not None else None
+    samples = planned if planned is not None else sweep.samples
     if samples == 0:
-        why = "guidance sweep: no time for it in the budget on this machine (diffkit.training.budget)"
-        trainer.runlog.append({"step": trainer.step, "skipped": why})
-        return
-    trainer.hooks.sweeping(sweep, samples)
+        return "guidance sweep: no time for it in the budget on this machine (diffkit.training.budget)"
+    starting(sweep, samples)
 
     def unless_stopped(done: int = 0, total: int = 0, message: str = "", /) -> None:
-        if trainer.stop:
+        if stopped():
             raise _Stopped
 
     try:
         unless_stopped()
-        net = sampling_weights(trainer)
-        denoiser = make_denoiser(trainer.settings, net, trainer.process, precision=trainer.precision)
-        base = SamplingPlan.from_settings(trainer.settings.sample, trainer.num_classes)
-        base = base.check(trainer.process.grid.timesteps, trainer.num_classes)
-        choice = sweep.run(denoiser, base, unless_stopped, samples)
+        net = sampling_weights(settings, run_dir, ema)
+        denoiser = make_denoiser(settings, net, process, precision=precision)
+        num_classes = settings.model.num_classes or 0
+        base = SamplingPlan.from_settings(settings.sample, num_classes).check(process.grid.timesteps, num_classes)
+        return sweep.run(denoiser, base, unless_stopped, samples)
     except _Stopped:
-        trainer.runlog.append({"step": trainer.step, "skipped": "guidance sweep: stop requested"})
-        return
-    trainer.guidance = choice
-    trainer.runlog.append({"step": trainer.step, **choice.metrics()})
-    trainer.write_plan()
-    trainer.hooks.guidance(choice)
+        return "guidance sweep: stop requested"
 
 
-def sampling_weights(trainer: Trainer) -> nn.Module:
+def sampling_weights(settings: Settings, run_dir: Path, ema: nn.Module) -> nn.Module:
     """The network `diffkit sample` loads by default: sample.checkpoint's EMA (or raw) weights, in the
-    layout the run trained in (the sweep samples in the training precision)."""
-    s = trainer.settings.sample
-    tensors, _ = read_checkpoint(resolve_checkpoint(trainer.paths.root, s.checkpoint))
-    net = copy.deepcopy(trainer.ema)
+    layout the run trained in (`ema`'s: the sweep samples in the training precision)."""
+    s = settings.sample
+    tensors, _ = read_checkpoint(resolve_checkpoint(run_dir, s.checkpoint))
+    net = copy.deepcopy(ema)
     net.load_state_dict(split_weights(tensors, "ema" if s.use_ema else "model"))
     return net.eval()
