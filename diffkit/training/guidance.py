@@ -29,8 +29,8 @@ from torch import nn
 from diffkit.clock import ClockPlan
 from diffkit.data import ImageSet
 from diffkit.denoiser import Denoiser
-from diffkit.evaluation.measuring import _CLASSIFIER_DATASETS
-from diffkit.evaluation.sources import Images, _loadable
+from diffkit.evaluation.measuring import CLASSIFIER_DATASETS
+from diffkit.evaluation.sources import Images, loadable
 from diffkit.precision import PrecisionChoice
 from diffkit.process import DiffusionProcess
 from diffkit.progress import Progress
@@ -205,11 +205,11 @@ def yardstick(settings: Settings, held_out: ImageSet) -> Yardstick | str:
     from diffkit.evaluation.quality import sample_quality
 
     dataset = settings.data.dataset
-    if dataset not in _CLASSIFIER_DATASETS:
+    if dataset not in CLASSIFIER_DATASETS:
         return f"no yardstick for {dataset} (the sweep scores digits: mnist, mnist-5k)"
     data_dir = resolve_data_dir(settings.data_dir)
     reference: str | Images
-    if _loadable("mnist:test", data_dir):
+    if loadable("mnist:test", data_dir):
         reference = "mnist:test"
     elif len(held_out) >= 2:
         reference = Images(held_out.images, held_out.labels, f"{dataset} validation split")
