@@ -41,9 +41,13 @@ lint: install
 
 # DEMO=1 adds the demo benchmark (minutes: the demo's training, then 1,000 samples per guidance scale);
 # DEMO_ARGS="--avx2-laptop" emulates an AVX2 laptop at one thread (diffkit/bench_demo.py)
+# DISTILL=1 adds the few-step students benchmark (diffkit/bench_distill.py) over TEACHER (default runs/demo,
+# so `make demo` first): two distillations by the clock, then teacher and students scored side by side
+TEACHER ?= runs/demo
 bench: install
 	$(BIN)/python -m diffkit.bench --out reports
 	if [ -n "$(DEMO)" ]; then $(BIN)/python -m diffkit.bench_demo --out reports $(DEMO_ARGS); fi
+	if [ -n "$(DISTILL)" ]; then $(BIN)/python -m diffkit.bench_distill --teacher $(TEACHER) --out reports $(DISTILL_ARGS); fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -18,7 +18,7 @@ from diffkit.api.pictures import ImageInput, images_in, label_list, mask_in, tex
 from diffkit.api.results import Denoising, Fid, Inpainted, Interpolated, Samples, SuperResolved
 from diffkit.checks import check_sample_flags, one_of
 from diffkit.drawing import check_interpolation, draw, interpolation, layout
-from diffkit.editing import InpaintResult, check_methods, degrade, inpaint, score, super_resolve
+from diffkit.editing import check_methods, degrade, inpaint_each, score, super_resolve
 from diffkit.editing.inpaint import guided_plan
 from diffkit.editing.superres import require_superres
 from diffkit.errors import DiffkitError
@@ -197,21 +197,19 @@ class Run:
         masks = mask_in(mask, len(originals), self.settings.data.image_size, plan.seed)
         classes = labels if self.num_classes and labels is not None else None
         plan = guided_plan(plan, classes, cfg_given=cfg is not None)
-        results: dict[str, InpaintResult] = {}
-        for m in methods:
-            results[m] = inpaint(
-                self.loaded.denoiser(plan),
-                originals,
-                masks,
-                plan,
-                method=m,
-                classes=classes,
-                jump=jump,
-                resample=resample,
-                iterations=iterations,
-                lr=lr,
-                progress=text_progress(m, progress),
-            )
+        results = inpaint_each(
+            self.loaded.denoiser(plan),
+            originals,
+            masks,
+            plan,
+            methods,
+            classes=classes,
+            progress_for=lambda m: text_progress(m, progress),
+            jump=jump,
+            resample=resample,
+            iterations=iterations,
+            lr=lr,
+        )
         scores = {m: score(r.images, originals, 1 - masks).mean() for m, r in results.items()}
         return Inpainted(originals, masks, results, scores)
 

@@ -13,7 +13,7 @@ from diffkit.checks import check_sample_flags, one_of
 from diffkit.cli import common as opt
 from diffkit.cli.common import console, done, progress_task
 from diffkit.cli.inputs import read_images, scores_table
-from diffkit.editing import MASK_KINDS, InpaintResult, check_methods, figure_rows, inpaint, mask_from_spec, score
+from diffkit.editing import MASK_KINDS, InpaintResult, check_methods, figure_rows, inpaint_each, mask_from_spec, score
 from diffkit.editing.inpaint import guided_plan
 from diffkit.generation import class_layout, generate
 from diffkit.runs import LoadedRun
@@ -64,22 +64,20 @@ def inpaint_command(
         f"(seed {plan.seed}) from {loaded.checkpoint}"
     )
     folder = args.folder(loaded, "inpaint", f"{'+'.join(methods)}-{Path(mask).stem}-seed{plan.seed}")
-    results: dict[str, InpaintResult] = {}
-    for m in methods:
-        with progress_task(m, 1) as advance:
-            results[m] = inpaint(
-                loaded.denoiser(plan),
-                originals,
-                masks,
-                plan,
-                method=m,
-                classes=classes,
-                jump=jump,
-                resample=resample,
-                iterations=iterations,
-                lr=lr,
-                progress=advance,
-            )
+    with progress_task("inpainting", 1) as advance:
+        results = inpaint_each(
+            loaded.denoiser(plan),
+            originals,
+            masks,
+            plan,
+            methods,
+            classes=classes,
+            progress_for=lambda m: lambda done, total, message="", /: advance(done, total, f"{m} {message}".strip()),
+            jump=jump,
+            resample=resample,
+            iterations=iterations,
+            lr=lr,
+        )
     _report(loaded, originals, masks, results, mask, what, plan, folder)
 
 

@@ -14,7 +14,15 @@ PNG, white (at least 50% grey) keeps and black marks the hole.
 """
 
 from diffkit.editing.common import Scores, score
-from diffkit.editing.inpaint import METHODS, InpaintResult, check_methods, figure_rows, inpaint, masked_view
+from diffkit.editing.inpaint import (
+    METHODS,
+    InpaintResult,
+    check_methods,
+    figure_rows,
+    inpaint,
+    inpaint_each,
+    masked_view,
+)
 from diffkit.editing.interpolate import (
     Interpolation,
     ddim_invert,
@@ -38,6 +46,7 @@ __all__ = [
     "degrade",
     "figure_rows",
     "inpaint",
+    "inpaint_each",
     "interpolate_classes",
     "interpolate_images",
     "interpolate_seeds",

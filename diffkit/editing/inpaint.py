@@ -24,6 +24,7 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -88,6 +89,25 @@ def figure_rows(originals: Tensor, masks: Tensor, results: dict[str, InpaintResu
     mask_row = (masks * 2 - 1).expand_as(originals)
     rows = [originals, mask_row, masked_view(originals, masks), *(r.images for r in results.values())]
     return rows, ["original", "mask", "masked input", *results]
+
+
+def inpaint_each(
+    denoiser: Denoiser,
+    images: Tensor,
+    mask: Tensor,
+    plan: SamplingPlan,
+    methods: Sequence[str],
+    *,
+    classes: Tensor | None = None,
+    progress_for: Callable[[str], Progress | None] = lambda method: None,
+    **options: Any,
+) -> dict[str, InpaintResult]:
+    """`inpaint` by each of `methods` in turn, on the same holes with the same plan and classes (as
+    `diffkit inpaint --method replace,repaint`); `options` are `inpaint`'s (jump, resample, iterations, lr)."""
+    return {
+        m: inpaint(denoiser, images, mask, plan, method=m, classes=classes, progress=progress_for(m), **options)
+        for m in methods
+    }
 
 
 def inpaint(
