@@ -53,7 +53,7 @@ def test_the_clock_plan_comes_from_explicit_numbers() -> None:
 
     def plan_for(step_s: float, cap: int | None, step: int = 0) -> int:
         inputs = PlanInputs(
-            settings, Identity(), FP32, torch.device("cpu"), 8, 60.0, 10.0, step, 7, cap, 8, 100, False, None
+            settings, Identity(), FP32, torch.device("cpu"), 8, 60.0, lambda: 10.0, step, 7, cap, 8, 100, False, None
         )
         return measure_plan(inputs, step_s).planned_steps
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,7 @@ class PlanInputs:
     device: torch.device
     batch_size: int
     budget_s: float
-    elapsed_s: float
+    elapsed_s: Callable[[], float]  # the budget spent so far, read after the network is timed
     step: int
     steps_per_epoch: int
     step_cap: int | None
@@ -115,7 +116,7 @@ def sweep_samples(wanted: int, per_sample_s: float, budget_s: float) -> int:
 def measure_plan(run: PlanInputs, step_s: float) -> ClockPlan:
     """The plan for the rest of the run's budget: its steps at `step_s` each, and the reserve."""
     per_image = forward_seconds_per_image(run.net, run.settings, run.precision, run.device, run.batch_size)
-    samples, passes, sweep = 0, 0, run.sweep
+    elapsed, samples, passes, sweep = run.elapsed_s(), 0, 0, run.sweep
     if sweep is not None:
         per_sample_s = sweep.network_passes(run.settings.sample.steps, 1) * per_image
         samples = sweep_samples(sweep.samples, per_sample_s, run.budget_s)
@@ -130,7 +131,7 @@ def measure_plan(run: PlanInputs, step_s: float) -> ClockPlan:
     )
     total = clock.plan_steps(
         budget_s=run.budget_s,
-        elapsed_s=run.elapsed_s,
+        elapsed_s=elapsed,
         step=run.step,
         step_s=step_s,
         epoch_end_s=costs.epoch_end_s,
@@ -146,7 +147,7 @@ def measure_plan(run: PlanInputs, step_s: float) -> ClockPlan:
         step_s,
         costs.epoch_end_s,
         costs.final_s,
-        run.elapsed_s,
+        elapsed,
         sweep_s=costs.sweep_s,
         sweep_samples=samples if sweep is not None else None,
     )

@@ -414,7 +414,7 @@ class Trainer(EpochEnds):
             self.device,
             self.batch_size,
             self.budget_s or 0.0,
-            self.elapsed_s(),
+            self.elapsed_s,
             self.step,
             self.steps_per_epoch,
             self.step_cap,
