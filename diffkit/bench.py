@@ -117,7 +117,7 @@ def peak_gflops(repeats: int) -> dict[str, float]:
 
 
 def sampling_throughput(
-    model: UNet, num: int, steps: int, guidance: float, repeats: int = 2, precision: PrecisionChoice | None = None
+    model: UNet, num: int, steps: int, cfg: float, repeats: int = 2, precision: PrecisionChoice | None = None
 ) -> float:
     """Images per second for DDIM with `steps` steps, CFG batched when guidance is not 0 or 1."""
     net = copy.deepcopy(model).eval()
@@ -125,7 +125,7 @@ def sampling_throughput(
         precision.prepare(net)
     den = Denoiser(net, VPProcess(NoiseSchedule.create("cosine", 1000)), model.num_classes, precision=precision)
     classes = torch.arange(num) % model.num_classes if model.num_classes else None
-    plan = SamplingPlan(sampler="ddim", steps=steps, guidance=guidance, clipping="none", batch_size=num)
+    plan = SamplingPlan(sampler="ddim", steps=steps, cfg=cfg, clipping="none", batch_size=num)
 
     def run() -> None:
         generate(den, plan, num=num, classes=classes)
@@ -170,7 +170,7 @@ def process_step_costs(settings_name: str = "demo", batch: int = 32, rounds: int
                 models[name](torch.cat([x0, x0]), torch.full((2 * batch,), 500.0), torch.cat([labels, labels]))
             else:
                 den = Denoiser(models[name], processes[name], 10)
-                den(x0, torch.full((batch,), 500.0), labels, guidance=2.0)
+                den(x0, torch.full((batch,), 500.0), labels, cfg=2.0)
 
     best: dict[str, dict[str, float]] = {name: {"train": math.inf, "sample": math.inf} for name in models}
     for _ in range(rounds + 1):  # the first round warms up
@@ -314,9 +314,9 @@ def run_benchmarks(quick: bool = False) -> dict[str, Any]:
     report["training"] = train
     report["checkpoint"] = checkpoint_cost(settings, repeats=3 if quick else 10)
     steps = 10 if quick else 50
-    plain = sampling_throughput(model, 100, steps, guidance=1.0, repeats=repeats)
-    cfg = sampling_throughput(model, 100, steps, guidance=2.0, repeats=repeats)
-    auto_cfg = sampling_throughput(model, 100, steps, guidance=2.0, repeats=repeats, precision=chosen["sample"])
+    plain = sampling_throughput(model, 100, steps, cfg=1.0, repeats=repeats)
+    cfg = sampling_throughput(model, 100, steps, cfg=2.0, repeats=repeats)
+    auto_cfg = sampling_throughput(model, 100, steps, cfg=2.0, repeats=repeats, precision=chosen["sample"])
     report["sampling"] = {
         "sampler": f"ddim {steps} steps",
         "images_per_s_conditional_fp32": round(plain, 2),

@@ -64,7 +64,7 @@ def quality_figures(report: FidReport) -> dict[str, Any]:
     """FID and class accuracy per guidance scale, and the floor, from `diffkit.evaluation.evaluate`."""
     rows = [
         {
-            "guidance": r.guidance,
+            "cfg": r.cfg,
             "fid": round(r.distance.fid, 2) if r.distance else None,
             "class_accuracy": round(r.accuracy.overall, 4) if r.accuracy else None,
         }
@@ -86,7 +86,7 @@ def measure_demo(run_dir: Path, *, num: int, scales: list[float], reference: str
     figures = training_figures(run_dir)
     chosen = (figures["guidance_sweep"] or {}).get("chosen")
     wanted = sorted(set(scales) | ({chosen} if chosen is not None else set()))
-    request = FidRequest([f"run:{run_dir}", reference], num=num, guidance=wanted, class_accuracy=True)
+    request = FidRequest([f"run:{run_dir}", reference], num=num, cfg=wanted, class_accuracy=True)
     return figures | {"quality": quality_figures(evaluate(request))}
 
 
@@ -110,9 +110,9 @@ def markdown(result: dict[str, Any], label: str) -> str:
         "| --- | --- | --- |",
     ]
     for row in q["rows"]:
-        mark = " (picked)" if row["guidance"] == chosen else ""
+        mark = " (picked)" if row["cfg"] == chosen else ""
         acc = f"{row['class_accuracy']:.1%}" if row["class_accuracy"] is not None else ""
-        lines.append(f"| {row['guidance']:g}{mark} | {row['fid']:.2f} | {acc} |")
+        lines.append(f"| {row['cfg']:g}{mark} | {row['fid']:.2f} | {acc} |")
     if floor:
         lines.append(f"| real vs real ({' vs '.join(floor['sources'])}) | {floor['fid']:.2f} | |")
     return "\n".join(lines) + "\n"

@@ -72,9 +72,7 @@ def images_per_s(run_dir: Path, steps: int, cfg: float, num: int) -> float:
 
 
 def score(run_dir: Path, steps: int, cfg: float, num: int, reference: str) -> dict[str, Any]:
-    report = evaluate(
-        FidRequest([f"run:{run_dir}", reference], num=num, steps=steps, guidance=[cfg], class_accuracy=True)
-    )
+    report = evaluate(FidRequest([f"run:{run_dir}", reference], num=num, steps=steps, cfg=[cfg], class_accuracy=True))
     row = report.rows[0]
     floor = report.floor
     return {

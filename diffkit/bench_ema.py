@@ -89,7 +89,7 @@ def compare_ema(
         "images_per_s": round(result.images_per_s, 1),
         "precision": trainer.precision.name,
         "sampler": plan.label,
-        "guidance": plan.guidance,
+        "cfg": plan.cfg,
         "samples": num,
         "reference": f"{quality.reference.label} ({quality.reference.num} images)",
         "features": quality.net.name,
@@ -103,7 +103,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"CPU: {report['cpu_kind']}, {report['precision']}; batch {report['batch_size']}, "
         f"{report['images_per_s']} img/s, {report['train_seconds']:.0f} s of training. FID of {report['samples']} "
-        f"samples ({report['sampler']}, guidance {report['guidance']:g}, classes in turn) against "
+        f"samples ({report['sampler']}, guidance {report['cfg']:g}, classes in turn) against "
         f"{report['reference']}; features: {report['features']}.",
         "",
         "| EMA | FID | class accuracy |",

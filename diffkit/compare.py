@@ -93,7 +93,7 @@ class ComparedRow:
 class Comparison:
     rows: list[ComparedRow]
     classes: Tensor | None
-    guidance: float
+    cfg: float
     seed: int
 
     @property
@@ -105,7 +105,7 @@ class Comparison:
         return {
             "num": self.rows[0].num,
             "classes": None if self.classes is None else self.classes.tolist(),
-            "guidance": self.guidance,
+            "cfg": self.cfg,
             "seed": self.seed,
             "rows": [row.record() for row in self.rows],
         }
@@ -166,4 +166,4 @@ def compare_samplers(
         for fn in quality:
             metrics.update(fn(out.images, classes))
         rows.append(ComparedRow(plan, out.nfe, out.seconds, out.images[:PICTURE_COLUMNS].clone(), num, metrics))
-    return Comparison(rows, classes, first.guidance, first.seed)
+    return Comparison(rows, classes, first.cfg, first.seed)

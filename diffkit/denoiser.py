@@ -50,10 +50,10 @@ def dynamic_threshold(x0: Tensor, percentile: float = 0.995) -> Tensor:
     return x0.clamp(-s, s) / s
 
 
-def check_guidance_range(guidance: float | Tensor, trained: tuple[float, float]) -> None:
+def check_cfg_range(cfg: float | Tensor, trained: tuple[float, float]) -> None:
     """A guidance-input student knows only the scales it was distilled over: others are a one-line error."""
     low, high = trained
-    values = guidance if isinstance(guidance, Tensor) else torch.tensor([float(guidance)])
+    values = cfg if isinstance(cfg, Tensor) else torch.tensor([float(cfg)])
     if bool(((values < low - 1e-6) | (values > high + 1e-6)).any()):
         shown = f"{float(values.min()):g}" if bool(values.min() < low) else f"{float(values.max()):g}"
         raise DiffkitError(
@@ -64,12 +64,12 @@ def check_guidance_range(guidance: float | Tensor, trained: tuple[float, float])
 
 @dataclass
 class Denoiser:
-    """A network plus its process: (x_t, t, classes, guidance) -> Prediction.
+    """A network plus its process: (x_t, t, classes, cfg) -> Prediction.
 
     `x_t` holds variance-preserving states and `t` (possibly fractional) positions in [0, T - 1] on the
     process's grid (`schedule`), whatever the process. `classes` uses -1 (or None) for "no class";
     it may instead be float weights (N, num_classes + 1) mixing class embeddings (last column: no class).
-    Guidance s mixes unconditional u and conditional c predictions as u + s (c - u): s = 0 is
+    The guidance scale s (`cfg`) mixes unconditional u and conditional c predictions as u + s (c - u): s = 0 is
     unconditional, s = 1 conditional, s > 1 stronger; both come from one batched forward pass.
     """
 
@@ -81,7 +81,7 @@ class Denoiser:
     cond: Tensor | None = None  # extra input channels (super-resolution), one per batch item
     precision: PrecisionChoice | None = None  # bf16 autocast for the network when chosen; maths stays fp32
     # a guidance-distilled student (`diffkit distill`): the scale is a network input, valid in this range
-    guidance_range: tuple[float, float] | None = None
+    cfg_range: tuple[float, float] | None = None
 
     @property
     def schedule(self) -> NoiseSchedule:
@@ -103,9 +103,7 @@ class Denoiser:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def __call__(
-        self, x_t: Tensor, t: Tensor, classes: Tensor | None = None, guidance: float | Tensor = 1.0
-    ) -> Prediction:
+    def __call__(self, x_t: Tensor, t: Tensor, classes: Tensor | None = None, cfg: float | Tensor = 1.0) -> Prediction:
         n = x_t.shape[0]
         t = t.to(x_t.device).float().expand(n) if t.ndim == 0 else t.to(x_t.device).float()
         alpha_bar = self.schedule.alpha_bar_at(t.cpu()).to(x_t.device, x_t.dtype).reshape(-1, 1, 1, 1)
@@ -113,21 +111,21 @@ class Denoiser:
         if classes is not None and classes.is_floating_point():  # class weights: "no class" is the last row
             null = F.one_hot(torch.full_like(null, self.num_classes), self.num_classes + 1).to(classes)
         x_in, noise_input = self.process.network_inputs(x_t, t, alpha_bar)
-        scale = guidance if isinstance(guidance, Tensor) else None  # per-image scales (N,)
-        if self.guidance_range is not None:  # a guidance-distilled student: w is an input, one pass
-            check_guidance_range(guidance, self.guidance_range)
-            w = torch.as_tensor(guidance, dtype=torch.float32, device=x_t.device).expand(n)
-            output = self._forward(x_in, noise_input, null if classes is None else classes, guidance=w)
-        elif classes is None or self.num_classes == 0 or (scale is None and guidance == 0.0):
+        scale = cfg if isinstance(cfg, Tensor) else None  # per-image scales (N,)
+        if self.cfg_range is not None:  # a guidance-distilled student: w is an input, one pass
+            check_cfg_range(cfg, self.cfg_range)
+            w = torch.as_tensor(cfg, dtype=torch.float32, device=x_t.device).expand(n)
+            output = self._forward(x_in, noise_input, null if classes is None else classes, cfg=w)
+        elif classes is None or self.num_classes == 0 or (scale is None and cfg == 0.0):
             output = self._forward(x_in, noise_input, null)
-        elif scale is None and guidance == 1.0:
+        elif scale is None and cfg == 1.0:
             output = self._forward(x_in, noise_input, classes)
         else:  # conditional and unconditional in one batch
             both = self._forward(
                 torch.cat([x_in, x_in]), torch.cat([noise_input, noise_input]), torch.cat([classes, null]), True
             )
             cond_out, uncond_out = both.chunk(2)
-            w_out = guidance if scale is None else scale.to(cond_out).reshape(-1, *([1] * (cond_out.ndim - 1)))
+            w_out = cfg if scale is None else scale.to(cond_out).reshape(-1, *([1] * (cond_out.ndim - 1)))
             output = uncond_out + w_out * (cond_out - uncond_out)
             if self.rescale_phi > 0:
                 output = rescale_guidance(output, cond_out, self.rescale_phi)
@@ -139,7 +137,7 @@ class Denoiser:
         return Prediction(x0, eps)
 
     def _forward(
-        self, x: Tensor, t: Tensor, classes: Tensor, repeat_cond: bool = False, guidance: Tensor | None = None
+        self, x: Tensor, t: Tensor, classes: Tensor, repeat_cond: bool = False, cfg: Tensor | None = None
     ) -> Tensor:
         labels = (
             classes
@@ -150,8 +148,8 @@ class Denoiser:
         if cond is not None and repeat_cond:
             cond = torch.cat([cond, cond])
         extra: dict[str, Tensor] = {"cond": cond} if cond is not None else {}
-        if guidance is not None:
-            extra["guidance"] = guidance
+        if cfg is not None:  # the network's own name for its scale input (UNet `guidance_input`)
+            extra["guidance"] = cfg
         if self.precision is None:
             out = self.model(x, t, labels if self.num_classes else None, **extra)
         else:
@@ -159,10 +157,10 @@ class Denoiser:
                 out = self.model(self.precision.layout(x), t, labels if self.num_classes else None, **extra)
         return out.float()  # guidance and the objective algebra in fp32
 
-    def conditioned(self, classes: Tensor | None = None, guidance: float | Tensor = 1.0) -> DenoiseFn:
-        """Fix classes and guidance: the (x_t, t) -> Prediction function that samplers take."""
+    def conditioned(self, classes: Tensor | None = None, cfg: float | Tensor = 1.0) -> DenoiseFn:
+        """Fix classes and the guidance scale: the (x_t, t) -> Prediction function that samplers take."""
 
         def denoise(x_t: Tensor, t: Tensor) -> Prediction:
-            return self(x_t, t, classes, guidance)
+            return self(x_t, t, classes, cfg)
 
         return denoise

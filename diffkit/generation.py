@@ -125,7 +125,7 @@ def generate(
         batch_denoiser = denoiser if denoiser.cond is None else replace(denoiser, cond=denoiser.cond[lo:hi].to(device))
         result = sample(
             plan.sampler,
-            batch_denoiser.conditioned(batch_classes, plan.guidance),
+            batch_denoiser.conditioned(batch_classes, plan.cfg),
             x_T.to(device),
             denoiser.schedule,
             plan.steps,

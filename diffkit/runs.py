@@ -40,7 +40,7 @@ from diffkit.atomic import (
     write_durably,
 )
 from diffkit.clock import read_plan
-from diffkit.denoiser import Denoiser, check_guidance_range
+from diffkit.denoiser import Denoiser, check_cfg_range
 from diffkit.devices import configure, resolve_device
 from diffkit.errors import DiffkitError
 from diffkit.models import UNet
@@ -360,7 +360,7 @@ class LoadedRun:
     meta: dict[str, Any]
     device: torch.device
     _precisions: dict[str, PrecisionChoice] = field(default_factory=dict, repr=False)
-    chosen_guidance: float | None = None  # sample.cfg came from the run's guidance sweep (plan.json)
+    chosen_cfg: float | None = None  # sample.cfg came from the run's guidance sweep (plan.json)
 
     @property
     def num_classes(self) -> int:
@@ -388,9 +388,9 @@ class LoadedRun:
         """This run's [sample] settings < `flags` (see `SamplingPlan.from_settings`), checked against the model."""
         plan = SamplingPlan.from_settings(self.settings.sample, self.num_classes, **flags)
         plan = plan.check(self.schedule.timesteps, self.num_classes)
-        trained = guidance_range(self.settings)
+        trained = cfg_range(self.settings)
         if trained is not None:  # a guidance-distilled student: before any image is drawn
-            check_guidance_range(plan.guidance, trained)
+            check_cfg_range(plan.cfg, trained)
         return plan
 
     def denoiser(self, plan: SamplingPlan | None = None) -> Denoiser:
@@ -401,7 +401,7 @@ class LoadedRun:
         )
 
 
-def apply_chosen_guidance(settings: Settings, plan_path: Path) -> float | None:
+def apply_chosen_cfg(settings: Settings, plan_path: Path) -> float | None:
     """Set sample.cfg to the guidance the run's own sweep chose after training (plan.json's `guidance`,
     see `diffkit.training.guidance`), when it made one: the run's default. Returns that guidance."""
     record = read_plan(plan_path).get("guidance")
@@ -417,7 +417,7 @@ def apply_chosen_guidance(settings: Settings, plan_path: Path) -> float | None:
     return settings.sample.cfg
 
 
-def guidance_range(settings: Settings) -> tuple[float, float] | None:
+def cfg_range(settings: Settings) -> tuple[float, float] | None:
     """The guidance scales a guidance-input student was distilled over; None for a network without that input."""
     if not settings.model.guidance_input:
         return None
@@ -444,7 +444,7 @@ def make_denoiser(
         clipping=plan.clipping,
         rescale_phi=plan.rescale,
         precision=precision,
-        guidance_range=guidance_range(settings),
+        cfg_range=cfg_range(settings),
     )
 
 
@@ -453,7 +453,7 @@ def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, d
     if not run_dir.is_dir():
         raise DiffkitError(f"run directory {run_dir} does not exist: pass --run with a directory made by diffkit train")
     settings = load_saved_settings(RunPaths(run_dir).config)
-    chosen = apply_chosen_guidance(settings, RunPaths(run_dir).plan)
+    chosen = apply_chosen_cfg(settings, RunPaths(run_dir).plan)
     path = resolve_checkpoint(run_dir, checkpoint)
     tensors, meta = read_checkpoint(path)
     model = build_model(settings)
@@ -467,6 +467,4 @@ def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, d
     dev = resolve_device(device)
     configure(dev)
     model.to(dev).eval()
-    return LoadedRun(
-        run_dir, settings, model, build_process(settings.diffusion), path, meta, dev, chosen_guidance=chosen
-    )
+    return LoadedRun(run_dir, settings, model, build_process(settings.diffusion), path, meta, dev, chosen_cfg=chosen)

@@ -4,7 +4,7 @@ Every command that generates (sample, export, process pictures, compare-samplers
 inpaint, interpolate, super-res) and the grids and FID drawn during training take a plan; none of
 them merges settings and flags itself. The layering is the one training uses: [sample] settings,
 then the flags given (None = not given). The sampler's own spec (`SamplerSpec.check`) validates the
-steps and options; `SamplingPlan.check` adds what depends on the model (guidance needs classes).
+steps and options; `SamplingPlan.check` adds what depends on the model (a cfg other than 0 or 1 needs classes).
 
 A sampler option is in `options` only when it was asked for (a flag, or a [sample] setting the
 sampler takes): otherwise the sampler's own default applies, so a spec that changes its default
@@ -34,7 +34,7 @@ class SamplingPlan:
     sampler: str = "ddim"
     steps: int = 50
     options: Options = ()  # sampler options asked for (eta, spacing, rho, variance); absent: the sampler's default
-    guidance: float = 1.0  # 0 unconditional, 1 conditional, > 1 stronger
+    cfg: float = 1.0  # the guidance scale (--cfg): 0 unconditional, 1 conditional, > 1 stronger
     rescale: float = 0.0  # CFG-rescale φ (Lin et al. 2023)
     clipping: Clipping = "clip"  # of x̂0 at every step
     precision: PrecisionName = "auto"  # of the network, chosen when a run's denoiser is made
@@ -69,7 +69,7 @@ class SamplingPlan:
             sampler=name,
             steps=sample.steps if steps is None else steps,
             options=options_for(name, given, setting_options(sample), strict=True),
-            guidance=(sample.cfg if num_classes else 1.0) if cfg is None else cfg,
+            cfg=(sample.cfg if num_classes else 1.0) if cfg is None else cfg,
             rescale=sample.rescale if rescale is None else rescale,
             clipping=sample.clipping if clip is None else clip,  # type: ignore[arg-type]
             precision=sample.precision,
@@ -85,7 +85,7 @@ class SamplingPlan:
         """Validated once, before any image is drawn: the sampler's spec, then what the model allows.
         Returns the plan marked as checked for this model, so `generate` does not check it again."""
         get_sampler(self.sampler).check(self.steps, timesteps, dict(self.options))
-        check_guidance(self.guidance, num_classes)
+        check_cfg(self.cfg, num_classes)
         if self.clipping not in get_args(Clipping):
             raise DiffkitError(f"unknown --clip {self.clipping!r}: choose one of {', '.join(get_args(Clipping))}")
         if not 0.0 <= self.rescale <= 1.0:
@@ -161,11 +161,9 @@ def rows_for(
     return [base.with_sampler(name, steps, options_for(name, flags, defaults)) for name, steps in pairs]
 
 
-def check_guidance(guidance: float, num_classes: int) -> None:
-    """Guidance other than 0 (unconditional) or 1 needs a class-conditional model."""
-    if guidance < 0:
-        raise DiffkitError(f"--cfg {guidance:g} is out of range: use 0 (unconditional), 1 (conditional) or more")
-    if num_classes == 0 and guidance not in (0.0, 1.0):
-        raise DiffkitError(
-            f"--cfg {guidance:g} needs a class-conditional model, and this one is unconditional: drop --cfg"
-        )
+def check_cfg(cfg: float, num_classes: int) -> None:
+    """A guidance scale other than 0 (unconditional) or 1 needs a class-conditional model."""
+    if cfg < 0:
+        raise DiffkitError(f"--cfg {cfg:g} is out of range: use 0 (unconditional), 1 (conditional) or more")
+    if num_classes == 0 and cfg not in (0.0, 1.0):
+        raise DiffkitError(f"--cfg {cfg:g} needs a class-conditional model, and this one is unconditional: drop --cfg")

@@ -290,7 +290,7 @@ def plot_guidance_sweep(
 ) -> Path:
     """FID, KID (± std) and class accuracy against guidance scale, one panel each (those present).
 
-    `rows` are records with "guidance" and any of "fid", "kid"/"kid_std", "class_accuracy"; the lowest
+    `rows` are records with "cfg" (the guidance scale) and any of "fid", "kid"/"kid_std", "class_accuracy"; the lowest
     FID is ringed, and `floor_fid` (real against real) is drawn as a dashed line for reference.
     """
     import matplotlib
@@ -303,19 +303,19 @@ def plot_guidance_sweep(
     titles = {"fid": "FID (lower is better)", "kid": "KID (lower is better)", "class_accuracy": "class accuracy"}
     for ax, key in zip(axes[0], panels, strict=False):
         present = [r for r in rows if key in r]
-        x, y = [r["guidance"] for r in present], [r[key] for r in present]
+        x, y = [r["cfg"] for r in present], [r[key] for r in present]
         errors = [r.get("kid_std", 0.0) for r in present] if key == "kid" else None
         ax.errorbar(x, y, yerr=errors, fmt="o-", capsize=3)
         if key == "fid":
             best = min(present, key=lambda r: r["fid"])
             ax.plot(
-                [best["guidance"]],
+                [best["cfg"]],
                 [best["fid"]],
                 "o",
                 ms=12,
                 mfc="none",
                 mec="C3",
-                label=f"best: {best['fid']:.3g} at {best['guidance']:g}",
+                label=f"best: {best['fid']:.3g} at {best['cfg']:g}",
             )
             if floor_fid is not None:
                 ax.axhline(floor_fid, ls="--", color="grey", label=f"real vs real: {floor_fid:.3g}")

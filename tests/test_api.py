@@ -196,7 +196,7 @@ def test_fid_and_a_guidance_sweep(run: diffkit.Run) -> None:
     one = run.fid("synthetic:test", num=20, steps=2, progress=False)
     assert np.isfinite(one.fid) and one.fid > 0 and one.floor is not None and one.floor > 0
     sweep = run.fid("synthetic:test", num=20, steps=2, cfg=[0, 2], progress=False)
-    assert [r["guidance"] for r in sweep.rows] == [0.0, 2.0]
+    assert [r["cfg"] for r in sweep.rows] == [0.0, 2.0]
     assert sweep.fid == min(r["fid"] for r in sweep.rows)
     assert "real-vs-real floor" in repr(sweep)
 

@@ -43,39 +43,39 @@ def test_no_run_is_a_message_not_a_crash(tmp_path: Path) -> None:
     served = h.open_app(None, workdir=tmp_path / "work", runs_dir=tmp_path / "runs")
     assert served.loaded is None and served.error is not None and "no trained run" in served.error
     with pytest.raises(DiffkitError, match="no trained run"):
-        h.sample(served, class_choice=h.UNCONDITIONAL, guidance=1, sampler="ddim", steps=2, seed=0, num=1)
+        h.sample(served, class_choice=h.UNCONDITIONAL, cfg=1, sampler="ddim", steps=2, seed=0, num=1)
     assert h.class_choices(served) == [h.UNCONDITIONAL]
     assert served.served_paths == [str(tmp_path / "work")]
 
 
 def test_sample_grid_zip_and_timing(app: h.AppRun) -> None:
-    out = h.sample(app, class_choice=h.ALL_CLASSES, guidance=2.0, sampler="ddim", steps=3, seed=0, num=2)
+    out = h.sample(app, class_choice=h.ALL_CLASSES, cfg=2.0, sampler="ddim", steps=3, seed=0, num=2)
     assert size(out.grid) == ((2 * 30 + 2) * 2, (4 * 30 + 2) * 2)  # a row per class (4), 2 per row, scale 2
     assert not_blank(out.grid)
     with zipfile.ZipFile(out.archive) as z:
         assert sorted(z.namelist()) == [*(f"{i:05d}.png" for i in range(1, 9)), "grid.png"]
     assert out.nfe == 3 and out.seconds > 0 and "NFE 3" in out.info and "8 images" in out.info
-    one = h.sample(app, class_choice="2", guidance=3.0, sampler="dpm++2m", steps=2, seed=1, num=4)
+    one = h.sample(app, class_choice="2", cfg=3.0, sampler="dpm++2m", steps=2, seed=1, num=4)
     assert size(one.grid) == ((2 * 30 + 2) * 2, (2 * 30 + 2) * 2)  # 4 images of one class: a 2x2 grid
-    free = h.sample(app, class_choice=h.UNCONDITIONAL, guidance=5.0, sampler="euler", steps=2, seed=1, num=3)
+    free = h.sample(app, class_choice=h.UNCONDITIONAL, cfg=5.0, sampler="euler", steps=2, seed=1, num=3)
     assert "guidance 1" in free.info  # unconditional: no guidance to apply
 
 
 def test_sample_bad_input(app: h.AppRun, runs: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(DiffkitError, match="out of range"):
-        h.sample(app, class_choice="7", guidance=1, sampler="ddim", steps=2, seed=0, num=1)
+        h.sample(app, class_choice="7", cfg=1, sampler="ddim", steps=2, seed=0, num=1)
     with pytest.raises(DiffkitError, match="unknown sampler"):
-        h.sample(app, class_choice="1", guidance=1, sampler="nope", steps=2, seed=0, num=1)
+        h.sample(app, class_choice="1", cfg=1, sampler="nope", steps=2, seed=0, num=1)
     with pytest.raises(DiffkitError, match="steps"):
-        h.sample(app, class_choice="1", guidance=1, sampler="ddim", steps=0, seed=0, num=1)
+        h.sample(app, class_choice="1", cfg=1, sampler="ddim", steps=0, seed=0, num=1)
     sr = h.open_app(runs["sr"], workdir=tmp_path, device="cpu")
     assert "super-resolution" in h.describe(sr)
     with pytest.raises(DiffkitError, match="super-resolution model"):
-        h.sample(sr, class_choice=h.UNCONDITIONAL, guidance=1, sampler="ddim", steps=2, seed=0, num=1)
+        h.sample(sr, class_choice=h.UNCONDITIONAL, cfg=1, sampler="ddim", steps=2, seed=0, num=1)
 
 
 def test_watch_frames_side_by_side(app: h.AppRun) -> None:
-    out = h.watch(app, class_choice="1", guidance=2.0, sampler="ddim", steps=3, seed=0, frames=11)
+    out = h.watch(app, class_choice="1", cfg=2.0, sampler="ddim", steps=3, seed=0, frames=11)
     assert out.states == [0, 1, 2, 3] and len(out.frames) == 4  # at most steps + 1 frames
     assert size(out.frames[0]) == ((2 * 30 + 2) * 8, (30 + 2) * 8)  # x_t | x̂0, enlarged 8 times
     assert all(not_blank(p) for p in out.frames)
@@ -83,21 +83,19 @@ def test_watch_frames_side_by_side(app: h.AppRun) -> None:
     with Image.open(out.gif) as gif:
         assert gif.n_frames >= 4
     with pytest.raises(DiffkitError, match="one image"):
-        h.watch(app, class_choice=h.ALL_CLASSES, guidance=2.0, sampler="ddim", steps=3, seed=0, frames=4)
+        h.watch(app, class_choice=h.ALL_CLASSES, cfg=2.0, sampler="ddim", steps=3, seed=0, frames=4)
 
 
 def test_compare_rows(app: h.AppRun) -> None:
-    out = h.compare(
-        app, samplers=["ddim", "heun"], steps="2,3", num=4, class_choice=h.ALL_CLASSES, guidance=2.0, seed=0
-    )
+    out = h.compare(app, samplers=["ddim", "heun"], steps="2,3", num=4, class_choice=h.ALL_CLASSES, cfg=2.0, seed=0)
     rows = [line for line in out.table.splitlines()[2:]]
     assert [r.split("|")[1].strip() for r in rows] == ["ddim", "ddim", "heun", "heun"]
     assert [int(r.split("|")[3]) for r in rows] == [2, 3, 3, 5]  # NFE: Heun costs two evaluations a step
     assert json.loads(out.report.read_text())["num"] == 4 and not_blank(out.picture)
     with pytest.raises(DiffkitError, match="comma-separated"):
-        h.compare(app, samplers=["ddim"], steps="ten", num=2, class_choice="1", guidance=1, seed=0)
+        h.compare(app, samplers=["ddim"], steps="ten", num=2, class_choice="1", cfg=1, seed=0)
     with pytest.raises(DiffkitError, match="at least one sampler"):
-        h.compare(app, samplers=[], steps="2", num=2, class_choice="1", guidance=1, seed=0)
+        h.compare(app, samplers=[], steps="2", num=2, class_choice="1", cfg=1, seed=0)
 
 
 def test_inpaint_shapes_drawn_and_uploaded_masks(app: h.AppRun, tmp_path: Path) -> None:
@@ -147,7 +145,7 @@ def test_inpaint_uploads(app: h.AppRun, tmp_path: Path) -> None:
 
 
 def test_interpolate_classes_and_seeds(app: h.AppRun) -> None:
-    common = dict(seed_a=0, seed_b=1, frames=5, steps=2, guidance=2.0, seed=0)
+    common = dict(seed_a=0, seed_b=1, frames=5, steps=2, cfg=2.0, seed=0)
     out = h.interpolate(app, mode="classes", class_a="0", class_b="3", seed_class=None, **common)
     assert len(out.frames) == 5 and out.positions[0] == 0 and out.positions[-1] == 1
     assert size(out.frames[0]) == (280, 280) and not_blank(out.strip)
@@ -170,11 +168,12 @@ def test_run_overview(app: h.AppRun) -> None:
     folder = app.require().root / "eval" / "fid-ddim-3-n10-seed0"
     folder.mkdir(parents=True)
     Image.new("RGB", (40, 30), "white").save(folder / "guidance_sweep.png")
-    rows = [{"guidance": 1.0, "fid": 30.5}, {"guidance": 2.0, "fid": 20.25, "class_accuracy": 0.9}]
+    # fid.json rows say "cfg"; reports written before that said "guidance", and still read
+    rows = [{"guidance": 1.0, "fid": 30.5}, {"cfg": 2.0, "fid": 20.25, "class_accuracy": 0.9}]
     (folder / "fid.json").write_text(json.dumps({"feature_net": "digits", "rows": rows}))
     out = h.overview(app)
     assert out.sweep == folder / "guidance_sweep.png"
-    assert "| 2.0 | 20.25 | 0.9 |" in out.sweep_text
+    assert "| 1.0 | 30.5 |" in out.sweep_text and "| 2.0 | 20.25 | 0.9 |" in out.sweep_text
 
 
 def test_ui_builds_and_guards(app: h.AppRun, tmp_path: Path) -> None:
@@ -210,7 +209,7 @@ def test_other_commands_do_not_import_gradio() -> None:
 def test_sampling_reports_every_step(app: h.AppRun) -> None:
     heard: list[tuple[int, int, str]] = []
     h.sample(
-        app, class_choice="1", guidance=2.0, sampler="ddim", steps=3, seed=0, num=2, progress=lambda *a: heard.append(a)
+        app, class_choice="1", cfg=2.0, sampler="ddim", steps=3, seed=0, num=2, progress=lambda *a: heard.append(a)
     )
     assert [(d, t) for d, t, _ in heard] == [(1, 3), (2, 3), (3, 3)]
     assert heard[-1][2] == "step 3 of 3"
@@ -218,7 +217,7 @@ def test_sampling_reports_every_step(app: h.AppRun) -> None:
     h.watch(
         app,
         class_choice="2",
-        guidance=2.0,
+        cfg=2.0,
         sampler="dpm++2m",
         steps=4,
         seed=0,
@@ -229,7 +228,7 @@ def test_sampling_reports_every_step(app: h.AppRun) -> None:
 
 
 def test_bad_numbers_are_refused_not_clamped(app: h.AppRun) -> None:
-    common = dict(class_choice="1", guidance=2.0, sampler="ddim", num=1)
+    common = dict(class_choice="1", cfg=2.0, sampler="ddim", num=1)
     with pytest.raises(DiffkitError, match="steps must be >= 1"):
         h.sample(app, steps=0, seed=0, **common)
     with pytest.raises(DiffkitError, match=r"--steps 99999 is out of range: use 1 to 100"):
@@ -254,7 +253,7 @@ def test_page_messages_hide_server_paths_and_frames_count_from_one(app: h.AppRun
     where = "/tmp/diffkit-app-x1y2/gradio/" + "ab" * 32 + "/notanimage.png"
     message = ui._error(f"{where} is not an image file diffkit can read: give a PNG or JPEG")
     assert "notanimage.png is not an image file" in message and "/tmp" not in message and "gradio" not in message
-    out = h.watch(app, class_choice="1", guidance=2.0, sampler="ddim", steps=4, seed=0, frames=5)
+    out = h.watch(app, class_choice="1", cfg=2.0, sampler="ddim", steps=4, seed=0, frames=5)
     frame, caption = ui._show_frame(out, 4)  # the slider's 4th position
     assert frame == str(out.frames[3]) and caption.startswith("frame 4 of 5")
     assert ui._show_frame(out, 1)[1].startswith("frame 1 of 5") and "starting noise" in ui._show_frame(out, 1)[1]

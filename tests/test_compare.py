@@ -63,7 +63,7 @@ def test_compare_samplers_cli_writes_rows_table_and_picture(cli, run: Path) -> N
     assert got == [("ddim", 2, 2), ("ddim", 3, 3), ("heun", 2, 3), ("heun", 3, 5)]  # heun: 2n - 1 evaluations
     for row in report["rows"]:
         assert row["seconds"] > 0 and math.isclose(row["seconds_per_image"], row["seconds"] / 3, rel_tol=1e-3)
-    assert report["classes"] == [0, 1, 2] and report["seed"] == 4 and report["guidance"] == 2.0
+    assert report["classes"] == [0, 1, 2] and report["seed"] == 4 and report["cfg"] == 2.0
     for text in ("NFE", "wall time", "time / image", "heun", str(folder / "compare.png")):
         assert text in out, text
     width, height = Image.open(folder / "compare.png").size
@@ -84,7 +84,7 @@ def test_every_row_starts_from_the_same_noise_and_classes(loaded: LoadedRun) -> 
         seen.append(classes)
         return {"mean": float(images.mean())}
 
-    base = SamplingPlan(guidance=2.0, seed=1, batch_size=3)
+    base = SamplingPlan(cfg=2.0, seed=1, batch_size=3)
     plans = rows_for(base, [("ddim", 3), ("ddpm", 3), ("ddim", 3), ("ddpm", 3)], {})
     classes = cycled_classes(4, None, 5)
     result = compare_samplers(
@@ -99,7 +99,7 @@ def test_every_row_starts_from_the_same_noise_and_classes(loaded: LoadedRun) -> 
     assert torch.equal(rows[0].images, rows[2].images) and torch.equal(rows[1].images, rows[3].images)
     assert not torch.equal(rows[0].images, rows[1].images)
     # the same noise as any other command with this seed: image i's noise depends only on (seed, i)
-    direct = generate(loaded.denoiser(), SamplingPlan(steps=3, guidance=2.0, seed=1), num=5, classes=classes)
+    direct = generate(loaded.denoiser(), SamplingPlan(steps=3, cfg=2.0, seed=1), num=5, classes=classes)
     assert torch.equal(rows[0].images, direct.images)
     assert all(c is not None and torch.equal(c, classes) for c in seen) and len(seen) == 4
     assert result.metric_names == ["mean"] and "mean" in result.record()["rows"][0]
@@ -310,7 +310,7 @@ def test_process_grids_for_every_sampler_with_guidance_and_a_class(
 
 def test_recorded_process_starts_at_the_noise_and_ends_at_the_images(loaded: LoadedRun) -> None:
     classes = cycled_classes(4, None, 5)
-    plan = SamplingPlan(steps=4, options=(("spacing", "linspace"),), guidance=2.0, seed=3, batch_size=2)
+    plan = SamplingPlan(steps=4, options=(("spacing", "linspace"),), cfg=2.0, seed=3, batch_size=2)
     out, process = record_process(loaded.denoiser(), plan, num=5, classes=classes, frames=3)
     assert process.states == [0, 2, 4] and process.xt.shape == (5, 3, 1, 28, 28)
     assert torch.equal(process.xt[:, 0], initial_noise(5, (1, 28, 28), 3).clamp(-1, 1))
@@ -445,7 +445,7 @@ def test_generate_holds_one_batch_when_asked(loaded: LoadedRun, monkeypatch: pyt
     and every image is still exactly the one the all-at-once call makes (noise depends on (seed, i) only)."""
     import diffkit.generation as generation
 
-    plan, classes = SamplingPlan(steps=2, guidance=2.0, seed=3, batch_size=4), cycled_classes(4, None, 10)
+    plan, classes = SamplingPlan(steps=2, cfg=2.0, seed=3, batch_size=4), cycled_classes(4, None, 10)
     whole = generate(loaded.denoiser(), plan, num=10, classes=classes)
     noise_sizes: list[int] = []
     real_noise = generation.initial_noise

@@ -63,7 +63,7 @@ def test_guidance_mixes_conditional_and_unconditional_in_one_batch() -> None:
     classes = torch.tensor([2, 4, 7])
     for scale in (0.0, 1.0, 3.0, 7.5):
         model.calls.clear()
-        eps = den(x, t, classes, guidance=scale).eps
+        eps = den(x, t, classes, cfg=scale).eps
         expected = (scale * classes.float()).reshape(-1, 1, 1, 1).expand_as(x)  # u + s (c - u), u = 0
         torch.testing.assert_close(eps, expected)
         assert model.calls == ([3] if scale in (0.0, 1.0) else [6])  # one batched call for CFG

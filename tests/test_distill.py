@@ -128,7 +128,7 @@ def test_guidance_input_is_one_pass_per_step_and_w1_is_conditional() -> None:
     batches: list[int] = []
     student.register_forward_hook(lambda _m, args, _o: batches.append(args[0].shape[0]))
     process = VPProcess(NoiseSchedule.create("cosine", 100))
-    den = Denoiser(student.eval(), process, 3, guidance_range=(1.0, 3.0))
+    den = Denoiser(student.eval(), process, 3, cfg_range=(1.0, 3.0))
     x, t, classes = torch.randn(5, 1, 28, 28), torch.full((5,), 40), torch.tensor([0, 1, 2, 0, 1])
     with torch.no_grad():
         at_one = den(x, t, classes, 1.0)

@@ -144,7 +144,7 @@ def test_png_masks_threshold_at_half_grey_and_check_the_size(tmp_path: Path) -> 
 def test_known_pixels_are_preserved_exactly(gen: Denoiser, method: str, options: dict) -> None:
     x, masks = digits(3), make_masks("brush", 3, 28, seed=2)
     planned = {k: options.pop(k) for k in ("sampler", "steps") if k in options}
-    plan = SamplingPlan(guidance=2.0, seed=3, **planned)
+    plan = SamplingPlan(cfg=2.0, seed=3, **planned)
     out = inpaint(gen, x, masks, plan, method=method, classes=torch.tensor([0, 1, 2]), **options)
     keep = masks.bool().expand_as(x)
     assert torch.equal(out.images[keep], x[keep])  # bit for bit, not approximately
@@ -211,10 +211,10 @@ def test_slerp_ends_and_norm() -> None:
 
 
 def test_class_interpolation_ends_are_the_plain_samples(gen: Denoiser) -> None:
-    result = interpolate_classes(gen, 1, 3, SamplingPlan(steps=4, guidance=2.0, seed=7), frames=4)
+    result = interpolate_classes(gen, 1, 3, SamplingPlan(steps=4, cfg=2.0, seed=7), frames=4)
     assert result.frames.shape == (4, 1, 28, 28) and result.positions == [0, 1 / 3, 2 / 3, 1]
     for end, cls in ((0, 1), (-1, 3)):
-        plain = generate(gen, SamplingPlan(steps=4, guidance=2.0, seed=7), num=1, classes=torch.tensor([cls]))
+        plain = generate(gen, SamplingPlan(steps=4, cfg=2.0, seed=7), num=1, classes=torch.tensor([cls]))
         torch.testing.assert_close(result.frames[end], plain.images[0], atol=1e-5, rtol=0)
     assert not torch.allclose(result.frames[1], result.frames[0])
 
@@ -231,7 +231,7 @@ def test_class_weights_mix_embeddings_exactly() -> None:
 
 
 def test_seed_interpolation_ends_are_the_plain_samples(gen: Denoiser) -> None:
-    plan = SamplingPlan(steps=4, guidance=1.5)
+    plan = SamplingPlan(steps=4, cfg=1.5)
     result = interpolate_seeds(gen, 11, 12, plan, frames=3, class_id=2)
     for end, seed in ((0, 11), (-1, 12)):
         plain = generate(gen, plan.but(seed=seed), num=1, classes=torch.tensor([2]))

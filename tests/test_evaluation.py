@@ -162,10 +162,10 @@ def test_guidance_sweep_writes_a_plot_and_a_row_per_scale(cli, tiny_run: Path) -
     assert (folder / "guidance_sweep.png").is_file()
     assert Image.open(folder / "guidance_sweep.png").size[0] > 600
     report = json.loads((folder / "fid.json").read_text())
-    assert [r["guidance"] for r in report["rows"]] == [0.0, 2.0]
+    assert [r["cfg"] for r in report["rows"]] == [0.0, 2.0]
     assert all({"fid", "kid", "kid_std", "class_accuracy"} <= set(r) for r in report["rows"])
     assert report["floor"]["sources"] == ["synthetic:train (8 of 2048)", "synthetic:test (8 of 512)"]
-    assert report["feature_net"] == "fake-digits" and report["best_guidance"] in (0.0, 2.0)
+    assert report["feature_net"] == "fake-digits" and report["best_cfg"] in (0.0, 2.0)
 
 
 def test_compare_samplers_gains_fid_and_class_accuracy_columns(cli, tiny_run: Path, tmp_path: Path) -> None:

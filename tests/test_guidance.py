@@ -42,8 +42,8 @@ def _prefer(monkeypatch: pytest.MonkeyPatch, best: float) -> list[tuple[float, i
 
     def score(denoiser, plan, num, progress):  # type: ignore[no-untyped-def]
         assert denoiser.num_classes == 4  # the run's own network
-        calls.append((plan.guidance, num, plan.steps))
-        return 1.0 + 10 * abs(plan.guidance - best), 1.0
+        calls.append((plan.cfg, num, plan.steps))
+        return 1.0 + 10 * abs(plan.cfg - best), 1.0
 
     monkeypatch.setattr(guidance_module, "yardstick", lambda settings, held_out: Yardstick(score, "fake", "fake"))
     return calls
@@ -52,10 +52,10 @@ def _prefer(monkeypatch: pytest.MonkeyPatch, best: float) -> list[tuple[float, i
 def test_choice_rule() -> None:
     rows = [GuidanceRow(1.0, 9.0, 0.936), GuidanceRow(1.5, 16.1, 0.99), GuidanceRow(2.0, 34.5, 0.997)]
     row, met = choose(rows, 0.98)  # the fast-CPU figures: 1 is best by FID but below the bar
-    assert (row.guidance, met) == (1.5, True)
+    assert (row.cfg, met) == (1.5, True)
     slow = [GuidanceRow(1.5, 25.7, 0.934), GuidanceRow(2.0, 32.8, 0.964), GuidanceRow(3.0, 40.0, 0.964)]
     row, met = choose(slow, 0.98)  # none reaches 98 %: the most accurate, ties broken by FID
-    assert (row.guidance, met) == (2.0, False)
+    assert (row.cfg, met) == (2.0, False)
 
 
 def test_the_sweep_is_reserved_in_the_plan() -> None:
@@ -85,12 +85,13 @@ def test_a_run_samples_with_the_guidance_its_sweep_prefers(
     record = json.loads(RunPaths(root).plan.read_text())["guidance"]
     assert record["chosen"] == 2.5 and record["met_accuracy"] is True
     assert [r["fid"] for r in record["rows"]] == [16.0, 1.0, 16.0]
+    assert [r["cfg"] for r in record["rows"]] == [1.0, 2.5, 4.0]
     last = json.loads(RunPaths(root).metrics.read_text().splitlines()[-1])
     assert last["guidance"] == 2.5 and last["guidance_fid"] == 1.0 and len(last["guidance_sweep"]) == 3
 
     loaded = load_run(root)
-    assert loaded.settings.sample.cfg == 2.5 and loaded.plan().guidance == 2.5
-    assert loaded.plan(cfg=1.0).guidance == 1.0  # a flag still wins
+    assert loaded.settings.sample.cfg == 2.5 and loaded.plan().cfg == 2.5
+    assert loaded.plan(cfg=1.0).cfg == 1.0  # a flag still wins
     assert defaults(AppRun(tmp_path, loaded))["cfg"] == 2.5  # the app's guidance slider starts there
     code, out, err = cli("sample", "--run", str(root), "--num", "1")
     assert code == 0, err
@@ -103,8 +104,8 @@ def test_a_run_samples_with_the_guidance_its_sweep_prefers(
     monkeypatch.setattr(measure_module, "digit_feature_net", lambda **_: _fake_net(10))
     monkeypatch.setattr(measure_module, "classifier_feature_net", lambda dataset, **_: _fake_net(4))
     monkeypatch.setenv("DIFFKIT_CACHE_DIR", str(tmp_path / "cache"))
-    report = evaluate(FidRequest([f"run:{root}", "synthetic:train"], num=20, guidance=[None, 4.0]))
-    assert [r.guidance for r in report.rows] == [2.5, 4.0]
+    report = evaluate(FidRequest([f"run:{root}", "synthetic:train"], num=20, cfg=[None, 4.0]))
+    assert [r.cfg for r in report.rows] == [2.5, 4.0]
     assert any("picked by the run's guidance sweep" in n for n in report.notes)
     code, out, err = cli("fid", f"run:{root}", "synthetic:train", "--num", "20", "--cfg", "auto")
     assert code == 0, err
@@ -123,7 +124,7 @@ def test_unconditional_and_switched_off_runs_skip_the_sweep(tmp_path: Path, monk
     assert calls == []
     assert "guidance" not in json.loads(RunPaths(root).plan.read_text())
     assert all("guidance" not in json.loads(line) for line in RunPaths(root).metrics.read_text().splitlines())
-    assert load_run(root).plan().guidance == 1.0
+    assert load_run(root).plan().cfg == 1.0
 
     off = Trainer(load_settings("tiny", parse_overrides([*TINY, "train.auto_cfg=false"])), RunPaths(tmp_path / "off"))
     assert off.sweep is None and "train.auto_cfg = false" in off.sweep_note
@@ -159,7 +160,7 @@ def test_the_demo_benchmark_reports_a_run(tmp_path: Path, monkeypatch: pytest.Mo
     assert result["steps"] == 7 and result["images_per_s"] > 0 and "threads" in result["cpu_kind"]
     assert result["guidance_sweep"]["chosen"] == 2.5
     quality = result["quality"]
-    assert [r["guidance"] for r in quality["rows"]] == [1.0, 2.5, 4.0]  # the picked scale measured too
+    assert [r["cfg"] for r in quality["rows"]] == [1.0, 2.5, 4.0]  # the picked scale measured too
     assert all(r["fid"] > 0 and 0 <= r["class_accuracy"] <= 1 for r in quality["rows"])
     assert quality["samples"] == 20 and quality["sampler"] == "ddim 2"
     text = bench_demo.markdown(result, "test")
@@ -182,4 +183,4 @@ def test_a_stop_during_the_sweep_drops_it(tmp_path: Path, monkeypatch: pytest.Mo
     assert "guidance" not in json.loads(RunPaths(root).plan.read_text())
     last = json.loads(RunPaths(root).metrics.read_text().splitlines()[-1])
     assert last["skipped"] == "guidance sweep: stop requested"
-    assert load_run(root).plan().guidance == 2.0  # the preset's sample.cfg stays
+    assert load_run(root).plan().cfg == 2.0  # the preset's sample.cfg stays

@@ -119,7 +119,7 @@ def test_channels_last_changes_the_layout_not_the_values() -> None:
             p.normal_(0.0, 0.2)
     schedule = NoiseSchedule.create("cosine", 100)
     x, t, classes = torch.randn(4, 1, 8, 8), torch.full((4,), 50.0), torch.tensor([0, 1, 2, 0])
-    plain = Denoiser(model, VPProcess(schedule), 3)(x, t, classes, guidance=2.0)
+    plain = Denoiser(model, VPProcess(schedule), 3)(x, t, classes, cfg=2.0)
     choice = PrecisionChoice("fp32", "test", channels_last=True)
     assert choice.layout(x).is_contiguous(memory_format=torch.channels_last)
     fast = Denoiser(choice.prepare(model), VPProcess(schedule), 3, precision=choice)(x, t, classes, 2.0)
@@ -133,7 +133,7 @@ def test_bf16_sampling_stays_close_to_fp32_and_returns_fp32() -> None:
             p.normal_(0.0, 0.2)
     schedule = NoiseSchedule.create("cosine", 100)
     x, t, classes = torch.randn(4, 1, 8, 8), torch.full((4,), 50.0), torch.tensor([0, 1, 2, 0])
-    plain = Denoiser(model, VPProcess(schedule), 3)(x, t, classes, guidance=2.0)
+    plain = Denoiser(model, VPProcess(schedule), 3)(x, t, classes, cfg=2.0)
     bf16 = Denoiser(model, VPProcess(schedule), 3, precision=PrecisionChoice("bf16", "test"))(x, t, classes, 2.0)
     assert bf16.x0.dtype == torch.float32 and bf16.eps.dtype == torch.float32
     assert not torch.equal(plain.eps, bf16.eps)  # autocast really ran

@@ -71,7 +71,7 @@ class Samples(Shown):
     def __repr__(self) -> str:
         what = f"labels {sorted(set(self.labels))}" if self.labels else "unconditional"
         return (
-            f"Samples({len(self)} images, {what}, {self.plan.label}, guidance {self.plan.guidance:g}, "
+            f"Samples({len(self)} images, {what}, {self.plan.label}, guidance {self.plan.cfg:g}, "
             f"seed {self.plan.seed}, {self.seconds:.1f}s)"
         )
 
@@ -232,7 +232,7 @@ class Fid:
     def __repr__(self) -> str:
         lines = [f"FID with {self.report.feature_net}: {' vs '.join(self.report.sources)}"]
         for row in self.rows:
-            cells = [f"guidance {row['guidance']:g}" if row.get("guidance") is not None else "FID"]
+            cells = [f"guidance {row['cfg']:g}" if row.get("cfg") is not None else "FID"]
             cells.append(f"FID {row['fid']:.3f}")
             if "class_accuracy" in row:
                 cells.append(f"class accuracy {row['class_accuracy']:.1%}")

@@ -296,8 +296,8 @@ class Run:
     ) -> Fid:
         """FID of `num` samples against `against` (a dataset split, a folder or an .npz), with the real-vs-real
         floor; several `cfg` values sweep the guidance. As `diffkit fid run:DIR AGAINST --num N --cfg ...`."""
-        guidance = None if cfg is None else ([float(cfg)] if isinstance(cfg, int | float) else list(cfg))
-        check_sample_flags(cfg=guidance, steps=steps)
+        scales = None if cfg is None else ([float(cfg)] if isinstance(cfg, int | float) else list(cfg))
+        check_sample_flags(cfg=scales, steps=steps)
         request = FidRequest(
             [f"run:{self.root}", str(against)],
             features=features,
@@ -306,7 +306,7 @@ class Run:
             class_accuracy=class_accuracy,
             sampler=sampler,
             steps=steps,
-            guidance=guidance,
+            cfg=scales,
             seed=seed,
             checkpoint=str(self.loaded.checkpoint),
             device=str(self.loaded.device),

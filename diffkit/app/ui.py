@@ -58,16 +58,16 @@ def _sample_controls(
     choices = h.class_choices(app, every=every)
     with gr.Row():
         klass = gr.Dropdown(choices, value=choices[0] if every or len(choices) == 1 else choices[1], label="class")
-        guidance = gr.Slider(0, 10, value=d["cfg"], step=0.25, label="guidance (0 unconditional, 1 conditional)")
+        cfg = gr.Slider(0, 10, value=d["cfg"], step=0.25, label="guidance (0 unconditional, 1 conditional)")
         sampler = gr.Dropdown(samplers, value=d["sampler"], label="sampler")
         steps = _whole_number(min(d["steps"], timesteps), f"steps (1 to {timesteps})")
         seed = _whole_number(d["seed"], "seed (0 or more)")
-    return [klass, guidance, sampler, steps, seed]
+    return [klass, cfg, sampler, steps, seed]
 
 
-def _controls(klass: str, guidance: float, sampler: str, steps: int, seed: int) -> dict[str, Any]:
+def _controls(klass: str, cfg: float, sampler: str, steps: int, seed: int) -> dict[str, Any]:
     """The values of `_sample_controls` as the handlers' keywords."""
-    return {"class_choice": klass, "guidance": guidance, "sampler": sampler, "steps": steps, "seed": seed}
+    return {"class_choice": klass, "cfg": cfg, "sampler": sampler, "steps": steps, "seed": seed}
 
 
 def _show_frame(out: h.Denoising | h.Interpolated | None, k: int) -> tuple[Any, ...]:
@@ -91,7 +91,7 @@ def _sample_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps
 
     def on_sample(
         klass: str,
-        guidance: float,
+        cfg: float,
         sampler: str,
         steps: int,
         seed: int,
@@ -99,7 +99,7 @@ def _sample_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
         def act() -> tuple[Any, ...]:
-            controls = _controls(klass, guidance, sampler, steps, seed)
+            controls = _controls(klass, cfg, sampler, steps, seed)
             out = h.sample(app, **controls, num=num, progress=_ticker(progress, "sampling"))
             return str(out.grid), gr.update(value=str(out.archive), interactive=True), out.info
 
@@ -139,7 +139,7 @@ def _watch_action(app: h.AppRun) -> Callable[..., tuple[Any, ...]]:
 
     def on_watch(
         klass: str,
-        guidance: float,
+        cfg: float,
         sampler: str,
         steps: int,
         seed: int,
@@ -147,7 +147,7 @@ def _watch_action(app: h.AppRun) -> Callable[..., tuple[Any, ...]]:
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
         def act() -> tuple[Any, ...]:
-            controls = _controls(klass, guidance, sampler, steps, seed)
+            controls = _controls(klass, cfg, sampler, steps, seed)
             out = h.watch(app, **controls, frames=frames, progress=_ticker(progress, "denoising"))
             last = len(out.frames) - 1
             return (
@@ -179,7 +179,7 @@ def _compare_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], k: int) 
     with gr.Row():
         num = gr.Slider(1, 16, value=min(k or 8, 10), step=1, label="images per row")
         klass = gr.Dropdown(choices, value=choices[0], label="classes (every class: in turn)")
-        guidance = gr.Slider(0, 10, value=d["cfg"], step=0.25, label="guidance")
+        cfg = gr.Slider(0, 10, value=d["cfg"], step=0.25, label="guidance")
         seed = _whole_number(d["seed"], "seed (0 or more)")
         run = gr.Button("Compare", variant="primary", elem_id="compare-run")
     status = _status()
@@ -191,7 +191,7 @@ def _compare_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], k: int) 
         steps: str,
         num: int,
         klass: str,
-        guidance: float,
+        cfg: float,
         seed: int,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
@@ -202,7 +202,7 @@ def _compare_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], k: int) 
                 steps=steps,
                 num=num,
                 class_choice=klass,
-                guidance=guidance,
+                cfg=cfg,
                 seed=seed,
                 progress=_ticker(progress, "sampler steps"),
             )
@@ -210,7 +210,7 @@ def _compare_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], k: int) 
 
         return _guard(2, act)
 
-    run.click(on_compare, [chosen, steps, num, klass, guidance, seed], [picture, table, status], concurrency_id=MODEL)
+    run.click(on_compare, [chosen, steps, num, klass, cfg, seed], [picture, table, status], concurrency_id=MODEL)
 
 
 def _inpaint_tab(app: h.AppRun, d: dict[str, Any], samplers: list[str], timesteps: int) -> dict[str, Any]:
@@ -342,7 +342,7 @@ def _interpolate_tab(app: h.AppRun, d: dict[str, Any], k: int) -> None:
     with gr.Row():
         frames = gr.Slider(2, 32, value=10, step=1, label="frames")
         steps = _whole_number(min(d["steps"], 50), "DDIM steps (1 or more)")
-        guidance = gr.Slider(0, 10, value=d["cfg"], step=0.25, label="guidance")
+        cfg = gr.Slider(0, 10, value=d["cfg"], step=0.25, label="guidance")
         seed = _whole_number(d["seed"], "noise seed (0 or more)", visible=not by_seeds)
         run = gr.Button("Interpolate", variant="primary", elem_id="interp-run")
     status = _status()
@@ -364,7 +364,7 @@ def _interpolate_tab(app: h.AppRun, d: dict[str, Any], k: int) -> None:
 
     on_interpolate = _interpolate_action(app)
 
-    inputs = [mode, class_a, class_b, seed_a, seed_b, seed_class, frames, steps, guidance, seed]
+    inputs = [mode, class_a, class_b, seed_a, seed_b, seed_class, frames, steps, cfg, seed]
     run.click(on_interpolate, inputs, [state, strip, frame, slider, caption, gif, status], concurrency_id=MODEL)
     slider.change(_show_frame, [state, slider], [frame, caption], show_progress="hidden")
 
@@ -381,7 +381,7 @@ def _interpolate_action(app: h.AppRun) -> Callable[..., tuple[Any, ...]]:
         seed_class: str,
         frames: int,
         steps: int,
-        guidance: float,
+        cfg: float,
         seed: int,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
@@ -396,7 +396,7 @@ def _interpolate_action(app: h.AppRun) -> Callable[..., tuple[Any, ...]]:
                 seed_class=seed_class,
                 frames=frames,
                 steps=steps,
-                guidance=guidance,
+                cfg=cfg,
                 seed=seed,
                 progress=_ticker(progress, "DDIM steps"),
             )

@@ -77,10 +77,10 @@ def compare_samplers_command(
     count = num or loaded.num_classes or 8
     classes = cycled_classes(loaded.num_classes, class_, count)
     console.print(
-        f"comparing {len(plans)} sampler settings on {count} images (guidance {base.guidance:g}, "
+        f"comparing {len(plans)} sampler settings on {count} images (guidance {base.cfg:g}, "
         f"seed {base.seed}) from {loaded.checkpoint}"
     )
-    folder = args.folder(loaded, "compare", f"cfg{base.guidance:g}-seed{base.seed}")
+    folder = args.folder(loaded, "compare", f"cfg{base.cfg:g}-seed{base.seed}")
     with progress_task("comparing", 1) as advance:
         result = compare_samplers(
             loaded.denoiser(base),

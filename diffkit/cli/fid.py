@@ -77,8 +77,8 @@ def fid_command(
     device: opt.DeviceOption = "auto",
 ) -> None:
     """FID (and KID, class accuracy) between two image sources, or one source's statistics."""
-    guidance = _guidance(cfg)
-    check_sample_flags(cfg=[g for g in guidance or [] if g is not None], steps=steps, batch_size=batch_size)
+    scales = _cfg_scales(cfg)
+    check_sample_flags(cfg=[g for g in scales or [] if g is not None], steps=steps, batch_size=batch_size)
     check_output_dir(out)
     check_output_file(save_stats, "--save-stats", force=force)
     request = FidRequest(
@@ -91,7 +91,7 @@ def fid_command(
         save_stats=save_stats,
         sampler=sampler,
         steps=steps,
-        guidance=guidance,
+        cfg=scales,
         seed=seed,
         checkpoint=checkpoint,
         device=device,
@@ -109,7 +109,7 @@ def fid_command(
         _show(report, folder, held)
 
 
-def _guidance(cfg: str | None) -> list[float | None] | None:
+def _cfg_scales(cfg: str | None) -> list[float | None] | None:
     """--cfg as scales; `auto` (None) is the run's default guidance."""
     if cfg is None:
         return None
@@ -149,7 +149,7 @@ def _table(report: FidReport) -> Table:
     best = report.best
     for row in report.rows:
         assert row.distance is not None
-        cells = [f"guidance {row.guidance:g}" if row.guidance is not None else "", f"{row.distance.fid:.3f}"]
+        cells = [f"guidance {row.cfg:g}" if row.cfg is not None else "", f"{row.distance.fid:.3f}"]
         cells += [_kid(row.distance.kid)] if has_kid else []
         cells += [f"{row.accuracy.overall:.1%}" if row.accuracy else ""] if has_acc else []
         table.add_row(*cells, style="bold green" if row is best else None)
@@ -184,8 +184,8 @@ def _print_summary(report: FidReport) -> None:
         )
     best = report.best
     if best is not None and best.distance is not None:
-        console.print(f"best guidance by FID: [bold]{best.guidance:g}[/bold] (FID {best.distance.fid:.3f})")
-    scored = [(r.guidance, r.accuracy) for r in report.rows if r.accuracy is not None]
+        console.print(f"best guidance by FID: [bold]{best.cfg:g}[/bold] (FID {best.distance.fid:.3f})")
+    scored = [(r.cfg, r.accuracy) for r in report.rows if r.accuracy is not None]
     if scored:
         console.print(_accuracy_table(scored))
 
@@ -197,10 +197,10 @@ def _accuracy_table(scored: list[tuple[float | None, Accuracy]]) -> Table:
     for c in classes:
         table.add_column(str(c), justify="right")
     table.add_column("overall", justify="right", style="bold")
-    for guidance, acc in scored:
+    for scale, acc in scored:
         per = acc.per_class
         cells = [f"{per[c]:.0%}" if c in per else "" for c in classes]
-        table.add_row(f"{guidance:g}" if guidance is not None else "", *cells, f"{acc.overall:.1%}")
+        table.add_row(f"{scale:g}" if scale is not None else "", *cells, f"{acc.overall:.1%}")
     return table
 
 

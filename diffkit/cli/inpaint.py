@@ -124,7 +124,7 @@ def _report(
         "input": what,
         "mask": mask,
         "seed": plan.seed,
-        "guidance": plan.guidance,
+        "cfg": plan.cfg,
         "checkpoint": str(loaded.checkpoint),
         "scored_region": "hole (mask 0)",
     }

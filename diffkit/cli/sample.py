@@ -94,7 +94,7 @@ def _grid(
 ) -> None:
     """grid.png and images/ (a row per class, or one class); with `k` frames, pictures of the process too."""
     shape = layout(loaded, class_, per_class, k)
-    tag = f"{plan.sampler}-{plan.steps}-cfg{plan.guidance:g}-seed{plan.seed}"
+    tag = f"{plan.sampler}-{plan.steps}-cfg{plan.cfg:g}-seed{plan.seed}"
     folder = args.folder(loaded, "samples", tag + (f"-class{class_}" if class_ is not None else ""))
     _say(loaded, shape.total, plan)
     with progress_task("sampling", shape.total) as advance:
@@ -135,9 +135,9 @@ def _check_flags(
 
 
 def _say(loaded: LoadedRun, total: int, plan: SamplingPlan) -> None:
-    picked = " (the run's own, picked by its sweep after training)" if plan.guidance == loaded.chosen_guidance else ""
+    picked = " (the run's own, picked by its sweep after training)" if plan.cfg == loaded.chosen_cfg else ""
     console.print(
-        f"sampling {total} images with {plan.sampler} ({plan.steps} steps, guidance {plan.guidance:g}{picked}, "
+        f"sampling {total} images with {plan.sampler} ({plan.steps} steps, guidance {plan.cfg:g}{picked}, "
         f"seed {plan.seed}) from {loaded.checkpoint}"
     )
 

@@ -78,7 +78,7 @@ class RichHooks(TrainHooks):
 
     def guidance(self, choice: GuidanceChoice) -> None:
         rows = "; ".join(
-            f"{r.guidance:g}: FID {r.fid:.1f}" + (f", {r.accuracy:.1%}" if r.accuracy is not None else "")
+            f"{r.cfg:g}: FID {r.fid:.1f}" + (f", {r.accuracy:.1%}" if r.accuracy is not None else "")
             for r in choice.rows
         )
         console.print(

@@ -84,9 +84,9 @@ class Progressive(DistillMethod):
         ab, ab_mid, ab_end = (alpha_bar_of(distiller, s).to(x0) for s in (t, t_mid, t_end))
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         with torch.no_grad():
-            guidance = 1.0 if w is None else w
-            x_mid = ddim_update(*distiller.teacher(x_t, t, labels, guidance), ab_mid)
-            x_end = ddim_update(*distiller.teacher(x_mid, t_mid, labels, guidance), ab_end)
+            cfg = 1.0 if w is None else w
+            x_mid = ddim_update(*distiller.teacher(x_t, t, labels, cfg), ab_mid)
+            x_end = ddim_update(*distiller.teacher(x_mid, t_mid, labels, cfg), ab_end)
             ratio = ((1 - ab_end) / (1 - ab)).sqrt()
             target_x0 = (x_end - ratio * x_t) / (ab_end.sqrt() - ratio * ab.sqrt())
             target = distiller.process.output_for(target_x0, x_t, t, ab)

@@ -35,7 +35,7 @@ from diffkit.errors import DiffkitError
 from diffkit.generation import generate, initial_noise, require_images_input
 from diffkit.progress import Progress
 from diffkit.samplers import Step
-from diffkit.sampling import SamplingPlan, check_guidance
+from diffkit.sampling import SamplingPlan, check_cfg
 from diffkit.schedules import NoiseSchedule
 
 METHODS: dict[str, str] = {
@@ -81,7 +81,7 @@ def guided_plan(plan: SamplingPlan, classes: Tensor | None, *, cfg_given: bool) 
             "--cfg needs class labels and this input has none (or the model is unconditional): "
             "drop --cfg, or use --from with a labelled dataset or --class"
         )
-    return plan if classes is not None else plan.but(guidance=1.0)
+    return plan if classes is not None else plan.but(cfg=1.0)
 
 
 def figure_rows(originals: Tensor, masks: Tensor, results: dict[str, InpaintResult]) -> tuple[list[Tensor], list[str]]:
@@ -134,14 +134,14 @@ def inpaint(
     if method not in METHODS:
         raise DiffkitError(f"unknown inpainting method {method!r}: choose one of {', '.join(METHODS)}")
     require_images_input(denoiser)
-    check_guidance(plan.guidance, denoiser.num_classes)
+    check_cfg(plan.cfg, denoiser.num_classes)
     mask = check_mask(mask, images)
     start = time.perf_counter()
     if method == "replace":
         result = _replace(denoiser, images, mask, classes, plan, progress)
     else:
         denoiser, device = plan.configure(denoiser), denoiser.device
-        denoise = denoiser.conditioned(None if classes is None else classes.to(device), plan.guidance)
+        denoise = denoiser.conditioned(None if classes is None else classes.to(device), plan.cfg)
         known, keep = images.to(device), mask.to(device).bool()
         gen = torch.Generator(device=device).manual_seed(plan.seed)
         if method == "repaint":

@@ -141,7 +141,7 @@ def interpolate_seeds(
     z_a, z_b = initial_noise(1, shape, seed_a)[0], initial_noise(1, shape, seed_b)[0]
     noise = torch.stack([slerp(z_a, z_b, w) for w in where])
     classes = None if class_id is None else torch.full((frames,), class_id, dtype=torch.long)
-    plan = plan if classes is not None else plan.but(guidance=1.0)
+    plan = plan if classes is not None else plan.but(cfg=1.0)
     images, nfe = _decode(denoiser, plan, noise, classes, progress)
     return Interpolation(images, where, nfe, time.perf_counter() - start)
 
@@ -187,7 +187,7 @@ def interpolate_images(
     """Invert both images (1, C, H, W) with the unconditional model, slerp the latents, decode."""
     require_images_input(denoiser)
     where, start = positions(frames), time.perf_counter()
-    plan, steps = plan.but(guidance=1.0), plan.steps
+    plan, steps = plan.but(cfg=1.0), plan.steps
     spacing = str(decoding_plan(plan).sampler_options.get("spacing") or default_spacing("ddim"))
     pair = torch.cat([image_a, image_b]).to(denoiser.device)
     inverting = plan.configure(denoiser).conditioned(None)

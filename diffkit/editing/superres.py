@@ -75,9 +75,7 @@ def super_resolve(
         )
     start = time.perf_counter()
     bicubic = upsample(low.float().cpu(), size)
-    out = generate(
-        replace(denoiser, cond=bicubic), plan.but(guidance=1.0), num=len(low), classes=None, progress=progress
-    )
+    out = generate(replace(denoiser, cond=bicubic), plan.but(cfg=1.0), num=len(low), classes=None, progress=progress)
     return SuperResolved(out.images, bicubic, low.cpu(), out.nfe, time.perf_counter() - start)
 
 

@@ -45,7 +45,7 @@ from diffkit.settings import Settings
 FEATURE_CHOICES = ("auto", "digits", "inception")
 DIGIT_SHAPE = (1, 28, 28)
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # the usual KID protocol (Bińkowski et al. 2018), see kid_subset_size
-_CLASSIFIER_DATASETS = {"mnist": "digits", "mnist-5k": "digits"}  # runs whose classes the digit CNN judges
+CLASSIFIER_DATASETS = {"mnist": "digits", "mnist-5k": "digits"}  # runs whose classes the digit CNN judges
 # ------------------------------------------------------------------------------------- feature nets
 
 
@@ -247,7 +247,7 @@ def class_judge(
             f"class accuracy needs a class-conditional run, and {run} is unconditional: drop --class-accuracy"
         )
     dataset = settings.data.dataset
-    if dataset in _CLASSIFIER_DATASETS:
+    if dataset in CLASSIFIER_DATASETS:
         net = digit_feature_net(data_dir=data_dir, cache_dir=cache_dir, progress=_prefixed(progress, "digit CNN"))
     elif dataset == "folder":
         raise DiffkitError(
@@ -323,7 +323,7 @@ def measure_run(
 
     def tick(done: int, total: int, message: str = "") -> None:
         if progress is not None:
-            progress(done, total, f"sampling, guidance {plan.guidance:g}")
+            progress(done, total, f"sampling, guidance {plan.cfg:g}")
 
     keep = max(1, run.num_classes) * PREVIEW_ROWS
     feats, predicted, preview = generated_features(

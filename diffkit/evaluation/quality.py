@@ -12,7 +12,7 @@ from torch import Tensor
 from diffkit.denoiser import Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.evaluation.measuring import (
-    _CLASSIFIER_DATASETS,
+    CLASSIFIER_DATASETS,
     Measured,
     choose_feature_net,
     class_judge,
@@ -22,7 +22,7 @@ from diffkit.evaluation.measuring import (
     probe,
     read_statistics,
 )
-from diffkit.evaluation.sources import Images, _loadable, load_source_images, parse_eval_source
+from diffkit.evaluation.sources import Images, load_source_images, loadable, parse_eval_source
 from diffkit.generation import cycled_classes
 from diffkit.metrics import (
     Array,
@@ -86,7 +86,7 @@ class SampleQuality:
 def default_reference(settings: Settings, data_dir: Path) -> str:
     """mnist:test for digit runs when it is there, else the run's own training data."""
     d = settings.data
-    if d.dataset in _CLASSIFIER_DATASETS and _loadable("mnist:test", data_dir):
+    if d.dataset in CLASSIFIER_DATASETS and loadable("mnist:test", data_dir):
         return "mnist:test"
     return d.path if d.dataset == "folder" and d.path else f"{d.dataset}:{d.split}"
 

@@ -18,18 +18,23 @@ from diffkit.viz import plot_guidance_sweep, save_grid
 # -------------------------------------------------------------------------------------------- report
 
 
+def row_cfg(record: dict[str, Any]) -> Any:
+    """The guidance scale of a saved fid.json row: "cfg", or "guidance" in reports written before the rename."""
+    return record.get("cfg", record.get("guidance"))
+
+
 @dataclass
 class Row:
     """One line of the result: a guidance scale of a run (or the single comparison when there is no run)."""
 
-    guidance: float | None
+    cfg: float | None  # the guidance scale
     num: int
     distance: Distance | None = None
     accuracy: Accuracy | None = None
     preview: Tensor | None = None  # a few generated images, for a picture
 
     def record(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"guidance": self.guidance, "num": self.num}
+        out: dict[str, Any] = {"cfg": self.cfg, "num": self.num}
         if self.distance is not None:
             out["fid"] = self.distance.fid
             if self.distance.kid is not None:
@@ -78,7 +83,7 @@ class FidReport:
     @property
     def best(self) -> Row | None:
         """The guidance scale with the lowest FID, when several were tried."""
-        scored = [r for r in self.rows if r.distance is not None and r.guidance is not None]
+        scored = [r for r in self.rows if r.distance is not None and r.cfg is not None]
         return min(scored, key=lambda r: r.distance.fid) if len(scored) > 1 else None  # type: ignore[union-attr]
 
     def record(self) -> dict[str, Any]:
@@ -95,7 +100,7 @@ class FidReport:
         if self.floor is not None:
             out["floor"] = self.floor.record()
         if self.best is not None:
-            out["best_guidance"] = self.best.guidance
+            out["best_cfg"] = self.best.cfg
         if self.statistics is not None:
             out["statistics"] = {
                 "num": self.statistics.num,
@@ -124,5 +129,5 @@ class FidReport:
         for row in self.rows:
             if row.preview is not None:
                 nrow = self.num_classes or max(1, math.isqrt(len(row.preview)))
-                written.append(save_grid(row.preview, folder / f"samples-cfg{row.guidance:g}.png", nrow=nrow, scale=2))
+                written.append(save_grid(row.preview, folder / f"samples-cfg{row.cfg:g}.png", nrow=nrow, scale=2))
         return written

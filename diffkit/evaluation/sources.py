@@ -131,10 +131,10 @@ def floor_partner(reference: Source, data_dir: Path) -> str | None:
         candidates = [f"{name}:train"] + (["mnist-5k"] if name == "mnist" else [])
     else:
         candidates = [f"{name}:test"]
-    return next((c for c in candidates if _loadable(c, data_dir)), None)
+    return next((c for c in candidates if loadable(c, data_dir)), None)
 
 
-def _loadable(source: str, data_dir: Path) -> bool:
+def loadable(source: str, data_dir: Path) -> bool:
     try:
         parse_source(source, data_dir=data_dir)
     except DiffkitError:

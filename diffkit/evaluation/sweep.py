@@ -51,7 +51,7 @@ class FidRequest:
     save_stats: Path | None = None
     sampler: str | None = None
     steps: int | None = None
-    guidance: Sequence[float | None] | None = None  # several scales: a guidance sweep; None: the run's default
+    cfg: Sequence[float | None] | None = None  # guidance scales: several make a sweep; None: the run's default
     seed: int | None = None
     checkpoint: str = "best"
     device: str = "auto"
@@ -82,12 +82,12 @@ def check_request(request: FidRequest, sources: Sequence[Source]) -> None:
         raise DiffkitError("--save-stats saves the statistics of one source: give one source")
     if request.class_accuracy and not runs:
         raise DiffkitError("--class-accuracy judges generated images: give a class-conditional run as run:DIR")
-    guidance = list(request.guidance or [])
-    if guidance and not runs:
+    scales = list(request.cfg or [])
+    if scales and not runs:
         raise DiffkitError("--cfg sets the guidance of generated images: give a run as run:DIR, or drop --cfg")
-    if len(guidance) > 1 and len(runs) != 1:
+    if len(scales) > 1 and len(runs) != 1:
         raise DiffkitError("a guidance sweep (several --cfg values) needs exactly one run source")
-    if len(guidance) > 1 and request.save_stats is not None:
+    if len(scales) > 1 and request.save_stats is not None:
         raise DiffkitError("--save-stats saves one set of statistics: give a single --cfg value")
     if not runs and (request.sampler or request.steps is not None or request.seed is not None):
         raise DiffkitError("--sampler, --steps and --seed set how a run is sampled: give a run as run:DIR")
@@ -155,15 +155,15 @@ def _open(request: FidRequest) -> _Opened:
         if s.kind in ("dataset", "folder")
     }
     notes = [note for im in images.values() for note in im.notes]
-    if None in (request.guidance or []):
-        notes += [f"guidance auto: {_default_guidance(run)}" for run in runs.values()]
+    if None in (request.cfg or []):
+        notes += [f"guidance auto: {_default_cfg(run)}" for run in runs.values()]
     return _Opened(sources, runs, images, data_dir, notes)
 
 
-def _default_guidance(run: LoadedRun) -> str:
+def _default_cfg(run: LoadedRun) -> str:
     """What `--cfg auto` means for this run, in words."""
     chosen = run.settings.sample.cfg
-    if run.chosen_guidance is None:
+    if run.chosen_cfg is None:
         return f"{chosen:g}, the run's sample.cfg (it made no guidance sweep after training)"
     return f"{chosen:g}, picked by the run's guidance sweep after training (plan.json)"
 
@@ -235,7 +235,7 @@ def _rows(
         dist = distance(*measured, kid=request.kid) if count == 2 else None
         return [Row(None, measured[-1].num, dist)], None, measured
     num = request.num or DEFAULT_RUN_SAMPLES
-    scales: list[float | None] = list(request.guidance) if request.guidance else [None]
+    scales: list[float | None] = list(request.cfg) if request.cfg else [None]
     # every scale checked before the first image is generated (e.g. --cfg 2 on an unconditional run)
     plans = {
         (i, scale): run.plan(
@@ -256,7 +256,7 @@ def _rows(
             assert net is not None
             generated, row.accuracy, row.preview = measure_run(run, num, plan, net, judge=judge, progress=progress)
             measured.append(generated)
-            row.guidance = plan.guidance
+            row.cfg = plan.cfg
         if count == 2:
             row.distance = distance(*measured, kid=request.kid)
         rows.append(row)

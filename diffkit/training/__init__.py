@@ -8,9 +8,11 @@ time budget (`train.max_minutes`) measures its speed over its first seconds and 
 once (`plan.json`), so the LR schedule ends with the budget and a resumed run follows the same plan.
 
 | module      | what                                                                    |
-| trainer     | `Trainer`: model, EMA, optimiser, data; one step, validation, epoch ends |
+| trainer     | `Trainer`: model, EMA, optimiser; one step, the loop, `resume`          |
+| epoch_end   | the Trainer's base: validation, training-time FID, grid, best / last    |
+| batches     | `TrainingData`: the split, the global batch, each step's rows           |
 | run         | `train_run`: directory checks, the lock, start or resume, under torchrun |
-| state       | the exact state between two steps (`last.state.pt`), and restoring it    |
+| state       | the exact state between two steps (`last.state.pt`), read back as data  |
 | budget      | what a time-budgeted run keeps in reserve (validation, grids, FID, sweep)|
 | guidance    | the guidance sweep after training: the run's own default guidance        |
 | outcomes    | hooks for progress, the result, interrupted / diverged                   |

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from diffkit.previews import preview_images
 from diffkit.settings import Settings
 
 if TYPE_CHECKING:
-    from diffkit.training.trainer import Trainer
+    from diffkit.training.guidance import GuidanceSweep
 
 SAVE_S = 1.0  # a checkpoint, curves.png and the metrics: about a second on a laptop
 # the guidance sweep takes at most this share of a budget, with fewer samples if need be, and is left
@@ -36,6 +37,26 @@ class Reserve:
     epoch_end_s: float  # validation and checkpoint at every epoch end, with grids and FID amortised
     final_s: float  # the last epoch end, its grid and FID, and the guidance sweep
     sweep_s: float = 0.0  # the guidance sweep alone
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a run's clock plan depends on, as the run stands when it plans (`Trainer.plan_inputs`)."""
+
+    settings: Settings
+    net: nn.Module  # timed for the reserve: the EMA, as grids and validation run it
+    precision: PrecisionChoice
+    device: torch.device
+    batch_size: int
+    budget_s: float
+    elapsed_s: Callable[[], float]  # the budget spent so far, read after the network is timed
+    step: int
+    steps_per_epoch: int
+    step_cap: int | None
+    val_images: int
+    timesteps: int
+    with_fid: bool
+    sweep: GuidanceSweep | None
 
 
 @torch.no_grad()
@@ -92,40 +113,37 @@ def sweep_samples(wanted: int, per_sample_s: float, budget_s: float) -> int:
     return samples if samples >= min(MIN_SWEEP_SAMPLES, wanted) else 0
 
 
-def measure_plan(trainer: Trainer, step_s: float) -> ClockPlan:
-    """The plan for the rest of `trainer`'s budget: its steps at `step_s` each, and the reserve."""
-    per_image = forward_seconds_per_image(
-        trainer.ema, trainer.settings, trainer.precision, trainer.device, trainer.batch_size
-    )
-    budget_s, elapsed = trainer.budget_s or 0.0, trainer.elapsed_s()
-    samples, passes, sweep = 0, 0, trainer.sweep
+def measure_plan(run: PlanInputs, step_s: float) -> ClockPlan:
+    """The plan for the rest of the run's budget: its steps at `step_s` each, and the reserve."""
+    per_image = forward_seconds_per_image(run.net, run.settings, run.precision, run.device, run.batch_size)
+    elapsed, samples, passes, sweep = run.elapsed_s(), 0, 0, run.sweep
     if sweep is not None:
-        per_sample_s = sweep.network_passes(trainer.settings.sample.steps, 1) * per_image
-        samples = sweep_samples(sweep.samples, per_sample_s, budget_s)
-        passes = sweep.network_passes(trainer.settings.sample.steps, samples)
+        per_sample_s = sweep.network_passes(run.settings.sample.steps, 1) * per_image
+        samples = sweep_samples(sweep.samples, per_sample_s, run.budget_s)
+        passes = sweep.network_passes(run.settings.sample.steps, samples)
     costs = reserve(
-        trainer.settings,
+        run.settings,
         per_image,
-        val_images=len(trainer.val_set),
-        timesteps=trainer.process.grid.timesteps,
-        with_fid=trainer.fid is not None,
+        val_images=run.val_images,
+        timesteps=run.timesteps,
+        with_fid=run.with_fid,
         sweep_passes=passes,
     )
     total = clock.plan_steps(
-        budget_s=budget_s,
+        budget_s=run.budget_s,
         elapsed_s=elapsed,
-        step=trainer.step,
+        step=run.step,
         step_s=step_s,
         epoch_end_s=costs.epoch_end_s,
-        steps_per_epoch=trainer.steps_per_epoch,
+        steps_per_epoch=run.steps_per_epoch,
         final_s=costs.final_s,
-        cap=trainer.step_cap,
+        cap=run.step_cap,
     )
-    total = max(total, trainer.step)
+    total = max(total, run.step)
     return ClockPlan(
-        budget_s,
+        run.budget_s,
         total,
-        trainer.step,
+        run.step,
         step_s,
         costs.epoch_end_s,
         costs.final_s,
@@ -135,16 +153,14 @@ def measure_plan(trainer: Trainer, step_s: float) -> ClockPlan:
     )
 
 
-def recheck_plan(trainer: Trainer, step_s: float) -> ClockPlan:
-    """The plan after measuring the speed again (`step_s`): the same plan, marked re-checked, while the speed
-    holds; else a new plan for the rest of the budget that remembers the first one."""
-    old = trainer.clock_plan
-    assert old is not None
+def recheck_plan(run: PlanInputs, old: ClockPlan, step_s: float) -> ClockPlan:
+    """The plan after measuring the speed again (`step_s`): the same plan `old`, marked re-checked, while the
+    speed holds; else a new plan for the rest of the budget that remembers the first one."""
     if not clock.speed_changed(old.step_s, step_s):
-        return dataclasses.replace(old, rechecked_at=trainer.step, recheck_step_s=step_s)
+        return dataclasses.replace(old, rechecked_at=run.step, recheck_step_s=step_s)
     return dataclasses.replace(
-        measure_plan(trainer, step_s),
-        rechecked_at=trainer.step,
+        measure_plan(run, step_s),
+        rechecked_at=run.step,
         recheck_step_s=step_s,
         first_planned_steps=old.planned_steps,
         first_step_s=old.step_s,

@@ -21,21 +21,22 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
+from diffkit.clock import ClockPlan
 from diffkit.data import ImageSet
 from diffkit.denoiser import Denoiser
-from diffkit.evaluation.measuring import _CLASSIFIER_DATASETS
-from diffkit.evaluation.sources import Images, _loadable
+from diffkit.evaluation.measuring import CLASSIFIER_DATASETS
+from diffkit.evaluation.sources import Images, loadable
+from diffkit.precision import PrecisionChoice
+from diffkit.process import DiffusionProcess
 from diffkit.progress import Progress
 from diffkit.runs import make_denoiser, read_checkpoint, resolve_checkpoint, split_weights
 from diffkit.sampling import SamplingPlan
 from diffkit.settings import Settings, resolve_data_dir
-
-if TYPE_CHECKING:
-    from diffkit.training.trainer import Trainer
 
 # (denoiser, plan, num, progress) -> (FID, class accuracy): `SampleQuality.score`, or a stand-in in tests
 Scorer = Callable[[Denoiser, SamplingPlan, int, Progress | None], tuple[float, float | None]]
@@ -55,13 +56,13 @@ class Yardstick:
 
 @dataclass
 class GuidanceRow:
-    guidance: float
+    cfg: float
     fid: float
     accuracy: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "guidance": self.guidance,
+            "cfg": self.cfg,
             "fid": round(self.fid, 3),
             "class_accuracy": None if self.accuracy is None else round(self.accuracy, 4),
         }
@@ -83,7 +84,7 @@ class GuidanceChoice:
 
     @property
     def row(self) -> GuidanceRow:
-        return next(r for r in self.rows if r.guidance == self.chosen)
+        return next(r for r in self.rows if r.cfg == self.chosen)
 
     @property
     def reason(self) -> str:
@@ -126,9 +127,9 @@ def choose(rows: list[GuidanceRow], min_accuracy: float) -> tuple[GuidanceRow, b
     return min(rows, key=lambda r: (-(r.accuracy or 0.0), r.fid)), False
 
 
-def nfe_factor(guidance: float) -> int:
-    """Network evaluations per sampler step: guidance 0 or 1 needs one prediction, others two."""
-    return 1 if guidance in (0.0, 1.0) else 2
+def nfe_factor(cfg: float) -> int:
+    """Network evaluations per sampler step: a scale of 0 or 1 needs one prediction, others two."""
+    return 1 if cfg in (0.0, 1.0) else 2
 
 
 @dataclass
@@ -167,11 +168,11 @@ class GuidanceSweep:
         start, plan, rows = time.perf_counter(), self.plan(base), []
         samples = samples or self.samples
         for scale in self.scales:
-            fid, accuracy = self.yardstick.score(denoiser, plan.but(guidance=scale), samples, progress)
+            fid, accuracy = self.yardstick.score(denoiser, plan.but(cfg=scale), samples, progress)
             rows.append(GuidanceRow(scale, fid, accuracy))
         best, met = choose(rows, self.min_accuracy)
         return GuidanceChoice(
-            best.guidance,
+            best.cfg,
             met,
             self.min_accuracy,
             rows,
@@ -204,11 +205,11 @@ def yardstick(settings: Settings, held_out: ImageSet) -> Yardstick | str:
     from diffkit.evaluation.quality import sample_quality
 
     dataset = settings.data.dataset
-    if dataset not in _CLASSIFIER_DATASETS:
+    if dataset not in CLASSIFIER_DATASETS:
         return f"no yardstick for {dataset} (the sweep scores digits: mnist, mnist-5k)"
     data_dir = resolve_data_dir(settings.data_dir)
     reference: str | Images
-    if _loadable("mnist:test", data_dir):
+    if loadable("mnist:test", data_dir):
         reference = "mnist:test"
     elif len(held_out) >= 2:
         reference = Images(held_out.images, held_out.labels, f"{dataset} validation split")
@@ -223,44 +224,47 @@ class _Stopped(Exception):
     """A stop was requested during the sweep: it is dropped."""
 
 
-def sweep_after_training(trainer: Trainer) -> None:
-    """After the last step, rank 0 sweeps on the weights `diffkit sample` will load and saves the choice
-    in plan.json and metrics.jsonl; a stop request (Ctrl-C) drops the sweep and the run keeps sample.cfg."""
-    sweep, clock = trainer.sweep, trainer.clock_plan
-    if sweep is None or not trainer.world.is_main:
-        return
-    samples = clock.sweep_samples if clock is not None and clock.sweep_samples is not None else sweep.samples
+def sweep_after_training(
+    sweep: GuidanceSweep,
+    clock_plan: ClockPlan | None,
+    *,
+    settings: Settings,
+    ema: nn.Module,
+    run_dir: Path,
+    process: DiffusionProcess,
+    precision: PrecisionChoice,
+    stopped: Callable[[], bool],
+    starting: Callable[[GuidanceSweep, int], None],
+) -> GuidanceChoice | str:
+    """After the last step (rank 0), the sweep on the weights `diffkit sample` will load (`ema`'s layout
+    filled from sample.checkpoint). Returns the choice, or why there is none: no time for it in the
+    budget, or a stop request (Ctrl-C, `stopped()` between batches); then the run keeps sample.cfg."""
+    planned = clock_plan.sweep_samples if clock_plan is not None else None
+    samples = planned if planned is not None else sweep.samples
     if samples == 0:
-        why = "guidance sweep: no time for it in the budget on this machine (diffkit.training.budget)"
-        trainer.runlog.append({"step": trainer.step, "skipped": why})
-        return
-    trainer.hooks.sweeping(sweep, samples)
+        return "guidance sweep: no time for it in the budget on this machine (diffkit.training.budget)"
+    starting(sweep, samples)
 
     def unless_stopped(done: int = 0, total: int = 0, message: str = "", /) -> None:
-        if trainer.stop:
+        if stopped():
             raise _Stopped
 
     try:
         unless_stopped()
-        net = sampling_weights(trainer)
-        denoiser = make_denoiser(trainer.settings, net, trainer.process, precision=trainer.precision)
-        base = SamplingPlan.from_settings(trainer.settings.sample, trainer.num_classes)
-        base = base.check(trainer.process.grid.timesteps, trainer.num_classes)
-        choice = sweep.run(denoiser, base, unless_stopped, samples)
+        net = sampling_weights(settings, run_dir, ema)
+        denoiser = make_denoiser(settings, net, process, precision=precision)
+        num_classes = settings.model.num_classes or 0
+        base = SamplingPlan.from_settings(settings.sample, num_classes).check(process.grid.timesteps, num_classes)
+        return sweep.run(denoiser, base, unless_stopped, samples)
     except _Stopped:
-        trainer.runlog.append({"step": trainer.step, "skipped": "guidance sweep: stop requested"})
-        return
-    trainer.guidance = choice
-    trainer.runlog.append({"step": trainer.step, **choice.metrics()})
-    trainer.write_plan()
-    trainer.hooks.guidance(choice)
+        return "guidance sweep: stop requested"
 
 
-def sampling_weights(trainer: Trainer) -> nn.Module:
+def sampling_weights(settings: Settings, run_dir: Path, ema: nn.Module) -> nn.Module:
     """The network `diffkit sample` loads by default: sample.checkpoint's EMA (or raw) weights, in the
-    layout the run trained in (the sweep samples in the training precision)."""
-    s = trainer.settings.sample
-    tensors, _ = read_checkpoint(resolve_checkpoint(trainer.paths.root, s.checkpoint))
-    net = copy.deepcopy(trainer.ema)
+    layout the run trained in (`ema`'s: the sweep samples in the training precision)."""
+    s = settings.sample
+    tensors, _ = read_checkpoint(resolve_checkpoint(run_dir, s.checkpoint))
+    net = copy.deepcopy(ema)
     net.load_state_dict(split_weights(tensors, "ema" if s.use_ema else "model"))
     return net.eval()

@@ -1,82 +1,134 @@
-"""The exact state of a run between two steps (`last.state.pt` beside `last.safetensors`), and restoring it.
+"""The exact state of a run between two steps (`last.state.pt` beside `last.safetensors`), and reading it back.
 
 Everything a step depends on is here: model and EMA weights, optimiser, LR schedule, gradient scaler,
-both random generators, the step and the clock plan, so a resumed run continues bit for bit.
+both random generators, the step and the clock plan, so a resumed run continues bit for bit. This module
+knows the format; `Trainer.resume` applies what `read_saved` returns to its own objects.
 """
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from diffkit.clock import ClockPlan, read_plan
 from diffkit.errors import DiffkitError
 from diffkit.precision import PrecisionChoice
-from diffkit.runs import load_state, load_weights, read_checkpoint, same_pair, split_weights
+from diffkit.runs import RunPaths, load_state, read_checkpoint, same_pair, split_weights
 
-if TYPE_CHECKING:
-    from diffkit.training.trainer import Trainer
+# a state that does not fit the run's objects, or a plan.json of the wrong shape, raises one of these
+_MISFIT = (RuntimeError, ValueError, KeyError, TypeError, IndexError)
 
 
-def training_state(trainer: Trainer) -> dict[str, Any]:
-    """What `last.state.pt` holds besides the weights."""
+def training_state(
+    *,
+    step: int,
+    best_val: float,
+    optimizer: dict[str, Any],
+    lr_schedule: dict[str, Any],
+    grad_scaler: dict[str, Any],
+    gen_rng: Tensor,
+    total_steps: int,
+    planned: bool,
+    precision: str,
+    processes: int,
+    train_seconds: float,
+) -> dict[str, Any]:
+    """What `last.state.pt` holds besides the weights (the global torch RNG is read here)."""
     return {
-        "step": trainer.step,
-        "best_val": trainer.best_val,
-        "optimizer": trainer.opt.state_dict(),
-        "lr_schedule": trainer.lr_sched.state_dict(),
-        "grad_scaler": trainer.scaler.state_dict(),
+        "step": step,
+        "best_val": best_val,
+        "optimizer": optimizer,
+        "lr_schedule": lr_schedule,
+        "grad_scaler": grad_scaler,
         "torch_rng": torch.get_rng_state(),
-        "gen_rng": trainer.gen.get_state(),
-        "total_steps": trainer.total_steps,
-        "planned": trainer.clock_plan is not None,
-        "precision": trainer.precision.name,
-        "processes": trainer.world.size,
-        "train_seconds": trainer.spent_before + (time.perf_counter() - trainer.clock_start),
+        "gen_rng": gen_rng,
+        "total_steps": total_steps,
+        "planned": planned,
+        "precision": precision,
+        "processes": processes,
+        "train_seconds": train_seconds,
     }
 
 
-def restore(trainer: Trainer) -> None:
-    """Load `last` (weights and state) into `trainer`, with the precision and plan the run was trained with."""
-    tensors, meta = read_checkpoint(trainer.paths.weights("last"))
-    state = load_state(trainer.paths.state("last"))
-    if not same_pair(meta, state):  # recover_pair found no complete pair to go back to
-        raise DiffkitError(
-            f"{trainer.paths.checkpoints}: last.safetensors and last.state.pt were not saved together and no "
-            "earlier pair is left; sample from best.safetensors, or start again with --force"
-        )
+@dataclass(frozen=True)
+class SavedState:
+    """`last` as read back: plain data for `Trainer.resume` to apply, in the order it does."""
+
+    weights_path: Path
+    model: dict[str, Tensor]
+    ema: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    lr_schedule: dict[str, Any]
+    torch_rng: Tensor
+    gen_rng: Tensor
+    step: int
+    best_val: float
+    train_seconds: float  # of earlier sessions: they count against the budget
+    grad_scaler: dict[str, Any] | None
+    precision: PrecisionChoice | None  # the format the run trained in (plan.json); None: choose it again
+    clock_plan: ClockPlan | None  # the run's length by the clock, when it planned one
+    total_steps: int | None  # with `clock_plan`
+
+
+@contextmanager
+def checkpoint_fits(paths: RunPaths) -> Iterator[None]:
+    """Loading `last` into this run's objects: a checkpoint of another shape is one line, not a traceback."""
     try:
-        load_weights(trainer.model, split_weights(tensors, "model"), trainer.paths.weights("last"))
-        load_weights(trainer.ema, split_weights(tensors, "ema"), trainer.paths.weights("last"))
-        trainer.opt.load_state_dict(state["optimizer"])
-        trainer.lr_sched.load_state_dict(state["lr_schedule"])
-        torch.set_rng_state(state["torch_rng"])
-        trainer.gen.set_state(state["gen_rng"])
-        trainer.step, trainer.best_val = int(state["step"]), float(state["best_val"])
-        trainer.spent_before = float(state.get("train_seconds", 0.0))
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        yield
+    except _MISFIT as exc:
         reason = " ".join(str(exc).split())[:120]
         raise DiffkitError(
-            f"{trainer.paths.checkpoints}: the last checkpoint does not fit this run ({type(exc).__name__}: "
+            f"{paths.checkpoints}: the last checkpoint does not fit this run ({type(exc).__name__}: "
             f"{reason}); start again with --force"
         ) from None
-    trainer.saved_step = trainer.step
-    trainer.runlog.truncate(trainer.step)
-    plan = read_plan(trainer.paths.plan)
+
+
+@contextmanager
+def plan_intact(paths: RunPaths) -> Iterator[None]:
+    """Reading and applying plan.json's precision and clock: a damaged file is one line."""
     try:
-        if "precision" in plan:  # the format the run was trained in, not a fresh probe: resume stays exact
-            trainer.precision = PrecisionChoice.from_dict(plan["precision"])
-            trainer.apply_precision()
-        else:
-            trainer.choose_precision()
-        if state.get("grad_scaler") and trainer.scaler.is_enabled():
-            trainer.scaler.load_state_dict(state["grad_scaler"])
-        if state.get("planned") and isinstance(plan.get("clock"), dict):
-            trainer.clock_plan = ClockPlan(**plan["clock"])
-            trainer.total_steps = int(state["total_steps"])
-    except (TypeError, KeyError, ValueError, AttributeError) as exc:  # a plan.json of the wrong shape
+        yield
+    except (*_MISFIT, AttributeError) as exc:
         raise DiffkitError(
-            f"{trainer.paths.plan} is damaged ({type(exc).__name__}); restore it, or start again with --force"
+            f"{paths.plan} is damaged ({type(exc).__name__}); restore it, or start again with --force"
         ) from None
+
+
+def read_saved(paths: RunPaths) -> SavedState:
+    """`last` (weights and state) and the precision and plan the run was trained with, checked."""
+    tensors, meta = read_checkpoint(paths.weights("last"))
+    state = load_state(paths.state("last"))
+    if not same_pair(meta, state):  # recover_pair found no complete pair to go back to
+        raise DiffkitError(
+            f"{paths.checkpoints}: last.safetensors and last.state.pt were not saved together and no "
+            "earlier pair is left; sample from best.safetensors, or start again with --force"
+        )
+    plan = read_plan(paths.plan)
+    with plan_intact(paths):
+        precision = PrecisionChoice.from_dict(plan["precision"]) if "precision" in plan else None
+        planned = bool(state.get("planned")) and isinstance(plan.get("clock"), dict)
+        clock_plan = ClockPlan(**plan["clock"]) if planned else None
+        total_steps = int(state["total_steps"]) if planned else None
+    with checkpoint_fits(paths):
+        return SavedState(
+            weights_path=paths.weights("last"),
+            model=split_weights(tensors, "model"),
+            ema=split_weights(tensors, "ema"),
+            optimizer=state["optimizer"],
+            lr_schedule=state["lr_schedule"],
+            torch_rng=state["torch_rng"],
+            gen_rng=state["gen_rng"],
+            step=int(state["step"]),
+            best_val=float(state["best_val"]),
+            train_seconds=float(state.get("train_seconds", 0.0)),
+            grad_scaler=state.get("grad_scaler") or None,
+            precision=precision,
+            clock_plan=clock_plan,
+            total_steps=total_steps,
+        )

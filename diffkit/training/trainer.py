@@ -19,29 +19,22 @@ from torch.nn.parallel import DistributedDataParallel
 
 from diffkit.atomic import write_json
 from diffkit.clock import ClockPlan, ClockWatch, recheck_due
-from diffkit.data import ImageSet, random_condition, resolve_data, to_float, train_val_split
-from diffkit.denoiser import Denoiser
-from diffkit.devices import configure, resolve_device, to_device
-from diffkit.distributed import Rows, World, draw_rows
-from diffkit.errors import DiffkitError
+from diffkit.data import random_condition
+from diffkit.devices import configure, resolve_device
+from diffkit.distributed import Rows, World
 from diffkit.evaluation import training_fid
 from diffkit.interrupts import StopRequest, deferred_signals
 from diffkit.loss import diffusion_loss
 from diffkit.models import count_parameters
 from diffkit.optim import ema_decay_at, ema_update, lr_factor, param_groups, power_ema_decay, power_ema_gamma
 from diffkit.precision import FP32, PrecisionChoice, choose_precision, cpu_kind, machine_description
-from diffkit.previews import class_grid, superres_grid
 from diffkit.process import build_process
 from diffkit.runlog import RunLog
-from diffkit.runs import (
-    RunPaths,
-    build_model,
-    make_denoiser,
-    save_checkpoint,
-)
-from diffkit.sampling import SamplingPlan
+from diffkit.runs import RunPaths, build_model, load_weights, save_checkpoint
 from diffkit.settings import Settings, settings_to_dict
-from diffkit.training.budget import measure_plan, recheck_plan
+from diffkit.training.batches import TrainingData
+from diffkit.training.budget import PlanInputs, measure_plan, recheck_plan
+from diffkit.training.epoch_end import EpochEnds
 from diffkit.training.guidance import GuidanceChoice, GuidanceSweep, guidance_sweep, sweep_after_training
 from diffkit.training.outcomes import (
     LossWindow,
@@ -50,18 +43,10 @@ from diffkit.training.outcomes import (
     TrainingInterrupted,
     TrainResult,
 )
-from diffkit.training.state import restore, training_state
-from diffkit.viz import plot_training_curves
+from diffkit.training.state import checkpoint_fits, plan_intact, read_saved, training_state
 
 
-class _StopRequested(Exception):
-    """Raised inside an epoch end's FID when a stop was requested: the measurement is dropped."""
-
-
-VAL_SEED = 12345  # validation noise: fixed per batch, so epochs (and any number of processes) compare fairly
-
-
-class Trainer:
+class Trainer(EpochEnds):
     def __init__(
         self,
         settings: Settings,
@@ -91,7 +76,12 @@ class Trainer:
             torch.set_num_threads(t.threads)
         self.device = self.world.device(resolve_device(settings.device))
         configure(self.device)
-        self._load_data()
+        self.data = TrainingData(settings, self.world, self.device)
+        d = self.data  # read by subclasses, tests and the CLI under these names
+        self.train_set, self.val_set, self.batch_size, self.rows = d.train_set, d.val_set, d.batch_size, d.rows
+        self.steps_per_epoch, self.step_cap = d.steps_per_epoch, d.step_cap
+        self.total_steps = self.step_cap or 10**9
+        self.clock_plan: ClockPlan | None = None
         self.num_classes = settings.model.num_classes or 0  # after the data: a dataset's classes fill it in
 
         torch.manual_seed(t.seed)
@@ -119,25 +109,6 @@ class Trainer:
         self.sweep: GuidanceSweep | None = sweep[0] if sweep else None
         self.sweep_note = sweep[1] if sweep else ""
         self.guidance: GuidanceChoice | None = None  # what the sweep chose
-
-    def _load_data(self) -> None:
-        """The training and validation images, the global batch, and the run's length in steps."""
-        settings, t = self.settings, self.settings.train
-        data = self.world.main_first(lambda: resolve_data(settings))  # rank 0 downloads, then the rest read
-        self.train_set, self.val_set = train_val_split(data, settings.data.val_fraction)
-        if len(self.train_set) < 1:
-            raise DiffkitError("no training images left after the validation split: lower data.val_fraction")
-        self.batch_size = min(t.batch_size, len(self.train_set))  # the global batch, all processes together
-        self.rows: Rows | None = self.world.split(self.batch_size) if self.world.distributed else None
-        self.steps_per_epoch = max(1, len(self.train_set) // self.batch_size)
-        # with a budget the clock fixes the length and only max_steps caps it (a parent preset's epochs do not)
-        if t.max_minutes is not None:
-            self.step_cap = t.max_steps
-        else:
-            self.step_cap = t.max_steps or (t.epochs or 1) * self.steps_per_epoch
-        self.total_steps = self.step_cap or 10**9
-        self.clock_plan: ClockPlan | None = None
-        self._order: tuple[int, Tensor] | None = None  # (epoch, its data order), see _epoch_order
 
     @property
     def num_parameters(self) -> int:
@@ -190,11 +161,44 @@ class Trainer:
 
     # --- state -----------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        return training_state(self)
+        return training_state(
+            step=self.step,
+            best_val=self.best_val,
+            optimizer=self.opt.state_dict(),
+            lr_schedule=self.lr_sched.state_dict(),
+            grad_scaler=self.scaler.state_dict(),
+            gen_rng=self.gen.get_state(),
+            total_steps=self.total_steps,
+            planned=self.clock_plan is not None,
+            precision=self.precision.name,
+            processes=self.world.size,
+            train_seconds=self.elapsed_s(),
+        )
 
     def resume(self) -> None:
-        """Continue from `last`: every rank reads the same state, whatever the number of processes then."""
-        restore(self)
+        """Continue from `last` with the precision and plan the run trained with: every rank reads the same
+        state, whatever the number of processes then (`diffkit.training.state` reads and checks it)."""
+        saved = read_saved(self.paths)
+        with checkpoint_fits(self.paths):
+            load_weights(self.model, saved.model, saved.weights_path)
+            load_weights(self.ema, saved.ema, saved.weights_path)
+            self.opt.load_state_dict(saved.optimizer)
+            self.lr_sched.load_state_dict(saved.lr_schedule)
+            torch.set_rng_state(saved.torch_rng)
+            self.gen.set_state(saved.gen_rng)
+        self.step, self.best_val, self.spent_before = saved.step, saved.best_val, saved.train_seconds
+        self.saved_step = self.step
+        self.runlog.truncate(self.step)
+        with plan_intact(self.paths):
+            if saved.precision is not None:  # the format the run was trained in, not a fresh probe: exact
+                self.precision = saved.precision
+                self.apply_precision()
+            else:
+                self.choose_precision()
+            if saved.grad_scaler and self.scaler.is_enabled():
+                self.scaler.load_state_dict(saved.grad_scaler)
+        if saved.clock_plan is not None and saved.total_steps is not None:
+            self.clock_plan, self.total_steps = saved.clock_plan, saved.total_steps
 
     def _save(self, name: str, with_state: bool, val_loss: float | None = None) -> None:
         if not self.world.is_main:
@@ -219,33 +223,6 @@ class Trainer:
         return bool(minutes) and time.perf_counter() - self.last_saved_at >= 60.0 * minutes
 
     # --- one step --------------------------------------------------------------------------------
-    def _batch(self, step: int) -> tuple[Tensor, Tensor]:
-        """This process's rows of global batch `step`: the data order is a fixed permutation per epoch
-        (so resuming mid-epoch is exact), the same on every rank."""
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        idx = self._epoch_order(epoch)[pos * self.batch_size : (pos + 1) * self.batch_size]
-        flip = None
-        if self.settings.data.hflip:
-            flip = draw_rows(self.rows, len(idx), lambda k: torch.rand(k, generator=self.gen, device=self.device))
-        if self.rows is not None:
-            idx = idx[self.rows.start : self.rows.stop]
-        x0, labels = self._on_device(self.train_set, idx)
-        if flip is not None:
-            x0 = torch.where((flip < 0.5)[:, None, None, None], x0.flip(-1), x0)
-        return x0, labels
-
-    def _epoch_order(self, epoch: int) -> Tensor:
-        """The permutation of the training images in `epoch` (a pure function of seed and epoch), made
-        once per epoch rather than at every step."""
-        if self._order is None or self._order[0] != epoch:
-            gen = torch.Generator().manual_seed(self.settings.train.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(len(self.train_set), generator=gen))
-        return self._order[1]
-
-    def _on_device(self, images: ImageSet, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """Images `idx` of `images` on the run's device as floats in [-1, 1] (sent as uint8), and their labels."""
-        return to_float(to_device(images.images[idx], self.device)), to_device(images.labels[idx], self.device)
-
     def loss(
         self,
         model: nn.Module,
@@ -273,7 +250,7 @@ class Trainer:
     def _optimise_step(self) -> tuple[float, float, int]:
         """One optimiser step on batch `self.step`, then EMA: (mean loss over all ranks, its LR, images)."""
         t = self.settings.train
-        x0, labels = self._batch(self.step)
+        x0, labels = self.data.batch(self.step, self.gen)
         loss = self.loss(self.net, x0, labels, self.gen, t.p_uncond, self.rows)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # under DDP the gradients are averaged over the ranks here
@@ -300,51 +277,6 @@ class Trainer:
         if t.ema == "power":
             return power_ema_decay(step, power_ema_gamma(t.ema_sigma_rel))
         return ema_decay_at(step, t.ema_decay, t.ema_warmup)
-
-    # --- validation and grids --------------------------------------------------------------------
-    @torch.no_grad()
-    def validate(self) -> float | None:
-        """Loss of the EMA weights on the held-out images; each rank takes every size-th batch, with
-        noise fixed per batch, so the value is the same for any number of processes."""
-        if len(self.val_set) == 0:
-            return None
-        total, count = 0.0, 0
-        batches = math.ceil(len(self.val_set) / self.batch_size)
-        for b in range(self.world.rank, batches, self.world.size):
-            gen = torch.Generator(device=self.device).manual_seed(VAL_SEED + b)
-            idx = torch.arange(b * self.batch_size, min((b + 1) * self.batch_size, len(self.val_set)))
-            x0, labels = self._on_device(self.val_set, idx)
-            total += float(self.loss(self.ema, x0, labels, gen, p_uncond=0.0)) * len(idx)
-            count += len(idx)
-        total, count_all = self.world.sum([total, count])
-        return total / count_all
-
-    @property
-    def grid_plan(self) -> SamplingPlan:
-        """The run's [sample] settings at train.grid_steps: how the grids during training are drawn."""
-        plan = SamplingPlan.from_settings(self.settings.sample, self.num_classes)
-        return plan.but(steps=min(self.settings.train.grid_steps, self.process.grid.timesteps))
-
-    def ema_denoiser(self) -> Denoiser:
-        return make_denoiser(self.settings, self.ema, self.process, precision=self.precision)
-
-    def draw_grid(self, name: str) -> str:
-        """A fixed-seed grid from the EMA weights (a row per class for conditional models)."""
-        path = self.paths.samples / f"{name}.png"
-        if self.settings.model.task == "super-res":
-            truth = (self.val_set if len(self.val_set) else self.train_set).floats(slice(0, 8))
-            superres_grid(self.ema_denoiser(), self.grid_plan, truth, self.settings.model.sr_scales, path)
-        else:
-            class_grid(self.ema_denoiser(), self.grid_plan, path)
-        return str(path)
-
-    def _unless_stopped(self, done: int = 0, total: int = 0, message: str = "", /) -> None:
-        """A `Progress` for the epoch end's measurements that ends them once a stop is requested."""
-        if self.stop:
-            raise _StopRequested
-
-    def _log(self, record: dict[str, Any]) -> None:
-        self.runlog.append(record)  # writes nothing on ranks other than 0
 
     # --- the loop --------------------------------------------------------------------------------
     def train(self, stop_after: int | None = None) -> TrainResult:
@@ -381,7 +313,7 @@ class Trainer:
                         watch = ClockWatch() if first else None
                 self._after_step()
             if self.step == self.total_steps:
-                sweep_after_training(self)
+                self._sweep_guidance()
         if self.step < self.total_steps or self.step % self.steps_per_epoch:
             self._save("last", with_state=True)  # stopped early or mid-epoch: keep the exact place
         self.runlog.hparams(settings_to_dict(self.settings))
@@ -460,47 +392,58 @@ class Trainer:
     def _make_plan(self, step_s: float, recheck: bool = False) -> None:
         """Fix total_steps (rank 0 decides) so that the rest of the run, its last epoch end and grid fit;
         `recheck`: the plan exists and `step_s` is the speed measured since, which may re-plan it."""
-        decide = recheck_plan if recheck else measure_plan
-        plan = self.world.from_main(decide(self, step_s) if self.world.is_main else None)
+
+        def decide() -> ClockPlan:
+            if recheck and self.clock_plan is not None:
+                return recheck_plan(self.plan_inputs(), self.clock_plan, step_s)
+            return measure_plan(self.plan_inputs(), step_s)
+
+        plan = self.world.from_main(decide() if self.world.is_main else None)
         assert plan is not None
         self.clock_plan, self.total_steps = plan, plan.planned_steps
         self.write_plan()
         if not recheck or plan.first_planned_steps is not None:
             self.hooks.plan(plan)
 
-    def _end_epoch(self) -> None:
-        epoch = math.ceil(self.step / self.steps_per_epoch)
-        val = self.validate()  # every rank: validation is sharded
-        if val is not None:
-            self._log({"step": self.step, "epoch": epoch, "val_loss": val})
-        final = self.step == self.total_steps
-        # the FID and the grid are measurements, not training: a stop request drops them (the saved state
-        # stays exact) instead of making Ctrl-C wait for them; the FID checks between its batches
-        skipped = []
-        fid_every = self.settings.train.fid_every_epochs
-        if self.fid is not None and (epoch % fid_every == 0 or final):
-            try:
-                self._unless_stopped()
-                self._log({"step": self.step, "epoch": epoch, **self.fid(self.ema_denoiser(), self._unless_stopped)})
-            except _StopRequested:
-                skipped.append("fid")
-        every = self.settings.train.sample_every_epochs
-        grid = None
-        if self.world.is_main and (final or (every and epoch % every == 0)):
-            if self.stop:
-                skipped.append("grid")
-            else:
-                self.model.eval()
-                grid = self.draw_grid(f"epoch_{epoch:04d}")
-                self.runlog.image("samples/grid", grid, self.step)
-                self.model.train()
-        if skipped:
-            self._log({"step": self.step, "epoch": epoch, "skipped": f"{', '.join(skipped)}: stop requested"})
-        improved = val is not None and val < self.best_val
-        if improved:  # best before last: killed in between, the resumed run redoes this epoch end
-            self._save("best", with_state=False, val_loss=val)
-            self.best_val = val  # type: ignore[assignment]
-        self._save("last", with_state=True, val_loss=val)
-        if self.world.is_main:
-            plot_training_curves(self.paths.metrics, self.paths.curves)
-        self.hooks.epoch(epoch, self.step, val, grid)
+    def plan_inputs(self) -> PlanInputs:
+        """What the clock plan depends on, now (`diffkit.training.budget`)."""
+        return PlanInputs(
+            self.settings,
+            self.ema,
+            self.precision,
+            self.device,
+            self.batch_size,
+            self.budget_s or 0.0,
+            self.elapsed_s,
+            self.step,
+            self.steps_per_epoch,
+            self.step_cap,
+            len(self.val_set),
+            self.process.grid.timesteps,
+            self.fid is not None,
+            self.sweep,
+        )
+
+    def _sweep_guidance(self) -> None:
+        """After the last step, rank 0 picks the run's default guidance; the choice goes to plan.json and
+        metrics.jsonl (`diffkit.training.guidance`)."""
+        if self.sweep is None or not self.world.is_main:
+            return
+        outcome = sweep_after_training(
+            self.sweep,
+            self.clock_plan,
+            settings=self.settings,
+            ema=self.ema,
+            run_dir=self.paths.root,
+            process=self.process,
+            precision=self.precision,
+            stopped=lambda: bool(self.stop),
+            starting=self.hooks.sweeping,
+        )
+        if isinstance(outcome, str):
+            self._log({"step": self.step, "skipped": outcome})
+            return
+        self.guidance = outcome
+        self._log({"step": self.step, **outcome.metrics()})
+        self.write_plan()
+        self.hooks.guidance(outcome)

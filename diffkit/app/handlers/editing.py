@@ -157,7 +157,7 @@ def inpaint_image(
     masks = make_mask(app, mask_choice, layers=layers, mask_file=mask_file, seed=seed)
     classes = torch.tensor([source.label]) if source.label is not None and loaded.num_classes else None
     plan = loaded.plan(sampler=sampler, steps=steps, seed=seed)
-    plan = plan if classes is not None else plan.but(guidance=1.0)
+    plan = plan if classes is not None else plan.but(cfg=1.0)
     results: dict[str, InpaintResult] = {}
     for m in methods:
         results[m] = inpaint(
@@ -172,11 +172,11 @@ def inpaint_image(
             iterations=whole(iterations, "SDS iterations", 1, 5000),
             progress=progress,
         )
-    return _inpainted(app, source, masks, results, plan.guidance)
+    return _inpainted(app, source, masks, results, plan.cfg)
 
 
 def _inpainted(
-    app: AppRun, source: InpaintInput, masks: Tensor, results: dict[str, InpaintResult], guidance: float
+    app: AppRun, source: InpaintInput, masks: Tensor, results: dict[str, InpaintResult], cfg: float
 ) -> Inpainted:
     """The figure (original / mask / masked input / each method) and the scores over the hole."""
     hole = 1 - masks
@@ -184,7 +184,7 @@ def _inpainted(
     rows, labels = figure_rows(source.image, masks, results)  # one image: its rows side by side
     figure = save_pil(captioned_row(torch.cat(rows), labels, scale=6), app.folder("inpaint") / "inpaint.png")
     lines = [
-        f"over the hole ({int(hole.sum())} pixels), against the original · input {source.what} · guidance {guidance:g}",
+        f"over the hole ({int(hole.sum())} pixels), against the original · input {source.what} · guidance {cfg:g}",
         "",
         "| method | PSNR (dB) | SSIM | NFE | time (s) |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -221,7 +221,7 @@ def interpolate(
     seed_class: str | None,
     frames: int,
     steps: int,
-    guidance: float,
+    cfg: float,
     seed: int,
     progress: Progress | None = None,
 ) -> Interpolated:
@@ -232,15 +232,15 @@ def interpolate(
         a, b = class_of(class_a), class_of(class_b)
         if not isinstance(a, int) or not isinstance(b, int):
             raise DiffkitError("pick two classes (numbers) to interpolate between")
-        plan = plan_for(loaded, sampler=None, steps=steps, guidance=guidance, seed=whole(seed, "seed", 0))
+        plan = plan_for(loaded, sampler=None, steps=steps, cfg=cfg, seed=whole(seed, "seed", 0))
         result = interpolate_classes(loaded.denoiser(plan), a, b, plan, frames=frames, progress=progress)
-        what = f"class {a} → class {b}, guidance {guidance:g}, seed {seed}"
+        what = f"class {a} → class {b}, guidance {cfg:g}, seed {seed}"
     elif mode == "seeds":
         which = class_of(seed_class)
         if which == ALL_CLASSES:
             raise DiffkitError("pick one class or unconditional for a seed interpolation")
         class_id = which if isinstance(which, int) else None
-        plan = plan_for(loaded, sampler=None, steps=steps, guidance=guidance if class_id is not None else 1.0, seed=0)
+        plan = plan_for(loaded, sampler=None, steps=steps, cfg=cfg if class_id is not None else 1.0, seed=0)
         result = interpolate_seeds(
             loaded.denoiser(plan),
             whole(seed_a, "first seed", 0),

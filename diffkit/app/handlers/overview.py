@@ -65,7 +65,7 @@ def sweep(app: AppRun, num: int, progress: Progress | None = None) -> tuple[Path
     request = FidRequest(
         [f"run:{loaded.root}", digit_source(app)[0]],
         num=whole(num, "images per scale", 10, 10_000),
-        guidance=SWEEP,
+        cfg=SWEEP,
         class_accuracy=loaded.num_classes > 0,
         checkpoint=str(loaded.checkpoint),
         device=str(loaded.device),
@@ -76,6 +76,8 @@ def sweep(app: AppRun, num: int, progress: Progress | None = None) -> tuple[Path
 
 
 def _sweep_text(sweep: Path) -> str:
+    from diffkit.evaluation.report import row_cfg
+
     report = sweep.parent / "fid.json"
     head = f"`{sweep.parent.name}`"
     try:
@@ -91,7 +93,7 @@ def _sweep_text(sweep: Path) -> str:
     ]
     for r in record.get("rows", []):
         cells = [f"{r[k]:.4g}" if k in r else "" for k in keys]
-        lines.append(f"| {r.get('guidance')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row_cfg(r)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -33,7 +33,7 @@ def sample(
     app: AppRun,
     *,
     class_choice: str,
-    guidance: float,
+    cfg: float,
     sampler: str,
     steps: int,
     seed: int,
@@ -45,7 +45,7 @@ def sample(
     steps, seed, num = whole(steps, "steps", 1), whole(seed, "seed", 0), whole(num, "number of images", 1, 64)
     which = class_of(class_choice)
     if which is None:  # unconditional: no class and no guidance
-        classes, total, guidance, nrow = None, num, 1.0, grid_rows(0, num, num)
+        classes, total, cfg, nrow = None, num, 1.0, grid_rows(0, num, num)
     elif which == ALL_CLASSES:
         classes, total = class_layout(loaded.num_classes, None, num)
         nrow = grid_rows(loaded.num_classes, num, total)
@@ -53,7 +53,7 @@ def sample(
         assert isinstance(which, int)
         classes, total = class_layout(loaded.num_classes, which, num)
         nrow = grid_rows(0, num, total)
-    plan = plan_for(loaded, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    plan = plan_for(loaded, sampler=sampler, steps=steps, cfg=cfg, seed=seed)
     result = generate(loaded.denoiser(plan), plan, num=total, classes=classes, step_progress=progress)
     folder = app.folder("sample")
     grid = save_grid(result.images, folder / "grid.png", nrow=nrow, scale=2)
@@ -62,7 +62,7 @@ def sample(
     archive = Path(shutil.make_archive(str(folder / "diffkit-samples"), "zip", folder / "images"))
     what = "unconditional" if which is None else ("a row per class" if which == ALL_CLASSES else f"class {which}")
     info = (
-        f"**{total} images** ({what}) with {sampler}, {steps} steps, guidance {guidance:g}, seed {seed} · "
+        f"**{total} images** ({what}) with {sampler}, {steps} steps, guidance {cfg:g}, seed {seed} · "
         f"**NFE {result.nfe}** per image · **{seconds_text(result.seconds)}** ({total / result.seconds:.1f} img/s)"
     )
     return Sampled(grid, archive, info, result.nfe, result.seconds)
@@ -91,7 +91,7 @@ def watch(
     app: AppRun,
     *,
     class_choice: str,
-    guidance: float,
+    cfg: float,
     sampler: str,
     steps: int,
     seed: int,
@@ -106,8 +106,8 @@ def watch(
     if which == ALL_CLASSES:
         raise DiffkitError("Watch shows one image: pick one class or unconditional")
     classes = None if which is None else class_layout(loaded.num_classes, int(which), 1)[0]
-    guidance = float(guidance) if classes is not None else 1.0
-    plan = plan_for(loaded, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    cfg = float(cfg) if classes is not None else 1.0
+    plan = plan_for(loaded, sampler=sampler, steps=steps, cfg=cfg, seed=seed)
     result, recorded = record_process(
         loaded.denoiser(plan), plan, num=1, classes=classes, frames=k, step_progress=progress
     )
@@ -119,7 +119,7 @@ def watch(
         [recorded.xt[0], recorded.x0[0]], ["x_t", "x0 predicted"], folder / "process.png", scale=3
     )
     gif = save_grid_gif(pairs, folder / "process.gif", nrow=2, scale=6)
-    what = "unconditional" if which is None else f"class {which}, guidance {guidance:g}"
+    what = "unconditional" if which is None else f"class {which}, guidance {cfg:g}"
     info = (
         f"{sampler}, {steps} steps, {what}, seed {seed} · **NFE {result.nfe}** · **{seconds_text(result.seconds)}** · "
         f"{k} frames (states {', '.join(map(str, recorded.states))})"
@@ -144,7 +144,7 @@ def compare(
     steps: str,
     num: int,
     class_choice: str,
-    guidance: float,
+    cfg: float,
     seed: int,
     progress: Progress | None = None,
 ) -> Compared:
@@ -160,10 +160,10 @@ def compare(
     num, seed = whole(num, "images per row", 1, 32), whole(seed, "seed", 0)
     which = class_of(class_choice)
     if which is None:
-        classes, guidance = None, 1.0
+        classes, cfg = None, 1.0
     else:
         classes = cycled_classes(loaded.num_classes, None if which == ALL_CLASSES else int(which), num)
-    base = plan_for(loaded, sampler=None, steps=counts[0], guidance=guidance, seed=seed)
+    base = plan_for(loaded, sampler=None, steps=counts[0], cfg=cfg, seed=seed)
     plans = rows_for(base, grid_of(list(samplers), counts), {})
     result = compare_samplers(loaded.denoiser(base), plans, num=num, classes=classes, progress=progress)
     report, picture = result.save(app.folder("compare"), run=str(loaded.root), checkpoint=str(loaded.checkpoint))

@@ -106,9 +106,9 @@ def defaults(app: AppRun) -> dict[str, Any]:
     return {"sampler": s.sampler, "steps": s.steps, "cfg": s.cfg, "seed": s.seed, "num": min(s.num, 8)}
 
 
-def plan_for(loaded: LoadedRun, *, sampler: str | None, steps: int, guidance: float, seed: int) -> SamplingPlan:
+def plan_for(loaded: LoadedRun, *, sampler: str | None, steps: int, cfg: float, seed: int) -> SamplingPlan:
     """The run's [sample] settings with the page's controls on top, checked as `diffkit sample` checks its flags."""
-    return loaded.plan(sampler=sampler, steps=steps, cfg=float(guidance), seed=seed)
+    return loaded.plan(sampler=sampler, steps=steps, cfg=float(cfg), seed=seed)
 
 
 def whole(value: Any, what: str, low: int, high: int | None = None) -> int:
