@@ -218,6 +218,26 @@ def checkpoint_cost(settings: Any, repeats: int) -> dict[str, Any]:
     }
 
 
+def network_sizing(threads: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """The demo's candidate networks timed as a budgeted run times them (`diffkit.training.sizing.measure`),
+    at each thread count in turn: s/step at the demo's batch, GFLOP/s, and the share of the 3x3-conv peak."""
+    from diffkit.training.sizing import measure
+
+    settings = load_settings("demo")
+    settings.model.num_classes = 10  # as the demo's dataset sets it
+    before, out = torch.get_num_threads(), {}
+    for n in threads:
+        torch.set_num_threads(n)
+        for c in measure(settings, torch.device("cpu")):
+            peak = peak_gflops(2, formats=(c.precision,))[f"conv3x3_{c.precision}"]
+            out[f"{c.name}_{n}_threads"] = (
+                f"{c.step_s:.3f} s/step, {c.gflop_per_step:.1f} GFLOP/step, {c.gflops:.1f} GFLOP/s "
+                f"= {100 * c.gflops / peak:.0f} % of the {c.precision} conv peak {peak:.0f}"
+            )
+    torch.set_num_threads(before)
+    return out
+
+
 def run_benchmarks(quick: bool = False) -> dict[str, Any]:
     torch.manual_seed(0)
     settings = load_settings("demo")
@@ -271,6 +291,7 @@ def run_benchmarks(quick: bool = False) -> dict[str, Any]:
         report["fid"] = benchmark_features_fid(n=2000 if quick else 10_000)
     except ImportError:
         report["fid"] = {"skipped": "diffkit.metrics not available"}
+    report["network_sizing"] = network_sizing()
     report["diffusion_processes"] = process_step_costs(rounds=1 if quick else 3)
     report["processes"] = processes_throughput(steps=20 if quick else 60, rounds=1 if quick else 2)
     report["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -102,7 +102,8 @@ def test_the_run_trains_records_and_resumes_the_chosen_network(
     assert calls == [1] and first.steps == 6
     saved = load_saved_settings(root / "config.toml")
     assert saved.model.base_channels == 16 and saved.model.num_res_blocks == 1  # wide's, over the tiny [model]
-    assert tomli.loads((root / "config.toml").read_text())["model"]["base_channels"] == 16
+    saved_toml = tomli.loads((root / "config.toml").read_text())
+    assert saved_toml["model"]["base_channels"] == 16 and saved_toml["train"]["model_candidates"] == []
     plan = json.loads((root / "plan.json").read_text())
     assert plan["sizing"]["chosen"] == "wide" and [c["name"] for c in plan["sizing"]["candidates"]] == [
         "narrow",

@@ -2,11 +2,11 @@
 
 Which network buys the most quality in a fixed number of minutes depends on the CPU: a wider or deeper one
 learns more per step but takes fewer steps. So a run with a time budget and candidates builds each one,
-times a few training steps of it (forward, backward, AdamW, at the run's batch and in the precision the run
-would use for it), and trains the largest (most FLOPs per step) that still gets `train.model_min_steps`
-steps in the budget; when none does, the fastest. The seconds spent count against the budget. The chosen
-[model] is what config.toml records, so every later command (and a resume, which never re-chooses) builds
-exactly that network; plan.json records every candidate's figures and the reason.
+times a few training steps of it (forward, backward, AdamW, at the run's batch, in the precision the run's
+probe chooses for the smallest), and trains the largest (most FLOPs per step) that still gets `train.model_min_steps`
+steps in the budget; when none does, the fastest. The seconds spent count against the budget. config.toml
+records the chosen [model] (not the candidates), so every later command, a resume included, builds exactly
+that network and never chooses again; plan.json records every candidate's figures and the reason.
 """
 
 from __future__ import annotations
@@ -90,10 +90,12 @@ def measure(settings: Settings, device: torch.device) -> list[Timed]:
     with torch.random.fork_rng(devices=[]):
         specs = [candidate_model(settings.model, c, i) for i, c in enumerate(t.model_candidates)]
         models = [build_model(settings.model_copy(update={"model": m})) for m in specs]
-        choices = [
-            choose_precision(t.precision, m, mode="train", device=device, batch=min(t.batch_size, 32)) for m in models
-        ]
         flops = [training_flops(copy.deepcopy(m), 1) * t.batch_size / 1e9 for m in models]  # FLOPs scale with batch
+        # one precision probe, on the smallest: whether bf16 pays depends on the CPU far more than on the width,
+        # and on an AVX2 CPU each network's probe would cost ~20 of its steps (emulated bf16 is 10x slower)
+        smallest = models[min(range(len(models)), key=flops.__getitem__)]
+        choice = choose_precision(t.precision, smallest, mode="train", device=device, batch=min(t.batch_size, 32))
+        choices = [choice] * len(models)
         seconds = _time_candidates(settings, models, choices, device)
     return [
         Timed(
@@ -140,7 +142,10 @@ def size_network(
         ],
     }
     model = candidate_model(settings.model, t.model_candidates[index], index)
-    return settings.model_copy(update={"model": model}), record
+    # config.toml keeps the network chosen, not the candidates (plan.json has them): a later command, a resume
+    # included, builds exactly that network and never chooses again
+    train = t.model_copy(update={"model_candidates": []})
+    return settings.model_copy(update={"model": model, "train": train}), record
 
 
 def sizing_lines(record: dict[str, Any]) -> list[str]:
