@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from diffkit.data import resolve_data
 from diffkit.models import UNet, count_parameters
 from diffkit.precision import PrecisionChoice, choose_precision, probe_step
 from diffkit.roofline import peak_gflops, training_flops
@@ -87,6 +88,9 @@ def _time_candidates(
 def measure(settings: Settings, device: torch.device) -> list[Timed]:
     """Every candidate built and timed here, at the run's batch (private copies; the run's RNG untouched)."""
     t = settings.train
+    if settings.model.num_classes is None:  # the dataset's classes, as the run will build the network
+        settings = settings.model_copy(deep=True)
+        resolve_data(settings)  # settles model.num_classes (a second load of the data: a second at most)
     with torch.random.fork_rng(devices=[]):
         specs = [candidate_model(settings.model, c, i) for i, c in enumerate(t.model_candidates)]
         models = [build_model(settings.model_copy(update={"model": m})) for m in specs]
