@@ -19,13 +19,11 @@ import platform
 import resource
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.flop_counter import FlopCounterMode
 
 from diffkit.bench_ddp import processes_throughput
 from diffkit.data import default_data_dir, load_images
@@ -38,82 +36,25 @@ from diffkit.models import UNet, count_parameters
 from diffkit.precision import PrecisionChoice, choose_precision, cpu_kind, machine_description
 from diffkit.process import VPProcess
 from diffkit.progress import Progress
+from diffkit.roofline import best_of, peak_gflops, train_step, training_flops
 from diffkit.runs import build_model
 from diffkit.sampling import SamplingPlan
 from diffkit.schedules import NoiseSchedule
 from diffkit.settings import load_settings
 
 
-def _best_of(fn: Callable[[], Any], repeats: int) -> float:
-    """Fastest of `repeats` timings (the least disturbed by other processes)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _train_step(model: UNet, batch: int, bf16: bool, channels_last: bool) -> Callable[[], None]:
-    """One training step of `model` (forward, backward, AdamW) on a fixed random batch."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, model.in_channels, model.image_size, model.image_size)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    t = torch.randint(0, 1000, (batch,))
-    classes = torch.randint(0, max(model.num_classes, 1), (batch,)) if model.num_classes else None
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(x, t, classes)
-        loss = (out.float() - x).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return step
-
-
 def train_step_throughput(
     model: UNet, batch: int, bf16: bool, steps: int = 3, repeats: int = 3, channels_last: bool = False
 ) -> float:
     """Training images per second for the demo UNet (forward, backward, AdamW step)."""
-    step = _train_step(model, batch, bf16, channels_last)
+    step = train_step(model, batch, bf16, channels_last)
 
     def run() -> None:
         for _ in range(steps):
             step()
 
     run()  # warm-up (oneDNN picks kernels on first use)
-    return batch * steps / _best_of(run, repeats)
-
-
-def training_flops(model: UNet, batch: int) -> int:
-    """FLOPs of one training step (forward + backward), counted by torch's own FLOP counter."""
-    step = _train_step(model, batch, bf16=False, channels_last=False)
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return int(counter.get_total_flops())
-
-
-def peak_gflops(repeats: int) -> dict[str, float]:
-    """Measured GFLOP/s of a large matmul and a 3x3 convolution, fp32 and bf16: the roofline the network sees."""
-    out: dict[str, float] = {}
-    n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    x, w = torch.randn(64, 64, 28, 28), torch.randn(64, 64, 3, 3)
-    conv_flops = 2 * 64 * 64 * 28 * 28 * 64 * 9
-    for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-        a_, b_, x_, w_ = a.to(dtype), b.to(dtype), x.to(dtype), w.to(dtype)
-        torch.mm(a_, b_)
-        out[f"matmul_{name}"] = round(2 * n**3 / _best_of(lambda: torch.mm(a_, b_), repeats) / 1e9, 1)  # noqa: B023
-        torch.conv2d(x_, w_, padding=1)
-        out[f"conv3x3_{name}"] = round(
-            conv_flops / _best_of(lambda: torch.conv2d(x_, w_, padding=1), repeats) / 1e9,  # noqa: B023
-            1,
-        )
-    return out
+    return batch * steps / best_of(run, repeats)
 
 
 def sampling_throughput(
@@ -131,7 +72,7 @@ def sampling_throughput(
         generate(den, plan, num=num, classes=classes)
 
     run()
-    return num / _best_of(run, repeats)
+    return num / best_of(run, repeats)
 
 
 def process_step_costs(settings_name: str = "demo", batch: int = 32, rounds: int = 3) -> dict[str, Any]:
@@ -266,8 +207,8 @@ def checkpoint_cost(settings: Any, repeats: int) -> dict[str, Any]:
             atomic_write(paths.weights("old"), lambda t: save_file(tensors, str(t), metadata={"diffkit": "{}"}))
 
         for _ in range(repeats):
-            times["old"] = min(times["old"], _best_of(old, 1))
-            times["now"] = min(times["now"], _best_of(lambda: save_checkpoint(paths, "last", model, ema, {}, state), 1))
+            times["old"] = min(times["old"], best_of(old, 1))
+            times["now"] = min(times["now"], best_of(lambda: save_checkpoint(paths, "last", model, ema, {}, state), 1))
         size = sum(p.stat().st_size for p in paths.checkpoints.glob("last*"))
     return {
         "megabytes": round(size / 2**20, 1),
@@ -275,6 +216,26 @@ def checkpoint_cost(settings: Any, repeats: int) -> dict[str, Any]:
         "seconds_old_two_writes": round(times["old"], 4),
         "ratio_now_to_old": round(times["now"] / times["old"], 2),
     }
+
+
+def network_sizing(threads: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """The demo's candidate networks timed as a budgeted run times them (`diffkit.training.sizing.measure`),
+    at each thread count in turn: s/step at the demo's batch, GFLOP/s, and the share of the 3x3-conv peak."""
+    from diffkit.training.sizing import measure
+
+    settings = load_settings("demo")
+    settings.model.num_classes = 10  # as the demo's dataset sets it
+    before, out = torch.get_num_threads(), {}
+    for n in threads:
+        torch.set_num_threads(n)
+        for c in measure(settings, torch.device("cpu")):
+            peak = peak_gflops(2, formats=(c.precision,))[f"conv3x3_{c.precision}"]
+            out[f"{c.name}_{n}_threads"] = (
+                f"{c.step_s:.3f} s/step, {c.gflop_per_step:.1f} GFLOP/step, {c.gflops:.1f} GFLOP/s "
+                f"= {100 * c.gflops / peak:.0f} % of the {c.precision} conv peak {peak:.0f}"
+            )
+    torch.set_num_threads(before)
+    return out
 
 
 def run_benchmarks(quick: bool = False) -> dict[str, Any]:
@@ -330,6 +291,7 @@ def run_benchmarks(quick: bool = False) -> dict[str, Any]:
         report["fid"] = benchmark_features_fid(n=2000 if quick else 10_000)
     except ImportError:
         report["fid"] = {"skipped": "diffkit.metrics not available"}
+    report["network_sizing"] = network_sizing()
     report["diffusion_processes"] = process_step_costs(rounds=1 if quick else 3)
     report["processes"] = processes_throughput(steps=20 if quick else 60, rounds=1 if quick else 2)
     report["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -77,6 +77,37 @@ class ModelSettings(_Group):
         return self
 
 
+# what a train.model_candidates entry may change: the network's shape, not its task or conditioning
+CANDIDATE_KEYS = (
+    "base_channels",
+    "channel_mults",
+    "num_res_blocks",
+    "attention_resolutions",
+    "attention_heads",
+    "mid_attention",
+    "dropout",
+    "norm_groups",
+)
+
+
+def candidate_model(model: ModelSettings, candidate: dict[str, Any], index: int) -> ModelSettings:
+    """[model] with a train.model_candidates entry's keys over it, checked as [model] is (one line if not)."""
+    name = candidate.get("name")
+    where = f"train.model_candidates[{index}]"
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f'{where} needs a name, e.g. name = "small"')
+    unknown = sorted(set(candidate) - {"name", *CANDIDATE_KEYS})
+    if unknown:
+        raise ValueError(f"{where} ({name}) cannot set {', '.join(unknown)}: only {', '.join(CANDIDATE_KEYS)}")
+    try:
+        return ModelSettings.model_validate(model.model_dump() | {k: v for k, v in candidate.items() if k != "name"})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+        what = f"{key} = {_cut(repr(err.get('input')))}: " if key else ""
+        raise ValueError(f"{where} ({name}): {what}{err['msg'].removeprefix('Value error, ')}") from None
+
+
 class EDMOptions(_Group):
     """diffusion.edm: the options of process `edm` (Karras et al. 2022; their defaults)."""
 
@@ -258,6 +289,11 @@ class TrainSettings(_Group):
     auto_cfg_samples: int = Field(200, ge=20, le=100_000)  # per scale, classes in turn
     auto_cfg_steps: int | None = Field(None, ge=1, le=100_000)  # sampler steps for the sweep; unset: sample.steps
     auto_cfg_min_accuracy: float = Field(0.98, ge=0.0, le=1.0)
+    # networks to choose from by the speed measured here: each a `name` and some of [model]'s shape keys
+    # (CANDIDATE_KEYS) over [model]; a run with a time budget times a few steps of each and trains the largest
+    # that gets model_min_steps steps in the budget (diffkit.training.sizing). Empty: [model] as given
+    model_candidates: list[dict[str, Any]] = Field(default_factory=list, max_length=8)
+    model_min_steps: int = Field(1000, ge=1, le=10**9)
 
     @model_validator(mode="before")
     @classmethod
@@ -367,6 +403,15 @@ class Settings(BaseSettings):
             bad = [s for s in m.sr_scales if d.image_size % s]
             if bad:
                 raise ValueError(f"model.sr_scales {bad} do not divide data.image_size {d.image_size}")
+        return self
+
+    @model_validator(mode="after")
+    def _candidates_valid(self) -> Settings:
+        names = [c.get("name") for c in self.train.model_candidates]
+        for index, candidate in enumerate(self.train.model_candidates):
+            candidate_model(self.model, candidate, index)
+        if len(set(map(str, names))) != len(names):
+            raise ValueError("train.model_candidates must have distinct names")
         return self
 
     @classmethod
@@ -538,8 +583,10 @@ def describe_validation_error(exc: ValidationError) -> str:
     """One line naming each bad key, what is allowed, and where to fix it."""
     problems = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "settings"
-        if err["type"] == "extra_forbidden":
+        key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+        if not key:  # a check across groups: its message names the keys
+            problems.append(err["msg"].removeprefix("Value error, "))
+        elif err["type"] == "extra_forbidden":
             problems.append(f"unknown setting {key}")
         else:
             value = err.get("input")

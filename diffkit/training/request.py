@@ -11,6 +11,7 @@ from diffkit.clock import ClockPlan
 from diffkit.errors import DiffkitError
 from diffkit.settings import Settings, load_saved_settings, load_settings, resolve_runs_dir, set_nested
 from diffkit.training.outcomes import TrainResult
+from diffkit.training.sizing import sizing_lines
 from diffkit.training.trainer import Trainer
 
 
@@ -102,6 +103,8 @@ def start_lines(total_steps: int, start_step: int, info: dict[str, Any]) -> list
         f"CPU: {info['cpu']}" if info["device"] == "cpu" else f"device: {info['cpu']}",
         f"precision {info['precision']}",
     ]
+    if info.get("sizing") and start_step == 0:
+        lines[1:1] = sizing_lines(info["sizing"])
     if info.get("budget_minutes") and start_step == 0:
         lines.append(
             f"time budget {info['budget_minutes']:g} min: the number of steps is planned after a few seconds of timing"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from diffkit.devices import resolve_device
 from diffkit.distributed import World
@@ -13,6 +14,7 @@ from diffkit.runlock import RunLock, check_not_in_use
 from diffkit.runs import RunPaths, check_run_dir, create_run_dir, recover_pair
 from diffkit.settings import Settings
 from diffkit.training.outcomes import TrainHooks, TrainResult
+from diffkit.training.sizing import size_network
 from diffkit.training.trainer import Trainer
 
 
@@ -43,7 +45,11 @@ def train_run(
             stack.enter_context(deferred_signals())
             lock = world.on_main(lambda: _claim(run_dir, resume, force, hooks, stack))
             try:
+                sizing = None
+                if not resume and settings.train.model_candidates:  # a resumed run keeps its config's network
+                    settings, sizing = _sized(settings, world, hooks, clock_start)
                 loop = trainer(settings, RunPaths(run_dir), hooks, clock_start=clock_start, world=world)
+                loop.sizing = sizing
             except BaseException:
                 if lock is not None:  # a failed start leaves nothing behind
                     lock.abandon()
@@ -60,6 +66,22 @@ def train_run(
     finally:
         if own_world:
             world.close()
+
+
+def _sized(
+    settings: Settings, world: World, hooks: TrainHooks | None, clock_start: float
+) -> tuple[Settings, dict[str, Any] | None]:
+    """The settings with [model] the candidate chosen by the speed measured on rank 0 (`diffkit.training.sizing`)."""
+    if settings.train.max_minutes is None:
+        if world.is_main:
+            (hooks or TrainHooks()).note(
+                "train.model_candidates apply to a run with a time budget (train.max_minutes): training [model] as set"
+            )
+        return settings, None
+    device = world.device(resolve_device(settings.device))
+    sized = world.from_main(world.on_main(lambda: size_network(settings, device, clock_start=clock_start)))
+    assert sized is not None
+    return sized
 
 
 def _claim(run_dir: Path, resume: bool, force: bool, hooks: TrainHooks | None, stack: ExitStack) -> RunLock:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from diffkit.atomic import write_json
-from diffkit.clock import ClockPlan, ClockWatch, recheck_due
+from diffkit.clock import ClockPlan, ClockWatch, read_plan, recheck_due
 from diffkit.data import random_condition
 from diffkit.devices import configure, resolve_device
 from diffkit.distributed import Rows, World
@@ -109,6 +109,7 @@ class Trainer(EpochEnds):
         self.sweep: GuidanceSweep | None = sweep[0] if sweep else None
         self.sweep_note = sweep[1] if sweep else ""
         self.guidance: GuidanceChoice | None = None  # what the sweep chose
+        self.sizing: dict[str, Any] | None = None  # the network chosen by speed (diffkit.training.sizing), if any
 
     @property
     def num_parameters(self) -> int:
@@ -157,6 +158,9 @@ class Trainer(EpochEnds):
             record["clock"] = self.clock_plan.to_dict() if self.clock_plan else None
         if self.guidance is not None:  # diffkit.runs.load_run makes it the run's sample.cfg
             record["guidance"] = self.guidance.to_dict()
+        sizing = self.sizing or read_plan(self.paths.plan).get("sizing")  # a resumed run keeps its record
+        if sizing:
+            record["sizing"] = sizing
         write_json(self.paths.plan, record)
 
     # --- state -----------------------------------------------------------------------------------
@@ -363,6 +367,7 @@ class Trainer(EpochEnds):
             "budget_minutes": self.settings.train.max_minutes,
             "process": self.process.describe(),
             "guidance": self.sweep.describe() if self.sweep else self.sweep_note,
+            "sizing": self.sizing,
         }
 
     # --- the clock -------------------------------------------------------------------------------
