@@ -184,3 +184,49 @@ def test_bad_input_is_one_line_and_writes_nothing(
     one_line_error(
         cli("sample", "--run", str(student), "--cfg", "5"), "--cfg 5 is outside the guidance range", "1 to 3"
     )
+
+
+def test_every_command_reads_the_student(cli, student: Path, tmp_path: Path) -> None:
+    """compare-samplers, inpaint, interpolate, the app and the Python API take a student like any run."""
+    import diffkit
+    from diffkit.app import handlers as h
+
+    code, _, err = cli(
+        "compare-samplers",
+        "--run",
+        str(student),
+        "--samplers",
+        "ddim,euler",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "cmp"),
+    )
+    assert code == 0, err
+    code, _, err = cli(
+        "inpaint",
+        "--run",
+        str(student),
+        "--from",
+        "synthetic:test:0..1",
+        "--mask",
+        "box",
+        "--method",
+        "replace",
+        "--out",
+        str(tmp_path / "inp"),
+    )
+    assert code == 0, err
+    assert (tmp_path / "inp" / "scores.json").is_file()
+    code, _, err = cli(
+        "interpolate", "--run", str(student), "--classes", "0", "2", "--frames", "3", "--out", str(tmp_path / "itp")
+    )
+    assert code == 0, err
+    assert (tmp_path / "itp" / "interpolation.gif").is_file()
+    run = diffkit.load(student)
+    images = run.sample(1, num=2, progress=False)
+    assert len(images) == 2 and images.plan.steps == 1 and images.plan.cfg == run.settings.sample.cfg
+    served = h.open_app(student, workdir=tmp_path / "app", device="cpu")
+    assert served.error is None
+    shown = h.sample(served, class_choice="1", cfg=2.0, sampler="ddim", steps=1, seed=0, num=2)
+    assert shown.nfe == 1  # a guided student step is one pass
