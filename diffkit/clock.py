@@ -4,8 +4,8 @@
 number of steps that ends the run, final epoch end included, inside the budget; `ClockPlan` is what
 was decided, saved in plan.json so that a resumed run follows the same plan. The first seconds can
 mislead (another program busy, a laptop leaving its power-saving state), so the speed is measured once
-more, at half the planned steps or a quarter of the budget, whichever comes first; a speed more than
-RECHECK_TOLERANCE off the planned one re-plans the rest of the run, once.
+more, at half the planned steps or a quarter of the budget after the plan, whichever comes first; a
+speed more than RECHECK_TOLERANCE off the planned one re-plans the rest of the run, once.
 """
 
 from __future__ import annotations
@@ -69,11 +69,12 @@ RECHECK_TOLERANCE = 0.2  # ... and re-plan when it is off by more than this
 
 def recheck_due(plan: ClockPlan, step: int, elapsed_s: float) -> bool:
     """Whether a run following `plan` should measure its speed again now (once: at half the planned steps
-    or a quarter of the budget, whichever comes first)."""
+    or a quarter of the budget after the plan was made, whichever comes first)."""
     if plan.rechecked_at is not None:
         return False
+    # counted from the plan, not the start: a slow start-up (sizing, a busy probe) must not use up the window
     return 2 * (step - plan.planned_at_step) >= plan.planned_steps - plan.planned_at_step or (
-        elapsed_s >= RECHECK_SHARE * plan.budget_s
+        elapsed_s - plan.elapsed_s >= RECHECK_SHARE * plan.budget_s
     )
 
 

@@ -225,7 +225,8 @@ def test_the_re_check_is_due_once_at_half_the_plan_or_a_quarter_of_the_budget() 
     plan = clock.ClockPlan(400.0, 105, 5, 0.5, 1.0, 10.0, 6.0)
     assert not clock.recheck_due(plan, step=54, elapsed_s=60.0)
     assert clock.recheck_due(plan, step=55, elapsed_s=60.0)  # half of the 100 planned steps done
-    assert clock.recheck_due(plan, step=20, elapsed_s=100.0)  # a quarter of the 400 s budget spent
+    assert not clock.recheck_due(plan, step=20, elapsed_s=105.0)  # the plan was made at 6 s: 99 s since
+    assert clock.recheck_due(plan, step=20, elapsed_s=106.0)  # a quarter of the 400 s budget since the plan
     plan.rechecked_at = 55
     assert not clock.recheck_due(plan, step=80, elapsed_s=200.0)
     assert clock.speed_changed(0.5, 0.61) and clock.speed_changed(0.5, 0.39) and not clock.speed_changed(0.5, 0.59)
