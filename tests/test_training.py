@@ -229,7 +229,7 @@ def test_the_re_check_is_due_once_at_half_the_plan_or_a_quarter_of_the_budget() 
     assert clock.recheck_due(plan, step=20, elapsed_s=106.0)  # a quarter of the 400 s budget since the plan
     plan.rechecked_at = 55
     assert not clock.recheck_due(plan, step=80, elapsed_s=200.0)
-    assert clock.speed_changed(0.5, 0.61) and clock.speed_changed(0.5, 0.39) and not clock.speed_changed(0.5, 0.59)
+    assert clock.speed_changed(0.5, 0.56) and clock.speed_changed(0.5, 0.44) and not clock.speed_changed(0.5, 0.54)
 
 
 def test_a_real_time_budget_run_ends_with_its_plan(tmp_path: Path) -> None:
