@@ -92,6 +92,13 @@ def write_json(path: Path, record: Any) -> Path:
     return write_text(path, json.dumps(record, indent=2) + "\n")
 
 
+def write_report(folder: Path, stem: str, record: Any, markdown: str) -> str:
+    """A benchmark's `<stem>.json` and `<stem>.md` in `folder`, each atomically; returns the line that
+    says where they went."""
+    json_path, md_path = write_json(folder / f"{stem}.json", record), write_text(folder / f"{stem}.md", markdown)
+    return f"wrote {json_path} and {md_path}"
+
+
 def link_into(src: Path, dst: Path) -> None:
     """Make `dst` the same content as `src`, atomically: a hard link (no copying) where the file system has
     them, else a copy; either way renamed onto `dst`."""

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffkit.atomic import write_report
 from diffkit.bench_ddp import processes_throughput
 from diffkit.data import default_data_dir, load_images
 from diffkit.denoiser import Denoiser
@@ -340,14 +341,12 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     accuracy, accuracy_md = sampler_accuracy()
-    (args.out / "samplers.json").write_text(json.dumps(accuracy, indent=2) + "\n")
-    (args.out / "samplers.md").write_text(accuracy_md)
     print(accuracy_md)
+    print(write_report(args.out, "samplers", accuracy, accuracy_md))
     report = run_benchmarks(args.quick)
-    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "bench.md").write_text(to_markdown(report))
-    print(to_markdown(report))
-    print(f"reports: {args.out / 'bench.json'}, {args.out / 'bench.md'}, {args.out / 'samplers.md'}")
+    text = to_markdown(report)
+    print(text)
+    print(write_report(args.out, "bench", report, text))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from diffkit.atomic import write_json, write_text
+from diffkit.atomic import write_report
 from diffkit.clock import read_plan
 from diffkit.evaluation import FidReport, FidRequest, evaluate
 from diffkit.runs import RunPaths
@@ -135,10 +135,9 @@ def main(argv: list[str] | None = None) -> None:
         train_demo(run_dir, minutes=args.minutes, emulate=args.avx2_laptop, sets=args.set)
     result = measure_demo(run_dir, num=args.num, scales=[float(s) for s in args.cfg.split(",")])
     text = markdown(result, label)
-    write_json(args.out / f"demo-{label}.json", result)
-    write_text(args.out / f"demo-{label}.md", text)
+    where = write_report(args.out, f"demo-{label}", result, text)
     print(text)
-    print(f"wrote {args.out / f'demo-{label}.json'} and {args.out / f'demo-{label}.md'}")
+    print(where)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffkit.atomic import write_json, write_text
+from diffkit.atomic import write_report
 from diffkit.clock import read_plan
 from diffkit.evaluation import FidRequest, evaluate
 from diffkit.precision import cpu_kind
@@ -151,10 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = measure(args)
     text = markdown(result)
-    write_json(args.out / "distill.json", result)
-    write_text(args.out / "distill.md", text)
+    where = write_report(args.out, "distill", result, text)
     print(text)
-    print(f"wrote {args.out / 'distill.json'} and {args.out / 'distill.md'}")
+    print(where)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffkit.atomic import write_json, write_text
+from diffkit.atomic import write_report
 from diffkit.evaluation import sample_quality
 from diffkit.optim import ema_update, power_ema_decay, power_ema_gamma
 from diffkit.precision import cpu_kind
@@ -133,10 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     sigma_rels = [float(s) for s in args.sigma_rel.split(",") if s.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         report = compare_ema(settings, sigma_rels, args.num, Path(tmp) / "run", args.reference)
-    write_json(args.out / "ema.json", report)
-    write_text(args.out / "ema.md", markdown(report))
-    print(markdown(report))
-    print(f"wrote {args.out / 'ema.json'} and {args.out / 'ema.md'}")
+    text = markdown(report)
+    where = write_report(args.out, "ema", report, text)
+    print(text)
+    print(where)
 
 
 if __name__ == "__main__":
