@@ -82,6 +82,9 @@ class Denoiser:
     precision: PrecisionChoice | None = None  # bf16 autocast for the network when chosen; maths stays fp32
     # a guidance-distilled student (`diffkit distill`): the scale is a network input, valid in this range
     cfg_range: tuple[float, float] | None = None
+    # guidance only where the noise level σ = sqrt((1 - ᾱ)/ᾱ) lies in (low, high], conditional elsewhere
+    # (Kynkäänniemi et al. 2024): guidance at high noise collapses variety, at low noise it only sharpens
+    cfg_interval: tuple[float, float] | None = None
 
     @property
     def schedule(self) -> NoiseSchedule:
@@ -111,6 +114,8 @@ class Denoiser:
         if classes is not None and classes.is_floating_point():  # class weights: "no class" is the last row
             null = F.one_hot(torch.full_like(null, self.num_classes), self.num_classes + 1).to(classes)
         x_in, noise_input = self.process.network_inputs(x_t, t, alpha_bar)
+        if self.cfg_interval is not None and self.cfg_range is None and classes is not None:
+            cfg = self._within_interval(cfg, alpha_bar.flatten())
         scale = cfg if isinstance(cfg, Tensor) else None  # per-image scales (N,)
         if self.cfg_range is not None:  # a guidance-distilled student: w is an input, one pass
             check_cfg_range(cfg, self.cfg_range)
@@ -135,6 +140,22 @@ class Denoiser:
         x0 = pred.x0.clamp(-1, 1) if self.clipping == "clip" else dynamic_threshold(pred.x0)
         eps = (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt().clamp_min(1e-8)
         return Prediction(x0, eps)
+
+    def _within_interval(self, cfg: float | Tensor, alpha_bar: Tensor) -> float | Tensor:
+        """The scale per image with guidance off (1, conditional) outside `cfg_interval`: a plain 1 when every
+        image is outside, so the step costs one pass, not two. A scale of 0 (unconditional) stays 0."""
+        assert self.cfg_interval is not None
+        if not isinstance(cfg, Tensor) and cfg in (0.0, 1.0):
+            return cfg
+        low, high = self.cfg_interval
+        sigma = ((1 - alpha_bar.double()) / alpha_bar.double()).sqrt()  # inf at pure noise
+        inside = (sigma > low) & (sigma <= high)
+        if bool(inside.all()):
+            return cfg
+        if not isinstance(cfg, Tensor) and not bool(inside.any()):
+            return 1.0
+        scale = torch.as_tensor(cfg, dtype=torch.float32, device=inside.device).expand(inside.shape[0])
+        return torch.where(inside, scale, torch.ones_like(scale))
 
     def _forward(
         self, x: Tensor, t: Tensor, classes: Tensor, repeat_cond: bool = False, cfg: Tensor | None = None

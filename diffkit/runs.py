@@ -159,6 +159,7 @@ def build_model(settings: Settings) -> UNet:
         num_classes=m.num_classes or 0,
         cond_channels=m.cond_channels,
         guidance_input=m.guidance_input,
+        patch_size=m.patch_size,
     )
 
 
@@ -443,6 +444,7 @@ def make_denoiser(
         num_classes,
         clipping=plan.clipping,
         rescale_phi=plan.rescale,
+        cfg_interval=plan.cfg_interval,
         precision=precision,
         cfg_range=cfg_range(settings),
     )

@@ -13,6 +13,7 @@ sampler takes): otherwise the sampler's own default applies, so a spec that chan
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, get_args
@@ -36,6 +37,7 @@ class SamplingPlan:
     options: Options = ()  # sampler options asked for (eta, spacing, rho, variance); absent: the sampler's default
     cfg: float = 1.0  # the guidance scale (--cfg): 0 unconditional, 1 conditional, > 1 stronger
     rescale: float = 0.0  # CFG-rescale φ (Lin et al. 2023)
+    cfg_interval: tuple[float, float] | None = None  # guide only for noise levels σ in (low, high]
     clipping: Clipping = "clip"  # of x̂0 at every step
     precision: PrecisionName = "auto"  # of the network, chosen when a run's denoiser is made
     seed: int = 0
@@ -56,6 +58,7 @@ class SamplingPlan:
         eta: float | None = None,
         spacing: str | None = None,
         rescale: float | None = None,
+        cfg_interval: tuple[float, float] | None = None,
         clip: str | None = None,
         seed: int | None = None,
         batch_size: int | None = None,
@@ -71,6 +74,7 @@ class SamplingPlan:
             options=options_for(name, given, setting_options(sample), strict=True),
             cfg=(sample.cfg if num_classes else 1.0) if cfg is None else cfg,
             rescale=sample.rescale if rescale is None else rescale,
+            cfg_interval=sample.cfg_interval if cfg_interval is None else cfg_interval,
             clipping=sample.clipping if clip is None else clip,  # type: ignore[arg-type]
             precision=sample.precision,
             seed=sample.seed if seed is None else seed,
@@ -90,6 +94,8 @@ class SamplingPlan:
             raise DiffkitError(f"unknown --clip {self.clipping!r}: choose one of {', '.join(get_args(Clipping))}")
         if not 0.0 <= self.rescale <= 1.0:
             raise DiffkitError(f"--rescale {self.rescale} is out of range: use 0 (off) to 1 (full; 0.7 is typical)")
+        if self.cfg_interval is not None:
+            check_cfg_interval(self.cfg_interval)
         if self.batch_size < 1:
             raise DiffkitError(f"--batch-size {self.batch_size} is out of range: use 1 or more")
         return replace(self, checked_for=(timesteps, num_classes))
@@ -113,10 +119,12 @@ class SamplingPlan:
         return f"{self.sampler} {self.steps}" + (f" ({extra})" if extra else "")
 
     def configure(self, denoiser: Denoiser) -> Denoiser:
-        """The denoiser with this plan's clipping and CFG-rescale (the plan decides them, not its maker)."""
-        if denoiser.clipping == self.clipping and denoiser.rescale_phi == self.rescale:
+        """The denoiser with this plan's clipping, CFG-rescale and guidance interval (the plan decides them,
+        not its maker)."""
+        mine = (self.clipping, self.rescale, self.cfg_interval)
+        if (denoiser.clipping, denoiser.rescale_phi, denoiser.cfg_interval) == mine:
             return denoiser
-        return replace(denoiser, clipping=self.clipping, rescale_phi=self.rescale)
+        return replace(denoiser, clipping=self.clipping, rescale_phi=self.rescale, cfg_interval=self.cfg_interval)
 
 
 def setting_options(sample: SampleSettings) -> dict[str, Any]:
@@ -167,3 +175,34 @@ def check_cfg(cfg: float, num_classes: int) -> None:
         raise DiffkitError(f"--cfg {cfg:g} is out of range: use 0 (unconditional), 1 (conditional) or more")
     if num_classes == 0 and cfg not in (0.0, 1.0):
         raise DiffkitError(f"--cfg {cfg:g} needs a class-conditional model, and this one is unconditional: drop --cfg")
+
+
+def parse_cfg_interval(text: str) -> tuple[float, float]:
+    """`--cfg-interval` as given: "LOW,HIGH" noise levels ("0.3,5", "1,inf"), or "all" for every step."""
+    if text.strip().lower() == "all":
+        return (0.0, math.inf)
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        interval = (float(parts[0]), float(parts[1]))
+    except ValueError:
+        raise DiffkitError(
+            f"--cfg-interval {text!r} is not LOW,HIGH: give two noise levels such as 0.3,5 (or all: every step)"
+        ) from None
+    check_cfg_interval(interval)
+    return interval
+
+
+def check_cfg_interval(interval: tuple[float, float]) -> None:
+    """A guidance interval is two noise levels σ, 0 <= low < high (high may be inf: up to pure noise)."""
+    try:
+        low, high = (float(v) for v in interval)
+        ordered = 0.0 <= low < high
+    except (TypeError, ValueError):
+        ordered = False
+    if not ordered:
+        raise DiffkitError(
+            f"cfg interval {interval!r} is not a range of noise levels: give LOW,HIGH with 0 <= LOW < HIGH "
+            "(e.g. 0.3,5; HIGH may be inf)"
+        )

@@ -53,6 +53,9 @@ class ModelSettings(_Group):
     # the guidance scale as a network input (a guidance-distilled student, `diffkit distill`): a guided step is
     # one pass, for scales within distill.guidance_min .. guidance_max
     guidance_input: bool = False
+    # p > 1: the network sees p x p patches folded into channels (H/p x W/p): ~p² fewer FLOPs (data.image_size
+    # must be a multiple of p); the demo's slow-CPU candidate
+    patch_size: int = Field(1, ge=1, le=8)
 
     @model_validator(mode="after")
     def _task_matches_conditioning(self) -> ModelSettings:
@@ -87,6 +90,7 @@ CANDIDATE_KEYS = (
     "mid_attention",
     "dropout",
     "norm_groups",
+    "patch_size",
 )
 
 
@@ -333,6 +337,9 @@ class SampleSettings(_Group):
     spacing: Spacing | None = None  # None: each sampler's own default
     cfg: float = Field(2.0, ge=0.0, le=100.0)
     rescale: float = Field(0.0, ge=0.0, le=1.0)  # CFG-rescale φ (Lin et al. 2023)
+    # guide only where the noise level σ = sqrt((1 - ᾱ)/ᾱ) is in (low, high] (Kynkäänniemi et al. 2024);
+    # None: at every step. The same σ for every process (flow: σ = t / (1 - t))
+    cfg_interval: tuple[float, float] | None = None
     num: int = Field(10, ge=1, le=1_000_000)
     seed: int = Field(0, ge=0, le=MAX_SEED)  # torch's generators take a 64-bit seed
     checkpoint: str = "best"
@@ -342,6 +349,14 @@ class SampleSettings(_Group):
     # high-noise ε-predictions leave speckle in the background; "dynamic" is Imagen's thresholding
     clipping: Clipping = "clip"
     precision: Precision = "auto"  # as train.precision, timed for inference
+
+    @model_validator(mode="after")
+    def _interval_ordered(self) -> SampleSettings:
+        if self.cfg_interval is not None and not 0.0 <= self.cfg_interval[0] < self.cfg_interval[1]:
+            raise ValueError(
+                "sample.cfg_interval must be [low, high] noise levels with 0 <= low < high, e.g. [0.3, 5.0]"
+            )
+        return self
 
 
 class DistillSettings(_Group):
@@ -403,6 +418,20 @@ class Settings(BaseSettings):
             bad = [s for s in m.sr_scales if d.image_size % s]
             if bad:
                 raise ValueError(f"model.sr_scales {bad} do not divide data.image_size {d.image_size}")
+        return self
+
+    @model_validator(mode="after")
+    def _patches_fit_data(self) -> Settings:
+        sizes = [
+            (f"train.model_candidates[{i}]", candidate_model(self.model, c, i).patch_size)
+            for i, c in enumerate(self.train.model_candidates)
+        ]
+        for where, patch in [("model", self.model.patch_size), *sizes]:
+            if self.data.image_size % patch:
+                raise ValueError(
+                    f"{where}.patch_size {patch} does not divide data.image_size {self.data.image_size}: "
+                    "use a divisor of it (1 turns patches off)"
+                )
         return self
 
     @model_validator(mode="after")

@@ -397,6 +397,7 @@ def test_export_names_and_class_cycle() -> None:
             True,
         ),
         (["--clip", "none", "--sampler", "heun"], {"clip": "none", "sampler": "heun"}, True),
+        (["--cfg-interval", "0.5,3", "--cfg", "4"], {"cfg_interval": (0.5, 3.0), "cfg": 4.0}, True),
     ],
 )
 def test_sample_spacing_clipping_and_rescale_reach_the_sampler(
@@ -418,6 +419,29 @@ def test_sample_spacing_clipping_and_rescale_reach_the_sampler(
     assert changes == (not torch.equal(to_uint8(plain), written))
     assert plan.clipping == flags.get("clip", "clip") and plan.rescale == flags.get("rescale", 0.0)
     assert plan.sampler_options.get("spacing") == flags.get("spacing")
+    assert plan.cfg_interval == flags.get("cfg_interval")
+
+
+def test_cfg_interval_from_settings_and_all_overrides_it(loaded: LoadedRun) -> None:
+    """sample.cfg_interval is the run's default; "all" (every noise level) draws what no interval draws,
+    from Python as from the flag."""
+    from diffkit.api import Run
+    from diffkit.sampling import parse_cfg_interval
+
+    classes = torch.arange(4)
+    plain_plan = loaded.plan(steps=3, cfg=4.0)
+    plain = generate(loaded.denoiser(plain_plan), plain_plan, num=4, classes=classes).images
+    settings = loaded.settings.model_copy(deep=True)
+    settings.sample.cfg_interval = (0.5, 3.0)
+    narrowed = SamplingPlan.from_settings(settings.sample, loaded.num_classes, steps=3, cfg=4.0)
+    assert narrowed.cfg_interval == (0.5, 3.0)
+    guided_less = generate(loaded.denoiser(narrowed), narrowed, num=4, classes=classes).images
+    assert not torch.equal(guided_less, plain)
+    every = narrowed.but(cfg_interval=parse_cfg_interval("all"))
+    torch.testing.assert_close(generate(loaded.denoiser(every), every, num=4, classes=classes).images, plain)
+    api = Run(loaded).sample([0, 1, 2, 3], num=1, steps=3, cfg=4.0, cfg_interval=(0.5, 3.0), progress=False)
+    assert api.plan.cfg_interval == (0.5, 3.0)
+    torch.testing.assert_close(api.tensor, guided_less)
 
 
 @pytest.mark.parametrize(
@@ -427,6 +451,9 @@ def test_sample_spacing_clipping_and_rescale_reach_the_sampler(
         (["--spacing", "uniform"], ["unknown timestep spacing", "linspace"]),
         (["--clip", "hard"], ["--clip 'hard'", "dynamic"]),
         (["--rescale", "1.5"], ["--rescale 1.5"]),
+        (["--cfg-interval", "3,1"], ["cfg interval (3.0, 1.0)", "0 <= LOW < HIGH"]),
+        (["--cfg-interval", "nan,2"], ["cfg interval", "0 <= LOW < HIGH"]),
+        (["--cfg-interval", "0.3"], ["--cfg-interval '0.3' is not LOW,HIGH"]),
         (["--sampler", "pndm", "--eta", "0.5"], ["--eta applies to ddim", "pndm"]),
         (["--eta", "-0.1"], ["--eta -0.1"]),
         (["--steps", "101"], ["--steps 101", "1 to 100"]),

@@ -69,6 +69,26 @@ def test_guidance_mixes_conditional_and_unconditional_in_one_batch() -> None:
         assert model.calls == ([3] if scale in (0.0, 1.0) else [6])  # one batched call for CFG
 
 
+def test_guidance_interval_guides_only_inside_its_noise_levels() -> None:
+    schedule = NoiseSchedule.create("cosine", 100)
+    sigmas = schedule.sigmas
+    # σ grows with t; the ends halfway between grid points: guided for t in 31..70
+    low, high = float(sigmas[30:32].mean()), float(sigmas[70:72].mean())
+    model = ClassShift(10)
+    den = Denoiser(model, VPProcess(schedule, "eps"), num_classes=10, cfg_interval=(low, high))
+    x, classes = torch.zeros(2, 1, 2, 2), torch.tensor([3, 5])
+    conditional = classes.float().reshape(-1, 1, 1, 1).expand_as(x)
+    for step, guided in [(10, False), (30, False), (31, True), (50, True), (70, True), (71, False), (99, False)]:
+        model.calls.clear()
+        eps = den(x, torch.full((2,), float(step)), classes, cfg=4.0).eps
+        torch.testing.assert_close(eps, 4.0 * conditional if guided else conditional)
+        assert model.calls == ([4] if guided else [2])  # outside the interval a step costs one pass
+    # images at different noise levels in one batch: each by its own; a scale of 0 stays unconditional
+    eps = den(x, torch.tensor([50.0, 90.0]), classes, cfg=4.0).eps
+    torch.testing.assert_close(eps[:, 0, 0, 0], torch.tensor([12.0, 5.0]))
+    torch.testing.assert_close(den(x, torch.full((2,), 90.0), classes, cfg=0.0).eps, torch.zeros_like(x))
+
+
 def test_clipping_keeps_x0_in_range_and_eps_consistent() -> None:
     schedule = NoiseSchedule.create("cosine", 100)
     model = ClassShift(0)

@@ -25,7 +25,7 @@ from diffkit.errors import DiffkitError
 from diffkit.evaluation import FidRequest, evaluate
 from diffkit.runs import LoadedRun, RunPaths, latest_run, load_run
 from diffkit.samplers import SAMPLERS
-from diffkit.sampling import SamplingPlan
+from diffkit.sampling import SamplingPlan, check_cfg_interval
 from diffkit.settings import Settings, settings_to_dict
 
 Labels = int | Sequence[int] | None
@@ -93,8 +93,11 @@ class Run:
         **options: Any,
     ) -> SamplingPlan:
         """The run's [sample] settings with these on top, checked as `diffkit sample` checks its flags.
-        `options`: eta, spacing, rescale, clip, batch_size, and any sampler option (rho, variance)."""
-        known = {k: options.pop(k, None) for k in ("eta", "spacing", "rescale", "clip", "batch_size")}
+        `options`: eta, spacing, rescale, cfg_interval ((low, high) noise levels), clip, batch_size, and any
+        sampler option (rho, variance)."""
+        known = {k: options.pop(k, None) for k in ("eta", "spacing", "rescale", "cfg_interval", "clip", "batch_size")}
+        if known["cfg_interval"] is not None:
+            check_cfg_interval(known["cfg_interval"])
         check_sample_flags(cfg=cfg, steps=steps, eta=known["eta"], batch_size=known["batch_size"])
         plan = self.loaded.plan(sampler=sampler, steps=steps, cfg=cfg, seed=seed, **known)
         unknown = sorted(set(options) - {o for spec in SAMPLERS.values() for o in spec.options})
@@ -121,7 +124,7 @@ class Run:
         """`num` images of class `label` (default: `num` of every class, a row each; a list: of each listed).
 
         As `diffkit sample [--class K] --num N --sampler S --steps T --cfg G --seed X`; sampler options
-        (eta, spacing, rescale, clip, batch_size, rho, variance) as keywords. `num` defaults to the run's
+        (eta, spacing, rescale, cfg_interval, clip, batch_size, rho, variance) as keywords. `num` defaults to the run's
         sample.num."""
         samples, _ = self._draw(label, num, 0, sampler, steps, cfg, seed, progress, sampler_options)
         return samples

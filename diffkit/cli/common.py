@@ -61,6 +61,14 @@ RescaleOption = Annotated[
     float | None, typer.Option("--rescale", help="CFG-rescale φ in [0, 1] (Lin et al. 2023), for --cfg > 1.")
 ]
 
+CfgIntervalOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cfg-interval",
+        help="Guide only at noise levels σ in LOW,HIGH (e.g. 0.3,5; Kynkäänniemi et al. 2024); all: every step.",
+    ),
+]
+
 
 def open_run(run: Path | None, checkpoint: str | None, device: str, *, use_ema: bool = True) -> LoadedRun:
     """The run given, else the most recent one under the runs directory (saying which); prints its precision."""

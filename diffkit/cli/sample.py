@@ -19,7 +19,7 @@ from diffkit.export import export_samples
 from diffkit.frames import MAX_FRAMES, Process
 from diffkit.generation import Generated, cycled_classes
 from diffkit.runs import LoadedRun
-from diffkit.sampling import SamplingPlan
+from diffkit.sampling import SamplingPlan, parse_cfg_interval
 from diffkit.viz import save_grid, save_grid_gif, save_images
 
 
@@ -37,6 +37,7 @@ def sample_command(
     eta: opt.EtaOption = None,
     spacing: opt.SpacingOption = None,
     rescale: opt.RescaleOption = None,
+    cfg_interval: opt.CfgIntervalOption = None,
     clip: opt.ClipOption = None,
     process: Annotated[
         bool, typer.Option("--process", help="Also write process_xt.png, process_x0.png (image x frame) and a GIF.")
@@ -69,6 +70,7 @@ def sample_command(
         eta=eta,
         spacing=spacing,
         rescale=rescale,
+        cfg_interval=None if cfg_interval is None else parse_cfg_interval(cfg_interval),
         clip=clip,
         seed=args.seed,
         batch_size=batch_size,

@@ -106,9 +106,15 @@ class UNet(nn.Module):
         cond_channels: int = 0,
         mid_attention: bool = True,
         guidance_input: bool = False,
+        patch_size: int = 1,
     ) -> None:
         super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"patch_size {patch_size} must divide image_size {image_size}")
         self.image_size, self.in_channels, self.num_classes = image_size, in_channels, num_classes
+        # patch_size p > 1: the network works on (C p², H/p, W/p), a lossless space-to-depth rearrangement
+        # (as DiT/U-ViT patchify): about p² fewer FLOPs at the same widths, for CPUs that get few steps
+        self.patch_size = patch_size
         self.cond_channels = cond_channels
         emb_dim = 4 * base_channels
         self.base_channels = base_channels
@@ -123,7 +129,8 @@ class UNet(nn.Module):
             else None
         )
 
-        self.input_conv = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
+        patch_area = patch_size * patch_size
+        self.input_conv = nn.Conv2d((in_channels + cond_channels) * patch_area, base_channels, 3, padding=1)
 
         def block(in_ch: int, out_ch: int, size: int) -> nn.Module:
             """A residual block, followed by attention at the resolutions that have it."""
@@ -133,7 +140,8 @@ class UNet(nn.Module):
             return res
 
         widths = [base_channels * mult for mult in channel_mults]
-        self.down, skip_channels, size = _down_path(block, base_channels, widths, num_res_blocks, image_size)
+        inner = image_size // patch_size
+        self.down, skip_channels, size = _down_path(block, base_channels, widths, num_res_blocks, inner)
         ch = widths[-1]
         mid: list[nn.Module] = [ResBlock(ch, ch, emb_dim, dropout, norm_groups)]
         if mid_attention:
@@ -141,7 +149,9 @@ class UNet(nn.Module):
         self.mid = nn.ModuleList([*mid, ResBlock(ch, ch, emb_dim, dropout, norm_groups)])
         self.up = _up_path(block, widths, num_res_blocks, skip_channels, size)
         self.out = nn.Sequential(
-            nn.GroupNorm(norm_groups, widths[0]), nn.SiLU(), zero_init(nn.Conv2d(widths[0], in_channels, 3, padding=1))
+            nn.GroupNorm(norm_groups, widths[0]),
+            nn.SiLU(),
+            zero_init(nn.Conv2d(widths[0], in_channels * patch_area, 3, padding=1)),
         )
 
     @property
@@ -183,6 +193,8 @@ class UNet(nn.Module):
             if cond is None:
                 raise ValueError("this UNet needs conditioning channels (cond)")
             x = torch.cat([x, cond], dim=1)
+        if self.patch_size > 1:
+            x = F.pixel_unshuffle(x, self.patch_size)
         h = self.input_conv(x)
         skips = [h]
         for layer in self.down:
@@ -195,7 +207,8 @@ class UNet(nn.Module):
                 h = layer(h, skips[-1].shape[-2:])
             else:
                 h = _apply(layer, torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h)
+        out = self.out(h)
+        return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
 
 
 Block = Callable[[int, int, int], nn.Module]  # (in channels, out channels, resolution) -> block
