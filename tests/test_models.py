@@ -73,3 +73,33 @@ def test_conditioning_channels() -> None:
     assert out.shape == (2, 1, 28, 28)
     with pytest.raises(ValueError, match="cond"):
         model(torch.randn(2, 1, 28, 28), torch.tensor([1, 2]))
+
+
+def test_patches_fold_into_channels_and_still_resolve_every_pixel() -> None:
+    """patch_size 2: the UNet works at 14 x 14 on 4 channels (a quarter of the 3x3 convolutions' work at
+    the same widths), and its output still differs pixel by pixel: it fits a 1-pixel checkerboard, which
+    an output constant over 2 x 2 patches could not (that would leave the whole variance, 1)."""
+    torch.manual_seed(0)
+    flat = UNet(image_size=28, base_channels=16, channel_mults=(1, 2), num_res_blocks=1, mid_attention=False)
+    patched = UNet(
+        image_size=28, base_channels=16, channel_mults=(1, 2), num_res_blocks=1, mid_attention=False, patch_size=2
+    )
+    assert patched.input_conv.in_channels == 4 and patched.out[-1].out_channels == 4
+    x, t = torch.randn(8, 1, 28, 28), torch.full((8,), 500.0)
+    assert patched(x, t).shape == x.shape
+    # the same layers bar the first and last convolution, each on a quarter of the positions
+    assert count_parameters(patched) - count_parameters(flat) == 3 * 16 * 9 + 3 * (16 * 9 + 1)
+    board = (torch.arange(28)[:, None] + torch.arange(28)[None, :]) % 2 * 2.0 - 1.0
+    target = board.expand(8, 1, 28, 28)
+    opt = torch.optim.Adam(patched.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = (patched(x, t) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def test_patch_size_must_divide_the_image() -> None:
+    with pytest.raises(ValueError, match="patch_size 3 must divide image_size 28"):
+        UNet(image_size=28, base_channels=16, patch_size=3)

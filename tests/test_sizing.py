@@ -151,6 +151,7 @@ def test_without_candidates_or_budget_the_network_is_the_preset_s(
         ("[{name='a', base_channels=10}]", ["(a)", "norm_groups=4 must divide"]),
         ("[{name='a', task='super-res'}]", ["cannot set task"]),
         ("[{name='a'}, {name='a'}]", ["distinct names"]),
+        ("[{name='a', patch_size=3}]", ["train.model_candidates[0].patch_size 3 does not divide data.image_size 28"]),
         ("'small'", ["train.model_candidates"]),
     ],
 )
