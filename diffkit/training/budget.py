@@ -30,8 +30,9 @@ SAVE_S = 1.0  # a checkpoint, curves.png and the metrics: about a second on a la
 # out below MIN_SWEEP_SAMPLES per scale: training steps matter more than a finely chosen guidance
 MAX_SWEEP_SHARE = 0.15
 MIN_SWEEP_SAMPLES = 100
-# the sweep costs more than its network passes: the sampler's own arithmetic, batches of 50 and scoring
-# with the digit CNN; measured 38.2 s for 32.1 s of passes (AMD EPYC AVX2, 1 thread, demo with patches)
+# the sweep costs more than its network passes (the sampler's arithmetic, batches of 50, the digit CNN): on
+# AMD EPYC AVX2 at 1 thread, beside another job, 38.2 s for 32.1 s of passes, and 16.7 for 20.6 on a smaller
+# network; the last session's demo overran by 18 s. Ending a little early beats overrunning the 6 minutes
 SWEEP_OVERHEAD = 1.25
 
 
