@@ -22,7 +22,7 @@ from diffkit.runs import RunPaths, load_run
 from diffkit.settings import load_settings, parse_overrides
 from diffkit.training import Trainer, train_run
 from diffkit.training import guidance as guidance_module
-from diffkit.training.budget import SWEEP_OVERHEAD, reserve, sweep_samples
+from diffkit.training.budget import SAVE_S, SWEEP_OVERHEAD, reserve, sweep_samples
 from diffkit.training.guidance import GuidanceRow, GuidanceSweep, Yardstick, choose
 
 TINY = [
@@ -74,6 +74,11 @@ def test_the_sweep_is_reserved_in_the_plan() -> None:
     # 500 passes of 0.01 s, and the sampler's arithmetic and the scoring on top
     assert swept.sweep_s == pytest.approx(5.0 * SWEEP_OVERHEAD) and SWEEP_OVERHEAD > 1
     assert swept.final_s == pytest.approx(plain.final_s + swept.sweep_s)
+    # sampling timed in its own (larger) batches: the sweep and the grids follow it, validation does not
+    cheap = reserve(settings, 0.01, val_images=8, timesteps=100, with_fid=False, sweep_passes=500, sample_image_s=0.004)
+    assert cheap.sweep_s == pytest.approx(500 * 0.004 * SWEEP_OVERHEAD)
+    grids = swept.epoch_end_s - (8 * 0.01 + SAVE_S)  # the epoch ends' grids, amortised
+    assert cheap.epoch_end_s == pytest.approx(8 * 0.01 + SAVE_S + grids * 0.4) and grids > 0
 
 
 def test_a_run_samples_with_the_guidance_its_sweep_prefers(

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from diffkit.training.guidance import GuidanceSweep
 
 SAVE_S = 1.0  # a checkpoint, curves.png and the metrics: about a second on a laptop
+SAMPLE_TIMING_BATCH = 64  # the batch sampling is timed at: grids and the guidance sweep draw 50 or more at once
 # the guidance sweep takes at most this share of a budget, with fewer samples if need be, and is left
 # out below MIN_SWEEP_SAMPLES per scale: training steps matter more than a finely chosen guidance
 MAX_SWEEP_SHARE = 0.15
@@ -68,7 +69,7 @@ def forward_seconds_per_image(
     net: nn.Module, settings: Settings, precision: PrecisionChoice, device: torch.device, batch: int
 ) -> float:
     """Inference cost of the network (best of two timed passes), for the grids and validation to leave time for."""
-    n = min(batch, 64)
+    n = min(batch, SAMPLE_TIMING_BATCH)
     size, channels = settings.data.image_size, settings.data.channels
     x = precision.layout(torch.zeros(n, channels, size, size, device=device))
     steps = torch.zeros(n, dtype=torch.long, device=device)
@@ -91,21 +92,24 @@ def reserve(
     timesteps: int,
     with_fid: bool,
     sweep_passes: int = 0,
+    sample_image_s: float | None = None,
 ) -> Reserve:
-    """The seconds each epoch end and the final one cost, from the network's seconds per image;
+    """The seconds each epoch end and the final one cost, from the network's seconds per image in
+    validation's batches (`per_image_s`) and in sampling's (`sample_image_s`, default the same);
     `sweep_passes`: images the guidance sweep puts through the network after the last step."""
     t, s = settings.train, settings.sample
+    sampled = per_image_s if sample_image_s is None else sample_image_s
     guided = 2 if settings.model.num_classes and s.cfg not in (0.0, 1.0) else 1
     steps = min(t.grid_steps, timesteps)
-    grid_s = steps * preview_images(settings.model.num_classes or 0) * guided * per_image_s
-    fid_s = steps * t.fid_samples * guided * per_image_s
+    grid_s = steps * preview_images(settings.model.num_classes or 0) * guided * sampled
+    fid_s = steps * t.fid_samples * guided * sampled
     val_s = val_images * per_image_s + SAVE_S
     epoch_end_s = val_s
     if t.sample_every_epochs:
         epoch_end_s += grid_s / t.sample_every_epochs
     if with_fid and t.fid_every_epochs:
         epoch_end_s += fid_s / t.fid_every_epochs
-    sweep_s = sweep_passes * per_image_s * SWEEP_OVERHEAD
+    sweep_s = sweep_passes * sampled * SWEEP_OVERHEAD
     return Reserve(epoch_end_s, val_s + grid_s + (fid_s if with_fid else 0.0) + sweep_s, sweep_s)
 
 
@@ -120,9 +124,14 @@ def sweep_samples(wanted: int, per_sample_s: float, budget_s: float) -> int:
 def measure_plan(run: PlanInputs, step_s: float) -> ClockPlan:
     """The plan for the rest of the run's budget: its steps at `step_s` each, and the reserve."""
     per_image = forward_seconds_per_image(run.net, run.settings, run.precision, run.device, run.batch_size)
+    sample_image = (  # grids and the sweep draw 50 or more at a time: small training batches cost more per image
+        per_image
+        if run.batch_size >= SAMPLE_TIMING_BATCH
+        else forward_seconds_per_image(run.net, run.settings, run.precision, run.device, SAMPLE_TIMING_BATCH)
+    )
     elapsed, samples, passes, sweep = run.elapsed_s(), 0, 0, run.sweep
     if sweep is not None:
-        per_sample_s = sweep.network_passes(run.settings.sample.steps, 1) * per_image * SWEEP_OVERHEAD
+        per_sample_s = sweep.network_passes(run.settings.sample.steps, 1) * sample_image * SWEEP_OVERHEAD
         samples = sweep_samples(sweep.samples, per_sample_s, run.budget_s)
         passes = sweep.network_passes(run.settings.sample.steps, samples)
     costs = reserve(
@@ -132,6 +141,7 @@ def measure_plan(run: PlanInputs, step_s: float) -> ClockPlan:
         timesteps=run.timesteps,
         with_fid=run.with_fid,
         sweep_passes=passes,
+        sample_image_s=sample_image,
     )
     total = clock.plan_steps(
         budget_s=run.budget_s,
