@@ -212,6 +212,22 @@ def test_bad_folders(cli, tmp_path: Path) -> None:
     one_line_error(cli("fid", str(_png_folder(tmp_path / "one", 1))), "at least 2 images")
 
 
+def test_cfg_interval_reaches_the_run_sampled(tiny_run: Path) -> None:
+    """--cfg-interval is the run's guidance interval for this measurement: an interval no step's noise level
+    falls in samples conditionally, so guidance 3 draws what guidance 1 draws; without it guidance 3 differs."""
+    scales = [1.0, 3.0]
+    nowhere = evaluate(
+        FidRequest([f"run:{tiny_run}", "synthetic:test"], num=8, steps=2, cfg=scales, cfg_interval=(1e6, 2e6))
+    )
+    fids = [row.distance.fid for row in nowhere.rows if row.distance is not None]
+    assert len(fids) == 2
+    everywhere = evaluate(FidRequest([f"run:{tiny_run}", "synthetic:test"], num=8, steps=2, cfg=scales))
+    guided = [row.distance.fid for row in everywhere.rows if row.distance is not None]
+    # the tiny run's guidance moves FID only a little, but far more than the noise between equal draws
+    assert guided[0] == pytest.approx(fids[0], rel=1e-6)
+    assert abs(guided[1] - fids[1]) > 100 * abs(fids[1] - fids[0]) + 1e-7
+
+
 def test_bad_options_and_statistics_files(cli, tiny_run: Path, tmp_path: Path) -> None:
     np.savez(tmp_path / "nomu.npz", mean=np.zeros(3))
     one_line_error(cli("fid", str(tmp_path / "nomu.npz")), "has no mu or sigma")
@@ -223,6 +239,8 @@ def test_bad_options_and_statistics_files(cli, tiny_run: Path, tmp_path: Path) -
     one_line_error(cli("fid", "nosuchset"), "is not a dataset")
     one_line_error(cli("fid", f"run:{tiny_run}", "--cfg", "1,x"), "comma-separated")
     one_line_error(cli("fid", "synthetic:test", "--cfg", "2"), "give a run")
+    one_line_error(cli("fid", "synthetic:test", "--cfg-interval", "0.3,5"), "--cfg-interval", "give a run")
+    one_line_error(cli("fid", f"run:{tiny_run}", "--cfg-interval", "5,1"), "(5.0, 1.0) is not a range")
     save_statistics(tmp_path / "other.npz", np.zeros(5), np.eye(5), meta={"feature_net": "inception-v3"})
     one_line_error(cli("fid", str(tmp_path / "other.npz"), "synthetic:test"), "inception-v3", "--features")
 

@@ -16,6 +16,7 @@ from diffkit.errors import DiffkitError
 from diffkit.evaluation import FEATURE_CHOICES, Accuracy, FidReport, FidRequest, evaluate, parse_eval_source
 from diffkit.outputs import claim, fresh_dir
 from diffkit.samplers import SAMPLERS
+from diffkit.sampling import parse_cfg_interval
 from diffkit.settings import MAX_SEED
 
 SOURCES_HELP = (
@@ -67,6 +68,7 @@ def fid_command(
             "(the scale its sweep picked after training), also in a list (auto,3).",
         ),
     ] = None,
+    cfg_interval: opt.CfgIntervalOption = None,
     seed: Annotated[
         int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="For run sources (default: the run's).")
     ] = None,
@@ -92,6 +94,7 @@ def fid_command(
         sampler=sampler,
         steps=steps,
         cfg=scales,
+        cfg_interval=None if cfg_interval is None else parse_cfg_interval(cfg_interval),
         seed=seed,
         checkpoint=checkpoint,
         device=device,

@@ -52,6 +52,7 @@ class FidRequest:
     sampler: str | None = None
     steps: int | None = None
     cfg: Sequence[float | None] | None = None  # guidance scales: several make a sweep; None: the run's default
+    cfg_interval: tuple[float, float] | None = None  # guide only at noise levels σ in (low, high]; None: the run's
     seed: int | None = None
     checkpoint: str = "best"
     device: str = "auto"
@@ -89,8 +90,12 @@ def check_request(request: FidRequest, sources: Sequence[Source]) -> None:
         raise DiffkitError("a guidance sweep (several --cfg values) needs exactly one run source")
     if len(scales) > 1 and request.save_stats is not None:
         raise DiffkitError("--save-stats saves one set of statistics: give a single --cfg value")
-    if not runs and (request.sampler or request.steps is not None or request.seed is not None):
-        raise DiffkitError("--sampler, --steps and --seed set how a run is sampled: give a run as run:DIR")
+    if not runs and (
+        request.sampler or request.steps is not None or request.seed is not None or request.cfg_interval is not None
+    ):
+        raise DiffkitError(
+            "--sampler, --steps, --seed and --cfg-interval set how a run is sampled: give a run as run:DIR"
+        )
 
 
 def evaluate(request: FidRequest, progress: Progress | None = None) -> FidReport:
@@ -239,7 +244,12 @@ def _rows(
     # every scale checked before the first image is generated (e.g. --cfg 2 on an unconditional run)
     plans = {
         (i, scale): run.plan(
-            sampler=request.sampler, steps=request.steps, cfg=scale, seed=request.seed, batch_size=request.batch_size
+            sampler=request.sampler,
+            steps=request.steps,
+            cfg=scale,
+            cfg_interval=request.cfg_interval,
+            seed=request.seed,
+            batch_size=request.batch_size,
         )
         for i, run in opened.runs.items()
         for scale in scales
