@@ -164,7 +164,7 @@ def test_the_demo_benchmark_reports_a_run(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(measure_module, "classifier_feature_net", lambda dataset, **_: _fake_net(4))
     monkeypatch.setenv("DIFFKIT_CACHE_DIR", str(tmp_path / "cache"))
     result = bench_demo.measure_demo(root, num=20, scales=[1.0, 4.0], reference="synthetic:train")
-    assert result["steps"] == 7 and result["images_per_s"] > 0 and "threads" in result["cpu_kind"]
+    assert result["steps"] == 7 and result["images_per_s"] > 0 and "thread" in result["cpu_kind"]
     assert result["guidance_sweep"]["chosen"] == 2.5
     quality = result["quality"]
     assert [r["cfg"] for r in quality["rows"]] == [1.0, 2.5, 4.0]  # the picked scale measured too

@@ -60,7 +60,7 @@ def test_size_network_applies_the_chosen_shape_and_records_the_figures() -> None
     assert record["candidates"][1]["gflops"] == 10.0  # 2 GFLOP in 0.2 s
     assert s.model.base_channels == 8  # the given settings are left alone
     lines = sizing_lines(record)
-    assert lines[0].startswith("network wide of 3 timed here at 1 threads, batch 8")
+    assert lines[0].startswith("network wide of 3 timed here at 1 thread, batch 8")
     assert "10 GFLOP/s in fp32" in lines[1] and "3x3-convolution peak" in lines[1]
 
 
@@ -165,5 +165,6 @@ def test_bad_candidates_are_one_line_errors(cli, workdir: Path, value: str, frag
 def test_the_demo_preset_sizes_its_network() -> None:
     demo = load_settings("demo")
     names = [c["name"] for c in demo.train.model_candidates]
-    assert names == ["small", "medium", "large"] and demo.train.max_minutes
-    assert demo.train.model_candidates[0]["base_channels"] == demo.model.base_channels  # [model] is the small one
+    assert names == ["patches", "patches-wide"] and demo.train.max_minutes
+    first = demo.train.model_candidates[0]  # [model] is the first, the fastest
+    assert (first["base_channels"], first["patch_size"]) == (demo.model.base_channels, demo.model.patch_size)

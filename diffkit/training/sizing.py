@@ -157,9 +157,10 @@ def sizing_lines(record: dict[str, Any]) -> list[str]:
     cands = record["candidates"]
     chosen = next(c for c in cands if c["name"] == record["chosen"])
     each = ", ".join(f"{c['name']} {c['step_s']:.3f} s/step ({c['steps_in_budget']:,} steps)" for c in cands)
+    threads = f"{record['threads']} thread" + ("s" if record["threads"] != 1 else "")
     lines = [
-        f"network {chosen['name']} of {len(cands)} timed here at {record['threads']} threads, batch "
-        f"{record['batch']} ({each}): {record['reason']}"
+        f"network {chosen['name']} of {len(cands)} timed here at {threads}, batch {record['batch']} ({each}): "
+        f"{record['reason']}"
     ]
     fmt = chosen["precision"]
     peak = record["peak_gflops"].get(f"conv3x3_{fmt}")
