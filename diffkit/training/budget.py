@@ -31,10 +31,11 @@ SAMPLE_TIMING_BATCH = 64  # the batch sampling is timed at: grids and the guidan
 # out below MIN_SWEEP_SAMPLES per scale: training steps matter more than a finely chosen guidance
 MAX_SWEEP_SHARE = 0.15
 MIN_SWEEP_SAMPLES = 100
-# the sweep costs more than its network passes (the sampler's arithmetic, batches of 50, the digit CNN): on
-# AMD EPYC AVX2 at 1 thread, beside another job, 38.2 s for 32.1 s of passes, and 16.7 for 20.6 on a smaller
-# network; the last session's demo overran by 18 s. Ending a little early beats overrunning the 6 minutes
-SWEEP_OVERHEAD = 1.25
+# the sweep's seconds per network pass against the timed forward pass at a batch of 64, measured on AMD EPYC
+# AVX2 at 1 thread: 1.19 and 0.81 beside another job, 0.86 alone (the demo with its guidance interval, which
+# skips the second pass at some steps); the last session's demo overran by 18 s. A little over 1: ending a few
+# seconds early beats overrunning the budget
+SWEEP_OVERHEAD = 1.1
 
 
 @dataclass(frozen=True)
