@@ -20,7 +20,7 @@ from diffkit.choices import Clipping, Objective
 from diffkit.errors import DiffkitError
 from diffkit.models.contract import DenoisingNetwork, network
 from diffkit.precision import PrecisionChoice
-from diffkit.schedules import NoiseSchedule
+from diffkit.schedules import NoiseSchedule, sigma_of
 
 if TYPE_CHECKING:
     from diffkit.process import DiffusionProcess
@@ -148,7 +148,7 @@ class Denoiser:
         if not isinstance(cfg, Tensor) and cfg in (0.0, 1.0):
             return cfg
         low, high = self.cfg_interval
-        sigma = ((1 - alpha_bar.double()) / alpha_bar.double()).sqrt()  # inf at pure noise
+        sigma = sigma_of(alpha_bar.double())  # inf at pure noise
         inside = (sigma > low) & (sigma <= high)
         if bool(inside.all()):
             return cfg

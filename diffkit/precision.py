@@ -142,11 +142,16 @@ def machine_description() -> dict[str, Any]:
     }
 
 
+def threads_text(threads: int) -> str:
+    """How the CPU lines name the threads a measurement ran with: "1 thread", "2 threads"."""
+    return f"{threads} thread" + ("s" if threads != 1 else "")
+
+
 def cpu_kind() -> str:
     """A short line naming the CPU kind, e.g. 'Intel Xeon ... (AVX512, avx512_bf16)'."""
     m = machine_description()
     bf16 = "bf16 instructions" if "avx512_bf16" in m["flags"] or "amx_bf16" in m["flags"] else "no bf16 instructions"
-    return f"{m['cpu']} — kernels {m['capability']}, {bf16}, {m['threads']} thread{'s' if m['threads'] != 1 else ''}"
+    return f"{m['cpu']} — kernels {m['capability']}, {bf16}, {threads_text(m['threads'])}"
 
 
 StepFn = Callable[[bool, bool], None]  # one probe step: (bf16, channels_last)

@@ -22,7 +22,7 @@ from diffkit.choices import Precision
 from diffkit.denoiser import Clipping, Denoiser
 from diffkit.errors import DiffkitError
 from diffkit.samplers import SAMPLERS, get_sampler
-from diffkit.settings import SampleSettings
+from diffkit.settings import SampleSettings, cfg_interval_ordered
 
 PrecisionName = Precision
 Options = tuple[tuple[str, Any], ...]
@@ -196,12 +196,7 @@ def parse_cfg_interval(text: str) -> tuple[float, float]:
 
 def check_cfg_interval(interval: tuple[float, float]) -> None:
     """A guidance interval is two noise levels σ, 0 <= low < high (high may be inf: up to pure noise)."""
-    try:
-        low, high = (float(v) for v in interval)
-        ordered = 0.0 <= low < high
-    except (TypeError, ValueError):
-        ordered = False
-    if not ordered:
+    if not cfg_interval_ordered(interval):
         raise DiffkitError(
             f"cfg interval {interval!r} is not a range of noise levels: give LOW,HIGH with 0 <= LOW < HIGH "
             "(e.g. 0.3,5; HIGH may be inf)"

@@ -26,6 +26,11 @@ ZTSNR_SUFFIX = " (ZTSNR)"  # names the zero-terminal-SNR variant of a schedule i
 MAX_BETA = 0.999  # Nichol & Dhariwal clip, avoids a singular last step
 
 
+def sigma_of(alpha_bar: Tensor) -> Tensor:
+    """σ = sqrt((1 - ᾱ)/ᾱ), the noise level of the x_0 + σ ε form (inf where ᾱ = 0): one number for every process."""
+    return ((1 - alpha_bar) / alpha_bar).sqrt()
+
+
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """Ho et al. 2020: β rises linearly."""
     return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
@@ -138,9 +143,8 @@ class NoiseSchedule:
 
     @cached_property
     def sigmas(self) -> Tensor:
-        """σ_t = sqrt((1 - ᾱ_t)/ᾱ_t), the noise level of the x_0 + σ ε form (inf where ᾱ = 0)."""
-        ab = self.alpha_bar
-        return ((1.0 - ab) / ab).sqrt()
+        """σ_t of every step (`sigma_of`)."""
+        return sigma_of(self.alpha_bar)
 
     @cached_property
     def posterior_variance(self) -> Tensor:

@@ -328,6 +328,15 @@ class TrainSettings(_Group):
         return self
 
 
+def cfg_interval_ordered(interval: Any) -> bool:
+    """Whether a guidance interval is two noise levels σ with 0 <= low < high (high may be inf)."""
+    try:
+        low, high = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        return False
+    return 0.0 <= low < high
+
+
 class SampleSettings(_Group):
     """Defaults for `diffkit sample` and for the grids drawn during training."""
 
@@ -352,7 +361,7 @@ class SampleSettings(_Group):
 
     @model_validator(mode="after")
     def _interval_ordered(self) -> SampleSettings:
-        if self.cfg_interval is not None and not 0.0 <= self.cfg_interval[0] < self.cfg_interval[1]:
+        if self.cfg_interval is not None and not cfg_interval_ordered(self.cfg_interval):
             raise ValueError(
                 "sample.cfg_interval must be [low, high] noise levels with 0 <= low < high, e.g. [0.3, 5.0]"
             )
@@ -421,26 +430,21 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _patches_fit_data(self) -> Settings:
-        sizes = [
-            (f"train.model_candidates[{i}]", candidate_model(self.model, c, i).patch_size)
+    def _candidates_valid(self) -> Settings:
+        """Each candidate builds over [model], names are distinct, and every network's patches tile the images."""
+        names = [c.get("name") for c in self.train.model_candidates]
+        networks = [("model", self.model)] + [
+            (f"train.model_candidates[{i}]", candidate_model(self.model, c, i))
             for i, c in enumerate(self.train.model_candidates)
         ]
-        for where, patch in [("model", self.model.patch_size), *sizes]:
-            if self.data.image_size % patch:
-                raise ValueError(
-                    f"{where}.patch_size {patch} does not divide data.image_size {self.data.image_size}: "
-                    "use a divisor of it (1 turns patches off)"
-                )
-        return self
-
-    @model_validator(mode="after")
-    def _candidates_valid(self) -> Settings:
-        names = [c.get("name") for c in self.train.model_candidates]
-        for index, candidate in enumerate(self.train.model_candidates):
-            candidate_model(self.model, candidate, index)
         if len(set(map(str, names))) != len(names):
             raise ValueError("train.model_candidates must have distinct names")
+        for where, network in networks:
+            if self.data.image_size % network.patch_size:
+                raise ValueError(
+                    f"{where}.patch_size {network.patch_size} does not divide data.image_size "
+                    f"{self.data.image_size}: use a divisor of it (1 turns patches off)"
+                )
         return self
 
     @classmethod

@@ -25,7 +25,7 @@ from diffkit.errors import DiffkitError
 from diffkit.evaluation import FidRequest, evaluate
 from diffkit.runs import LoadedRun, RunPaths, latest_run, load_run
 from diffkit.samplers import SAMPLERS
-from diffkit.sampling import SamplingPlan, check_cfg_interval
+from diffkit.sampling import SamplingPlan
 from diffkit.settings import Settings, settings_to_dict
 
 Labels = int | Sequence[int] | None
@@ -96,8 +96,6 @@ class Run:
         `options`: eta, spacing, rescale, cfg_interval ((low, high) noise levels), clip, batch_size, and any
         sampler option (rho, variance)."""
         known = {k: options.pop(k, None) for k in ("eta", "spacing", "rescale", "cfg_interval", "clip", "batch_size")}
-        if known["cfg_interval"] is not None:
-            check_cfg_interval(known["cfg_interval"])
         check_sample_flags(cfg=cfg, steps=steps, eta=known["eta"], batch_size=known["batch_size"])
         plan = self.loaded.plan(sampler=sampler, steps=steps, cfg=cfg, seed=seed, **known)
         unknown = sorted(set(options) - {o for spec in SAMPLERS.values() for o in spec.options})

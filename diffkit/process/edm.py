@@ -17,7 +17,7 @@ from torch import Tensor
 
 from diffkit.denoiser import Prediction
 from diffkit.process.base import GRID_POINTS, NOISE_INPUT_SCALE, ContinuousProcess, Level
-from diffkit.schedules import NoiseSchedule
+from diffkit.schedules import NoiseSchedule, sigma_of
 
 
 class EDMProcess(ContinuousProcess):
@@ -49,7 +49,7 @@ class EDMProcess(ContinuousProcess):
         return torch.ones_like(level, dtype=torch.float64), level.to(torch.float64)
 
     def level_of(self, alpha_bar: Tensor) -> Tensor:
-        return ((1 - alpha_bar) / alpha_bar).sqrt()
+        return sigma_of(alpha_bar)
 
     def noise_input(self, level: Tensor) -> Tensor:
         return level.to(torch.float64).log() / 4 * NOISE_INPUT_SCALE

@@ -21,7 +21,7 @@ import torch
 
 from diffkit.data import resolve_data
 from diffkit.models import UNet, count_parameters
-from diffkit.precision import PrecisionChoice, choose_precision, probe_step
+from diffkit.precision import PrecisionChoice, choose_precision, probe_step, threads_text
 from diffkit.roofline import peak_gflops, training_flops
 from diffkit.runs import build_model
 from diffkit.settings import Settings, candidate_model
@@ -157,10 +157,9 @@ def sizing_lines(record: dict[str, Any]) -> list[str]:
     cands = record["candidates"]
     chosen = next(c for c in cands if c["name"] == record["chosen"])
     each = ", ".join(f"{c['name']} {c['step_s']:.3f} s/step ({c['steps_in_budget']:,} steps)" for c in cands)
-    threads = f"{record['threads']} thread" + ("s" if record["threads"] != 1 else "")
     lines = [
-        f"network {chosen['name']} of {len(cands)} timed here at {threads}, batch {record['batch']} ({each}): "
-        f"{record['reason']}"
+        f"network {chosen['name']} of {len(cands)} timed here at {threads_text(record['threads'])}, "
+        f"batch {record['batch']} ({each}): {record['reason']}"
     ]
     fmt = chosen["precision"]
     peak = record["peak_gflops"].get(f"conv3x3_{fmt}")
