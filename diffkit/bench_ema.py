@@ -59,9 +59,8 @@ def compare_ema(
     result = trainer.train()
     train_s = time.perf_counter() - start
     quality = sample_quality(settings, reference)
-    plan = SamplingPlan.from_settings(settings.sample, trainer.num_classes).check(
-        trainer.process.grid.timesteps, trainer.num_classes
-    )
+    plan = SamplingPlan.from_settings(settings.sample, trainer.num_classes).guided_by(None)  # no guide here
+    plan = plan.check(trainer.process.grid.timesteps, trainer.num_classes)
     t = settings.train
     classic = f"classic (decay {t.ema_decay:g}" + (", warm-up)" if t.ema_warmup else ")")
     nets: dict[str, nn.Module] = {classic: trainer.ema}

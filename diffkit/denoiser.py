@@ -71,6 +71,9 @@ class Denoiser:
     it may instead be float weights (N, num_classes + 1) mixing class embeddings (last column: no class).
     The guidance scale s (`cfg`) mixes unconditional u and conditional c predictions as u + s (c - u): s = 0 is
     unconditional, s = 1 conditional, s > 1 stronger; both come from one batched forward pass.
+    Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself") adds
+    (w - 1)(d - g) at every step, where d is the prediction being guided (c, or u when unconditional) and
+    g a weaker `guide` network's for the same input (the run's earlier snapshot): one more pass of the guide.
     """
 
     model: nn.Module
@@ -85,6 +88,8 @@ class Denoiser:
     # guidance only where the noise level σ = sqrt((1 - ᾱ)/ᾱ) lies in (low, high], conditional elsewhere
     # (Kynkäänniemi et al. 2024): guidance at high noise collapses variety, at low noise it only sharpens
     cfg_interval: tuple[float, float] | None = None
+    guide: nn.Module | None = None  # autoguidance's weaker network (same inputs and outputs as `model`)
+    guide_weight: float = 1.0  # w; 1: no autoguidance
 
     @property
     def schedule(self) -> NoiseSchedule:
@@ -117,14 +122,17 @@ class Denoiser:
         if self.cfg_interval is not None and self.cfg_range is None and classes is not None:
             cfg = self._within_interval(cfg, alpha_bar.flatten())
         scale = cfg if isinstance(cfg, Tensor) else None  # per-image scales (N,)
+        guided: tuple[Tensor, Tensor] | None = None  # (labels, the prediction for them) that autoguidance steers
         if self.cfg_range is not None:  # a guidance-distilled student: w is an input, one pass
             check_cfg_range(cfg, self.cfg_range)
             w = torch.as_tensor(cfg, dtype=torch.float32, device=x_t.device).expand(n)
             output = self._forward(x_in, noise_input, null if classes is None else classes, cfg=w)
         elif classes is None or self.num_classes == 0 or (scale is None and cfg == 0.0):
             output = self._forward(x_in, noise_input, null)
+            guided = (null, output)
         elif scale is None and cfg == 1.0:
             output = self._forward(x_in, noise_input, classes)
+            guided = (classes, output)
         else:  # conditional and unconditional in one batch
             both = self._forward(
                 torch.cat([x_in, x_in]), torch.cat([noise_input, noise_input]), torch.cat([classes, null]), True
@@ -134,6 +142,11 @@ class Denoiser:
             output = uncond_out + w_out * (cond_out - uncond_out)
             if self.rescale_phi > 0:
                 output = rescale_guidance(output, cond_out, self.rescale_phi)
+            guided = (classes, cond_out)
+        if self.guide is not None and self.guide_weight != 1.0 and guided is not None:
+            labels, good = guided
+            bad = self._forward(x_in, noise_input, labels, net=self.guide)
+            output = output + (self.guide_weight - 1.0) * (good - bad)
         pred = self.process.predict(output.float(), x_t, t, alpha_bar)
         if self.clipping == "none":
             return pred
@@ -158,8 +171,15 @@ class Denoiser:
         return torch.where(inside, scale, torch.ones_like(scale))
 
     def _forward(
-        self, x: Tensor, t: Tensor, classes: Tensor, repeat_cond: bool = False, cfg: Tensor | None = None
+        self,
+        x: Tensor,
+        t: Tensor,
+        classes: Tensor,
+        repeat_cond: bool = False,
+        cfg: Tensor | None = None,
+        net: nn.Module | None = None,
     ) -> Tensor:
+        """One pass of `net` (the model by default) in the chosen precision, output in fp32."""
         labels = (
             classes
             if classes.is_floating_point()
@@ -171,11 +191,12 @@ class Denoiser:
         extra: dict[str, Tensor] = {"cond": cond} if cond is not None else {}
         if cfg is not None:  # the network's own name for its scale input (UNet `guidance_input`)
             extra["guidance"] = cfg
+        net = self.model if net is None else net
         if self.precision is None:
-            out = self.model(x, t, labels if self.num_classes else None, **extra)
+            out = net(x, t, labels if self.num_classes else None, **extra)
         else:
             with self.precision.autocast(x.device):
-                out = self.model(self.precision.layout(x), t, labels if self.num_classes else None, **extra)
+                out = net(self.precision.layout(x), t, labels if self.num_classes else None, **extra)
         return out.float()  # guidance and the objective algebra in fp32
 
     def conditioned(self, classes: Tensor | None = None, cfg: float | Tensor = 1.0) -> DenoiseFn:

@@ -6,7 +6,8 @@ runs/<name>/
   metrics.jsonl                  one JSON object per log line / validation
   curves.png                     training and validation loss, learning rate
   samples/epoch_0001.png ...     a grid per epoch
-  checkpoints/last.safetensors   model + EMA weights (metadata: step, epoch, val loss)
+  checkpoints/last.safetensors   model + EMA weights (metadata: step, epoch, val loss); with train.autoguide_at,
+                                 also the guide (the EMA as it was then, `guide.` keys) once it is taken
   checkpoints/last.state.pt      optimizer, LR schedule, RNG and loop state (tensors only; weights_only load)
   checkpoints/best.safetensors   lowest validation loss
   checkpoints/step_000500.safetensors  periodic (train.checkpoint_every_steps)
@@ -170,6 +171,8 @@ def build_schedule(settings: Settings) -> NoiseSchedule:
 
 # ---------------------------------------------------------------------------------- checkpoints
 
+GUIDE = "guide"  # the checkpoint prefix of autoguidance's guide network (beside "model" and "ema")
+
 
 def nonfinite(tensors: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors holding a NaN or an infinity."""
@@ -183,11 +186,17 @@ def save_checkpoint(
     ema: nn.Module,
     meta: dict[str, Any],
     state: dict[str, Any] | None = None,
+    guide: nn.Module | None = None,
 ) -> Path:
-    """Weights of model and EMA in one safetensors file, written atomically; with `state`, the resumable
-    pair (weights + `<name>.state.pt`), replaced as one unit (see `_replace_pair`)."""
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tensors |= {f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}
+    """Weights of model and EMA (and the autoguidance guide, when given) in one safetensors file, written
+    atomically; with `state`, the resumable pair (weights + `<name>.state.pt`), replaced as one unit
+    (see `_replace_pair`)."""
+    nets = {"model": model, "ema": ema} | ({GUIDE: guide} if guide is not None else {})
+    tensors = {
+        f"{prefix}.{k}": v.detach().contiguous().cpu()
+        for prefix, net in nets.items()
+        for k, v in net.state_dict().items()
+    }
     bad = nonfinite(tensors)
     if bad:  # never replace a good checkpoint with broken weights
         raise DiffkitError(
@@ -362,6 +371,7 @@ class LoadedRun:
     device: torch.device
     _precisions: dict[str, PrecisionChoice] = field(default_factory=dict, repr=False)
     chosen_cfg: float | None = None  # sample.cfg came from the run's guidance sweep (plan.json)
+    guide: UNet | None = None  # autoguidance's guide network, when the checkpoint holds one
 
     @property
     def num_classes(self) -> int:
@@ -381,14 +391,19 @@ class LoadedRun:
         """The precision `name` (auto, fp32, bf16) resolves to for this network here; the model is prepared for it."""
         if name not in self._precisions:
             choice = choose_precision(name, self.model, mode="sample", device=self.device)  # type: ignore[arg-type]
-            choice.prepare(self.model)
+            for net in (self.model, self.guide):
+                if net is not None:
+                    choice.prepare(net)
             self._precisions[name] = choice
         return self._precisions[name]
 
     def plan(self, **flags: Any) -> SamplingPlan:
         """This run's [sample] settings < `flags` (see `SamplingPlan.from_settings`), checked against the model."""
         plan = SamplingPlan.from_settings(self.settings.sample, self.num_classes, **flags)
+        if flags.get("autoguidance") is None:  # the run's setting applies when the run kept a guide
+            plan = plan.guided_by(self.guide)
         plan = plan.check(self.schedule.timesteps, self.num_classes)
+        plan.check_guide(self.guide)
         trained = cfg_range(self.settings)
         if trained is not None:  # a guidance-distilled student: before any image is drawn
             check_cfg_range(plan.cfg, trained)
@@ -398,7 +413,12 @@ class LoadedRun:
         """The network as a Denoiser, in the plan's precision, clipping and CFG-rescale (the run's by default)."""
         plan = plan or self.plan()
         return make_denoiser(
-            self.settings, self.model, self.process, plan, precision=self.precision_for(plan.precision)
+            self.settings,
+            self.model,
+            self.process,
+            plan,
+            precision=self.precision_for(plan.precision),
+            guide=self.guide,
         )
 
 
@@ -433,9 +453,11 @@ def make_denoiser(
     plan: SamplingPlan | None = None,
     *,
     precision: PrecisionChoice | None = None,
+    guide: nn.Module | None = None,
 ) -> Denoiser:
-    """The run's model as a Denoiser: its process and classes; clipping and CFG-rescale from `plan`
-    (the run's [sample] settings when none is given)."""
+    """The run's model as a Denoiser: its process and classes; clipping, CFG-rescale, guidance interval and
+    autoguidance weight from `plan` (the run's [sample] settings when none is given); `guide`: the run's
+    autoguidance guide network, when it has one."""
     num_classes = settings.model.num_classes or 0
     plan = plan or SamplingPlan.from_settings(settings.sample, num_classes)
     return Denoiser(
@@ -447,6 +469,8 @@ def make_denoiser(
         cfg_interval=plan.cfg_interval,
         precision=precision,
         cfg_range=cfg_range(settings),
+        guide=guide,
+        guide_weight=plan.autoguidance,
     )
 
 
@@ -466,7 +490,24 @@ def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, d
         raise DiffkitError(
             f"checkpoint {path} does not match the model in {run_dir}/config.toml: use a checkpoint from this run"
         ) from None
+    guide = load_guide(settings, tensors, path)
     dev = resolve_device(device)
     configure(dev)
     model.to(dev).eval()
-    return LoadedRun(run_dir, settings, model, build_process(settings.diffusion), path, meta, dev, chosen_cfg=chosen)
+    if guide is not None:
+        guide.to(dev).eval()
+    process = build_process(settings.diffusion)
+    return LoadedRun(run_dir, settings, model, process, path, meta, dev, chosen_cfg=chosen, guide=guide)
+
+
+def load_guide(settings: Settings, tensors: dict[str, torch.Tensor], path: Path) -> UNet | None:
+    """The autoguidance guide network a checkpoint holds (`guide.` keys), else None."""
+    weights = split_weights(tensors, GUIDE)
+    if not weights:
+        return None
+    guide = build_model(settings)
+    try:
+        load_weights(guide, weights, path)
+    except RuntimeError:
+        raise DiffkitError(f"checkpoint {path}: its guide network does not match the model; retrain the run") from None
+    return guide

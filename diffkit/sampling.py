@@ -38,6 +38,7 @@ class SamplingPlan:
     cfg: float = 1.0  # the guidance scale (--cfg): 0 unconditional, 1 conditional, > 1 stronger
     rescale: float = 0.0  # CFG-rescale φ (Lin et al. 2023)
     cfg_interval: tuple[float, float] | None = None  # guide only for noise levels σ in (low, high]
+    autoguidance: float = 1.0  # weight of the run's guide network (Karras et al. 2024); 1: off
     clipping: Clipping = "clip"  # of x̂0 at every step
     precision: PrecisionName = "auto"  # of the network, chosen when a run's denoiser is made
     seed: int = 0
@@ -59,6 +60,7 @@ class SamplingPlan:
         spacing: str | None = None,
         rescale: float | None = None,
         cfg_interval: tuple[float, float] | None = None,
+        autoguidance: float | None = None,
         clip: str | None = None,
         seed: int | None = None,
         batch_size: int | None = None,
@@ -75,6 +77,7 @@ class SamplingPlan:
             cfg=(sample.cfg if num_classes else 1.0) if cfg is None else cfg,
             rescale=sample.rescale if rescale is None else rescale,
             cfg_interval=sample.cfg_interval if cfg_interval is None else cfg_interval,
+            autoguidance=sample.autoguidance if autoguidance is None else autoguidance,
             clipping=sample.clipping if clip is None else clip,  # type: ignore[arg-type]
             precision=sample.precision,
             seed=sample.seed if seed is None else seed,
@@ -96,6 +99,10 @@ class SamplingPlan:
             raise DiffkitError(f"--rescale {self.rescale} is out of range: use 0 (off) to 1 (full; 0.7 is typical)")
         if self.cfg_interval is not None:
             check_cfg_interval(self.cfg_interval)
+        if not 1.0 <= self.autoguidance <= 100.0:
+            raise DiffkitError(
+                f"--autoguidance {self.autoguidance:g} is out of range: use 1 (off) or more (1.5 to 3 is typical)"
+            )
         if self.batch_size < 1:
             raise DiffkitError(f"--batch-size {self.batch_size} is out of range: use 1 or more")
         return replace(self, checked_for=(timesteps, num_classes))
@@ -106,6 +113,19 @@ class SamplingPlan:
 
     def but(self, **changes: Any) -> SamplingPlan:
         return replace(self, **{"checked_for": None, **changes})
+
+    def check_guide(self, guide: object | None) -> None:
+        """Autoguidance needs the run's guide network: asked for without one, a one-line error."""
+        if self.autoguidance != 1.0 and guide is None:
+            raise DiffkitError(
+                f"--autoguidance {self.autoguidance:g} needs the run's guide network, and this run kept none: "
+                "drop --autoguidance, or train the run with train.autoguide_at (e.g. 0.25)"
+            )
+
+    def guided_by(self, guide: object | None) -> SamplingPlan:
+        """The plan for a network whose autoguidance guide is `guide`: without one (a run that kept none, or
+        training before it takes it) the [sample] setting falls back to 1 (off); `configure` refuses a flag."""
+        return self if guide is not None or self.autoguidance == 1.0 else self.but(autoguidance=1.0)
 
     # --- using -------------------------------------------------------------------------------------
     @property
@@ -119,12 +139,19 @@ class SamplingPlan:
         return f"{self.sampler} {self.steps}" + (f" ({extra})" if extra else "")
 
     def configure(self, denoiser: Denoiser) -> Denoiser:
-        """The denoiser with this plan's clipping, CFG-rescale and guidance interval (the plan decides them,
-        not its maker)."""
-        mine = (self.clipping, self.rescale, self.cfg_interval)
-        if (denoiser.clipping, denoiser.rescale_phi, denoiser.cfg_interval) == mine:
+        """The denoiser with this plan's clipping, CFG-rescale, guidance interval and autoguidance weight (the
+        plan decides them, not its maker). Autoguidance needs the denoiser's guide network."""
+        self.check_guide(denoiser.guide)
+        mine = (self.clipping, self.rescale, self.cfg_interval, self.autoguidance)
+        if (denoiser.clipping, denoiser.rescale_phi, denoiser.cfg_interval, denoiser.guide_weight) == mine:
             return denoiser
-        return replace(denoiser, clipping=self.clipping, rescale_phi=self.rescale, cfg_interval=self.cfg_interval)
+        return replace(
+            denoiser,
+            clipping=self.clipping,
+            rescale_phi=self.rescale,
+            cfg_interval=self.cfg_interval,
+            guide_weight=self.autoguidance,
+        )
 
 
 def setting_options(sample: SampleSettings) -> dict[str, Any]:

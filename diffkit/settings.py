@@ -298,6 +298,9 @@ class TrainSettings(_Group):
     # that gets model_min_steps steps in the budget (diffkit.training.sizing). Empty: [model] as given
     model_candidates: list[dict[str, Any]] = Field(default_factory=list, max_length=8)
     model_min_steps: int = Field(1000, ge=1, le=10**9)
+    # autoguidance (Karras et al. 2024): keep the EMA weights as they were at this fraction of the run's steps,
+    # a weaker "guide" of the same network that sample.autoguidance steers away from; 0: keep none
+    autoguide_at: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="before")
     @classmethod
@@ -349,6 +352,9 @@ class SampleSettings(_Group):
     # guide only where the noise level σ = sqrt((1 - ᾱ)/ᾱ) is in (low, high] (Kynkäänniemi et al. 2024);
     # None: at every step. The same σ for every process (flow: σ = t / (1 - t))
     cfg_interval: tuple[float, float] | None = None
+    # autoguidance weight w (Karras et al. 2024): D + (w - 1)(D - D_guide), at every step, with D_guide the
+    # run's weaker snapshot (train.autoguide_at), on top of classifier-free guidance; 1: off
+    autoguidance: float = Field(1.0, ge=1.0, le=100.0)
     num: int = Field(10, ge=1, le=1_000_000)
     seed: int = Field(0, ge=0, le=MAX_SEED)  # torch's generators take a 64-bit seed
     checkpoint: str = "best"

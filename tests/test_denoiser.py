@@ -89,6 +89,34 @@ def test_guidance_interval_guides_only_inside_its_noise_levels() -> None:
     torch.testing.assert_close(den(x, torch.full((2,), 90.0), classes, cfg=0.0).eps, torch.zeros_like(x))
 
 
+def test_autoguidance_steers_away_from_the_guide_at_every_step() -> None:
+    """D + (w - 1)(D - G) on the prediction being guided (Karras et al. 2024), on top of CFG and its interval;
+    the guide costs one pass of its own on that prediction's input, and a weight of 1 costs nothing."""
+    schedule = NoiseSchedule.create("cosine", 100)
+    sigmas = schedule.sigmas
+    low, high = float(sigmas[30:32].mean()), float(sigmas[70:72].mean())
+    model, guide = ClassShift(10), ClassShift(10)
+    guide.values = model.values / 2  # a weaker network: half the class shift ...
+    guide.values[-1] = -1.0  # ... and -1 where the model's unconditional prediction is 0
+    den = Denoiser(model, VPProcess(schedule, "eps"), 10, cfg_interval=(low, high), guide=guide, guide_weight=3.0)
+    x, classes = torch.zeros(2, 1, 2, 2), torch.tensor([4, 6])
+    c = classes.float().reshape(-1, 1, 1, 1).expand_as(x)  # conditional; unconditional is 0, the guide c / 2
+    for step, cfg, expected in [
+        (50, 1.0, c + 2.0 * (c - c / 2)),  # conditional: 2c
+        (50, 1.5, 1.5 * c + 2.0 * (c - c / 2)),  # inside the interval: CFG and autoguidance, 2.5c
+        (90, 1.5, c + 2.0 * (c - c / 2)),  # outside: autoguidance alone
+    ]:
+        model.calls.clear(), guide.calls.clear()
+        torch.testing.assert_close(den(x, torch.full((2,), float(step)), classes, cfg=cfg).eps, expected)
+        assert guide.calls == [2]  # the guide sees the guided (conditional) batch only
+    unconditional = den(x, torch.full((2,), 50.0), None).eps  # the guide's unconditional pass: 0 + 2 (0 - -1)
+    torch.testing.assert_close(unconditional, torch.full_like(x, 2.0))
+    guide.calls.clear()
+    off = Denoiser(model, VPProcess(schedule, "eps"), 10, guide=guide, guide_weight=1.0)
+    torch.testing.assert_close(off(x, torch.full((2,), 50.0), classes).eps, c)
+    assert guide.calls == []
+
+
 def test_clipping_keeps_x0_in_range_and_eps_consistent() -> None:
     schedule = NoiseSchedule.create("cosine", 100)
     model = ClassShift(0)

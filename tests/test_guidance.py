@@ -64,6 +64,9 @@ def test_the_sweep_is_reserved_in_the_plan() -> None:
     assert sweep.network_passes(5) == (1 + 2 + 2) * 20 * 5  # guidance 1 needs one prediction, others two
     three = GuidanceSweep(sweep.yardstick, sweep.scales, 20, 3, 0.98)  # train.auto_cfg_steps = 3
     assert three.network_passes(5) == 5 * 20 * 3
+    guided = GuidanceSweep(sweep.yardstick, sweep.scales, 20, None, 0.98, autoguidance=1.5)
+    assert guided.network_passes(5) == (2 + 3 + 3) * 20 * 5  # and the guide's pass at every step
+    assert "each with autoguidance 1.5" in guided.describe()
     # at most 15 % of the budget: fewer samples when they do not fit, none below 100
     assert sweep_samples(200, 0.1, 360.0) == 200
     assert sweep_samples(200, 0.4, 360.0) == 135

@@ -93,9 +93,10 @@ class Run:
         **options: Any,
     ) -> SamplingPlan:
         """The run's [sample] settings with these on top, checked as `diffkit sample` checks its flags.
-        `options`: eta, spacing, rescale, cfg_interval ((low, high) noise levels), clip, batch_size, and any
-        sampler option (rho, variance)."""
-        known = {k: options.pop(k, None) for k in ("eta", "spacing", "rescale", "cfg_interval", "clip", "batch_size")}
+        `options`: eta, spacing, rescale, cfg_interval ((low, high) noise levels), autoguidance (the guide
+        network's weight), clip, batch_size, and any sampler option (rho, variance)."""
+        flags = ("eta", "spacing", "rescale", "cfg_interval", "autoguidance", "clip", "batch_size")
+        known = {k: options.pop(k, None) for k in flags}
         check_sample_flags(cfg=cfg, steps=steps, eta=known["eta"], batch_size=known["batch_size"])
         plan = self.loaded.plan(sampler=sampler, steps=steps, cfg=cfg, seed=seed, **known)
         unknown = sorted(set(options) - {o for spec in SAMPLERS.values() for o in spec.options})
@@ -122,8 +123,8 @@ class Run:
         """`num` images of class `label` (default: `num` of every class, a row each; a list: of each listed).
 
         As `diffkit sample [--class K] --num N --sampler S --steps T --cfg G --seed X`; sampler options
-        (eta, spacing, rescale, cfg_interval, clip, batch_size, rho, variance) as keywords. `num` defaults to the run's
-        sample.num."""
+        (eta, spacing, rescale, cfg_interval, autoguidance, clip, batch_size, rho, variance) as keywords. `num`
+        defaults to the run's sample.num."""
         samples, _ = self._draw(label, num, 0, sampler, steps, cfg, seed, progress, sampler_options)
         return samples
 

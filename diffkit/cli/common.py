@@ -61,6 +61,14 @@ RescaleOption = Annotated[
     float | None, typer.Option("--rescale", help="CFG-rescale φ in [0, 1] (Lin et al. 2023), for --cfg > 1.")
 ]
 
+AutoguidanceOption = Annotated[
+    float | None,
+    typer.Option(
+        "--autoguidance",
+        help="Autoguidance weight w >= 1 (Karras et al. 2024): steer away from the run's weaker guide network, "
+        "kept during training (train.autoguide_at); 1: off (default: sample.autoguidance).",
+    ),
+]
 CfgIntervalOption = Annotated[
     str | None,
     typer.Option(

@@ -69,6 +69,7 @@ def fid_command(
         ),
     ] = None,
     cfg_interval: opt.CfgIntervalOption = None,
+    autoguidance: opt.AutoguidanceOption = None,
     seed: Annotated[
         int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="For run sources (default: the run's).")
     ] = None,
@@ -95,6 +96,7 @@ def fid_command(
         steps=steps,
         cfg=scales,
         cfg_interval=None if cfg_interval is None else parse_cfg_interval(cfg_interval),
+        autoguidance=autoguidance,
         seed=seed,
         checkpoint=checkpoint,
         device=device,

@@ -38,6 +38,7 @@ def sample_command(
     spacing: opt.SpacingOption = None,
     rescale: opt.RescaleOption = None,
     cfg_interval: opt.CfgIntervalOption = None,
+    autoguidance: opt.AutoguidanceOption = None,
     clip: opt.ClipOption = None,
     process: Annotated[
         bool, typer.Option("--process", help="Also write process_xt.png, process_x0.png (image x frame) and a GIF.")
@@ -71,6 +72,7 @@ def sample_command(
         spacing=spacing,
         rescale=rescale,
         cfg_interval=None if cfg_interval is None else parse_cfg_interval(cfg_interval),
+        autoguidance=autoguidance,
         clip=clip,
         seed=args.seed,
         batch_size=batch_size,

@@ -141,7 +141,8 @@ class TrainingFid:
 
     def __call__(self, denoiser: Denoiser, progress: Progress | None = None) -> dict[str, Any]:
         classes = cycled_classes(denoiser.num_classes, None, self.num)
-        plan = self.plan.with_sampler(TRAIN_FID_SAMPLER, min(TRAIN_FID_STEPS, denoiser.schedule.timesteps))
+        plan = self.plan.guided_by(denoiser.guide)
+        plan = plan.with_sampler(TRAIN_FID_SAMPLER, min(TRAIN_FID_STEPS, denoiser.schedule.timesteps))
         net = self.quality.net
         features, _, _ = generated_features(denoiser, plan, self.num, classes, net, progress=progress)  # by batch
         fid = self.quality.fid(features)

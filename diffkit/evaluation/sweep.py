@@ -53,6 +53,7 @@ class FidRequest:
     steps: int | None = None
     cfg: Sequence[float | None] | None = None  # guidance scales: several make a sweep; None: the run's default
     cfg_interval: tuple[float, float] | None = None  # guide only at noise levels σ in (low, high]; None: the run's
+    autoguidance: float | None = None  # the guide network's weight; None: the run's
     seed: int | None = None
     checkpoint: str = "best"
     device: str = "auto"
@@ -90,11 +91,11 @@ def check_request(request: FidRequest, sources: Sequence[Source]) -> None:
         raise DiffkitError("a guidance sweep (several --cfg values) needs exactly one run source")
     if len(scales) > 1 and request.save_stats is not None:
         raise DiffkitError("--save-stats saves one set of statistics: give a single --cfg value")
-    if not runs and (
-        request.sampler or request.steps is not None or request.seed is not None or request.cfg_interval is not None
-    ):
+    sampling = (request.steps, request.seed, request.cfg_interval, request.autoguidance)
+    if not runs and (request.sampler or any(v is not None for v in sampling)):
         raise DiffkitError(
-            "--sampler, --steps, --seed and --cfg-interval set how a run is sampled: give a run as run:DIR"
+            "--sampler, --steps, --seed, --cfg-interval and --autoguidance set how a run is sampled: "
+            "give a run as run:DIR"
         )
 
 
@@ -248,6 +249,7 @@ def _rows(
             steps=request.steps,
             cfg=scale,
             cfg_interval=request.cfg_interval,
+            autoguidance=request.autoguidance,
             seed=request.seed,
             batch_size=request.batch_size,
         )

@@ -47,6 +47,7 @@ class EpochEnds:
     device: torch.device
     model: nn.Module
     ema: nn.Module
+    guide: nn.Module | None
     process: DiffusionProcess
     precision: PrecisionChoice
     num_classes: int
@@ -87,10 +88,12 @@ class EpochEnds:
     def grid_plan(self) -> SamplingPlan:
         """The run's [sample] settings at train.grid_steps: how the grids during training are drawn."""
         plan = SamplingPlan.from_settings(self.settings.sample, self.num_classes)
-        return plan.but(steps=min(self.settings.train.grid_steps, self.process.grid.timesteps))
+        plan = plan.but(steps=min(self.settings.train.grid_steps, self.process.grid.timesteps))
+        return plan.guided_by(self.guide)  # before the guide is taken: without autoguidance
 
     def ema_denoiser(self) -> Denoiser:
-        return make_denoiser(self.settings, self.ema, self.process, precision=self.precision)
+        plan = self.grid_plan
+        return make_denoiser(self.settings, self.ema, self.process, plan, precision=self.precision, guide=self.guide)
 
     def draw_grid(self, name: str) -> str:
         """A fixed-seed grid from the EMA weights (a row per class for conditional models)."""

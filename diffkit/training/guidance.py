@@ -34,7 +34,7 @@ from diffkit.evaluation.sources import Images, loadable
 from diffkit.precision import PrecisionChoice
 from diffkit.process import DiffusionProcess
 from diffkit.progress import Progress
-from diffkit.runs import make_denoiser, read_checkpoint, resolve_checkpoint, split_weights
+from diffkit.runs import GUIDE, make_denoiser, read_checkpoint, resolve_checkpoint, split_weights
 from diffkit.sampling import SamplingPlan
 from diffkit.settings import Settings, resolve_data_dir
 
@@ -142,12 +142,14 @@ class GuidanceSweep:
     steps: int | None  # sampler steps; None: the run's sample.steps
     min_accuracy: float
     notes: list[str] = field(default_factory=list)
+    autoguidance: float = 1.0  # the run samples with this autoguidance weight: > 1, one more pass per step
 
     def describe(self) -> str:
         scales = ", ".join(f"{s:g}" for s in self.scales)
+        autoguided = f", each with autoguidance {self.autoguidance:g}" if self.autoguidance != 1.0 else ""
         return (
-            f"guidance picked after training: {scales} on {self.samples} samples each, the lowest FID against "
-            f"{self.yardstick.reference} with class accuracy >= {self.min_accuracy:.0%} (train.auto_cfg)"
+            f"guidance picked after training: {scales} on {self.samples} samples each{autoguided}, the lowest FID "
+            f"against {self.yardstick.reference} with class accuracy >= {self.min_accuracy:.0%} (train.auto_cfg)"
         )
 
     def plan(self, base: SamplingPlan) -> SamplingPlan:
@@ -159,7 +161,8 @@ class GuidanceSweep:
     def network_passes(self, sample_steps: int, samples: int | None = None) -> int:
         """Images through the network in all, at `samples` per scale (default: as set), for the clock."""
         steps = self.steps or sample_steps
-        return sum(nfe_factor(s) for s in self.scales) * (self.samples if samples is None else samples) * steps
+        per_step = sum(nfe_factor(s) + (self.autoguidance != 1.0) for s in self.scales)
+        return per_step * (self.samples if samples is None else samples) * steps
 
     def run(
         self, denoiser: Denoiser, base: SamplingPlan, progress: Progress | None = None, samples: int | None = None
@@ -195,8 +198,10 @@ def guidance_sweep(settings: Settings, held_out: ImageSet) -> tuple[GuidanceSwee
     stick = yardstick(settings, held_out)
     if isinstance(stick, str):
         return None, f"{cfg}: {stick}"
+    autoguidance = settings.sample.autoguidance if t.autoguide_at else 1.0  # without a guide: none
+    scales = list(t.auto_cfg_scales)
     return GuidanceSweep(
-        stick, list(t.auto_cfg_scales), t.auto_cfg_samples, t.auto_cfg_steps, t.auto_cfg_min_accuracy
+        stick, scales, t.auto_cfg_samples, t.auto_cfg_steps, t.auto_cfg_min_accuracy, autoguidance=autoguidance
     ), ""
 
 
@@ -251,20 +256,31 @@ def sweep_after_training(
 
     try:
         unless_stopped()
-        net = sampling_weights(settings, run_dir, ema)
-        denoiser = make_denoiser(settings, net, process, precision=precision)
+        net, guide = sampling_weights(settings, run_dir, ema)
         num_classes = settings.model.num_classes or 0
-        base = SamplingPlan.from_settings(settings.sample, num_classes).check(process.grid.timesteps, num_classes)
+        base = SamplingPlan.from_settings(settings.sample, num_classes).guided_by(guide)
+        base = base.check(process.grid.timesteps, num_classes)
+        denoiser = make_denoiser(settings, net, process, base, precision=precision, guide=guide)
         return sweep.run(denoiser, base, unless_stopped, samples)
     except _Stopped:
         return "guidance sweep: stop requested"
 
 
-def sampling_weights(settings: Settings, run_dir: Path, ema: nn.Module) -> nn.Module:
-    """The network `diffkit sample` loads by default: sample.checkpoint's EMA (or raw) weights, in the
-    layout the run trained in (`ema`'s: the sweep samples in the training precision)."""
+def sampling_weights(settings: Settings, run_dir: Path, ema: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """The networks `diffkit sample` loads by default: sample.checkpoint's EMA (or raw) weights and its
+    autoguidance guide (None when it holds none), in the layout the run trained in (`ema`'s: the sweep
+    samples in the training precision)."""
     s = settings.sample
     tensors, _ = read_checkpoint(resolve_checkpoint(run_dir, s.checkpoint))
-    net = copy.deepcopy(ema)
-    net.load_state_dict(split_weights(tensors, "ema" if s.use_ema else "model"))
-    return net.eval()
+
+    def filled(prefix: str) -> nn.Module | None:
+        weights = split_weights(tensors, prefix)
+        if not weights:
+            return None
+        net = copy.deepcopy(ema)
+        net.load_state_dict(weights)
+        return net.eval()
+
+    net = filled("ema" if s.use_ema else "model")
+    assert net is not None  # the run's own checkpoint, just written
+    return net, filled(GUIDE)

@@ -19,7 +19,7 @@ from torch import Tensor
 from diffkit.clock import ClockPlan, read_plan
 from diffkit.errors import DiffkitError
 from diffkit.precision import PrecisionChoice
-from diffkit.runs import RunPaths, load_state, read_checkpoint, same_pair, split_weights
+from diffkit.runs import GUIDE, RunPaths, load_state, read_checkpoint, same_pair, split_weights
 
 # a state that does not fit the run's objects, or a plan.json of the wrong shape, raises one of these
 _MISFIT = (RuntimeError, ValueError, KeyError, TypeError, IndexError)
@@ -63,6 +63,7 @@ class SavedState:
     weights_path: Path
     model: dict[str, Tensor]
     ema: dict[str, Tensor]
+    guide: dict[str, Tensor] | None  # autoguidance's guide, once the run took it
     optimizer: dict[str, Any]
     lr_schedule: dict[str, Any]
     torch_rng: Tensor
@@ -120,6 +121,7 @@ def read_saved(paths: RunPaths) -> SavedState:
             weights_path=paths.weights("last"),
             model=split_weights(tensors, "model"),
             ema=split_weights(tensors, "ema"),
+            guide=split_weights(tensors, GUIDE) or None,
             optimizer=state["optimizer"],
             lr_schedule=state["lr_schedule"],
             torch_rng=state["torch_rng"],

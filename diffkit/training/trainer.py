@@ -87,6 +87,7 @@ class Trainer(EpochEnds):
         torch.manual_seed(t.seed)
         self.model = build_model(settings).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.guide: nn.Module | None = None  # the EMA as it was at train.autoguide_at of the run (autoguidance)
         self.net: nn.Module = self.model  # what the training forward runs through (DDP under several processes)
         self.process = build_process(settings.diffusion)
         self.opt = torch.optim.AdamW(
@@ -138,8 +139,9 @@ class Trainer(EpochEnds):
         return self.precision
 
     def apply_precision(self) -> None:
-        for net in (self.model, self.ema):
-            self.precision.prepare(net)
+        for net in (self.model, self.ema, self.guide):
+            if net is not None:
+                self.precision.prepare(net)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_grad_scaler)
 
     def write_plan(self) -> None:
@@ -156,6 +158,13 @@ class Trainer(EpochEnds):
         if self.budget_s is not None:
             record["budget_minutes"] = self.settings.train.max_minutes
             record["clock"] = self.clock_plan.to_dict() if self.clock_plan else None
+        if self.settings.train.autoguide_at:  # the guide autoguidance samples against, and when it is taken
+            record["autoguidance"] = {
+                "guide_at": self.settings.train.autoguide_at,
+                "guide_step": self.guide_step,
+                "taken": self.guide is not None,
+                "weight": self.settings.sample.autoguidance,
+            }
         if self.guidance is not None:  # diffkit.runs.load_run makes it the run's sample.cfg
             record["guidance"] = self.guidance.to_dict()
         sizing = self.sizing or read_plan(self.paths.plan).get("sizing")  # a resumed run keeps its record
@@ -186,6 +195,9 @@ class Trainer(EpochEnds):
         with checkpoint_fits(self.paths):
             load_weights(self.model, saved.model, saved.weights_path)
             load_weights(self.ema, saved.ema, saved.weights_path)
+            if saved.guide is not None:
+                self.guide = copy.deepcopy(self.ema)
+                load_weights(self.guide, saved.guide, saved.weights_path)
             self.opt.load_state_dict(saved.optimizer)
             self.lr_sched.load_state_dict(saved.lr_schedule)
             torch.set_rng_state(saved.torch_rng)
@@ -208,7 +220,8 @@ class Trainer(EpochEnds):
         if not self.world.is_main:
             return
         meta = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "val_loss": val_loss}
-        save_checkpoint(self.paths, name, self.model, self.ema, meta, self._state() if with_state else None)
+        state = self._state() if with_state else None
+        save_checkpoint(self.paths, name, self.model, self.ema, meta, state, guide=self.guide)
         if name == "last":
             self.saved_step, self.last_saved_at = self.step, time.perf_counter()
 
@@ -273,7 +286,19 @@ class Trainer(EpochEnds):
             self.lr_sched.step()
         ema_update(self.ema, self.model, self.ema_decay(self.step))
         self.step += 1
+        if self.guide is None and (at := self.guide_step) is not None and self.step >= at:
+            self.guide = copy.deepcopy(self.ema)  # >=: a re-plan may have moved the step behind us
+            self.write_plan()  # plan.json says it was taken
         return mean_loss, lr, x0.shape[0] * self.world.size
+
+    @property
+    def guide_step(self) -> int | None:
+        """The step after which the EMA is kept as autoguidance's guide (train.autoguide_at of the run's
+        steps, at least 1), or None: no guide, or no known length yet (a clocked run before its plan)."""
+        at = self.settings.train.autoguide_at
+        if not at or self.total_steps >= 10**9:
+            return None
+        return max(1, round(at * self.total_steps))
 
     def ema_decay(self, step: int) -> float:
         """The EMA's decay for the update after step `step` (0-based): train.ema decides which average."""
