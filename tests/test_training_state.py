@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from torch import nn
 from diffkit.precision import FP32
 from diffkit.settings import Settings, load_settings, parse_overrides
 from diffkit.training import train_run
-from diffkit.training.budget import PlanInputs, measure_plan
+from diffkit.training.budget import PlanInputs, measure_plan, recheck_plan
 from diffkit.training.state import read_saved
 
 TRAINING = Path(__file__).resolve().parents[1] / "diffkit" / "training"
@@ -61,3 +62,23 @@ def test_the_clock_plan_comes_from_explicit_numbers() -> None:
     slow = plan_for(1.0, cap=None)
     assert 20 < slow < 50  # 50 s left at about 1 s a step, less the reserve for epoch ends
     assert plan_for(1.0, cap=None, step=5) >= 5  # never behind the step already reached
+
+
+def test_the_re_check_re_plans_on_epoch_ends_that_cost_other_than_estimated() -> None:
+    """A step at the planned speed, but epoch ends far cheaper than the reserve guessed: the rest of the run is
+    re-planned with the measured epoch end (more steps); one close to the guess keeps the plan."""
+    settings = tiny("train.max_minutes=1")
+    inputs = PlanInputs(
+        settings, Identity(), FP32, torch.device("cpu"), 8, 60.0, lambda: 10.0, 0, 7, None, 8, 100, False, None
+    )
+    first = measure_plan(inputs, 0.1)
+    assert first.epoch_end_s > 0.5  # the estimate: validation and a second for the checkpoint and curves
+    at = dataclasses.replace(inputs, step=70)
+    kept = recheck_plan(at, first, 0.1, first.epoch_end_s * 0.95)
+    assert kept.planned_steps == first.planned_steps and kept.rechecked_at == 70 and kept.first_planned_steps is None
+    cheap = recheck_plan(at, first, 0.1, 0.05)
+    assert cheap.epoch_end_s == 0.05 and cheap.first_planned_steps == first.planned_steps
+    left = 60.0 * 0.97 - 10.0 - cheap.final_s  # clock.plan_steps with the measured epoch end
+    assert cheap.planned_steps == 70 + math.floor(left / (0.1 + 0.05 / 7)) > first.planned_steps
+    unseen = recheck_plan(at, first, 0.1, None)  # no epoch end since the plan: the estimate stands
+    assert unseen.planned_steps == first.planned_steps

@@ -419,13 +419,24 @@ class Trainer(EpochEnds):
         plan = self.clock_plan
         return watch.ready(self.budget_s or 0.0) and (plan is None or recheck_due(plan, self.step, self.elapsed_s()))
 
+    def _epoch_end_s(self, step_s: float) -> float | None:
+        """One epoch end as measured since the plan: the budget spent beyond `step_s` a step, over the epoch
+        ends passed; None when none was (the estimate stands)."""
+        plan = self.clock_plan
+        assert plan is not None
+        ends = self.step // self.steps_per_epoch - plan.planned_at_step // self.steps_per_epoch
+        if ends < 1:
+            return None
+        beyond = self.elapsed_s() - plan.elapsed_s - (self.step - plan.planned_at_step) * step_s
+        return max(0.0, beyond) / ends
+
     def _make_plan(self, step_s: float, recheck: bool = False) -> None:
         """Fix total_steps (rank 0 decides) so that the rest of the run, its last epoch end and grid fit;
         `recheck`: the plan exists and `step_s` is the speed measured since, which may re-plan it."""
 
         def decide() -> ClockPlan:
             if recheck and self.clock_plan is not None:
-                return recheck_plan(self.plan_inputs(), self.clock_plan, step_s)
+                return recheck_plan(self.plan_inputs(), self.clock_plan, step_s, self._epoch_end_s(step_s))
             return measure_plan(self.plan_inputs(), step_s)
 
         plan = self.world.from_main(decide() if self.world.is_main else None)
