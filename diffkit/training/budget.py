@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from diffkit.training.guidance import GuidanceSweep
 
 SAVE_S = 1.0  # a checkpoint, curves.png and the metrics: about a second on a laptop
+# the re-check re-plans when the epoch ends left, as measured since the plan, would cost more or less than
+# reserved by this share of the budget (7 s of the demo's 6 minutes)
+EPOCH_END_TOLERANCE = 0.02
 SAMPLE_TIMING_BATCH = 64  # the batch sampling is timed at: grids and the guidance sweep draw 50 or more at once
 # the guidance sweep takes at most this share of a budget, with fewer samples if need be, and is left
 # out below MIN_SWEEP_SAMPLES per scale: training steps matter more than a finely chosen guidance
@@ -173,17 +176,16 @@ def measure_plan(run: PlanInputs, step_s: float, epoch_end_s: float | None = Non
 
 def recheck_plan(run: PlanInputs, old: ClockPlan, step_s: float, epoch_end_s: float | None = None) -> ClockPlan:
     """The plan after measuring the speed again: `step_s` a training step and, when epoch ends were seen
-    since the plan, `epoch_end_s` one of them. The same plan `old`, marked re-checked, while a step and its
-    share of an epoch end cost what was planned (within RECHECK_TOLERANCE); else a new plan for the rest of
-    the budget, with the epoch end as measured, that remembers the first one. (An epoch end's estimate
-    guesses a second for the checkpoint and curves: on the AMX Xeon it was 1.1 s against a real ~0.2 s, and
-    the demo ended 56 s early.)"""
-    per_epoch = max(1, run.steps_per_epoch)
-    measured_end = old.epoch_end_s if epoch_end_s is None else epoch_end_s
-    planned = old.step_s + old.epoch_end_s / per_epoch
-    if not clock.speed_changed(planned, step_s + measured_end / per_epoch) and not clock.speed_changed(
-        old.step_s, step_s
-    ):
+    since the plan, `epoch_end_s` one of them. The same plan `old`, marked re-checked, while a step costs
+    what was planned (within RECHECK_TOLERANCE) and the epoch ends left would cost what was reserved (within
+    EPOCH_END_TOLERANCE of the budget); else a new plan for the rest of the budget, with the epoch end as
+    measured, that remembers the first one. (An epoch end's estimate guesses a second for the checkpoint and
+    curves: the demo on the AMX Xeon, whose epoch ends cost less, ended 56 s early.)"""
+    ends_left = max(0, old.planned_steps - run.step) / max(1, run.steps_per_epoch)
+    ends_off = epoch_end_s is not None and abs(epoch_end_s - old.epoch_end_s) * ends_left > (
+        EPOCH_END_TOLERANCE * old.budget_s
+    )
+    if not clock.speed_changed(old.step_s, step_s) and not ends_off:
         return dataclasses.replace(old, rechecked_at=run.step, recheck_step_s=step_s)
     return dataclasses.replace(
         measure_plan(run, step_s, epoch_end_s),
