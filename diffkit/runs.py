@@ -482,32 +482,26 @@ def load_run(run_dir: Path, checkpoint: str = "best", *, use_ema: bool = True, d
     chosen = apply_chosen_cfg(settings, RunPaths(run_dir).plan)
     path = resolve_checkpoint(run_dir, checkpoint)
     tensors, meta = read_checkpoint(path)
-    model = build_model(settings)
-    weights = split_weights(tensors, "ema" if use_ema else "model")
-    try:
-        load_weights(model, weights, path)
-    except RuntimeError:
-        raise DiffkitError(
-            f"checkpoint {path} does not match the model in {run_dir}/config.toml: use a checkpoint from this run"
-        ) from None
-    guide = load_guide(settings, tensors, path)
+    model = network_from(settings, tensors, "ema" if use_ema else "model", path, run_dir)
+    kept_guide = any(k.startswith(f"{GUIDE}.") for k in tensors)  # autoguidance's network, when the run kept one
+    guide = network_from(settings, tensors, GUIDE, path, run_dir) if kept_guide else None
     dev = resolve_device(device)
     configure(dev)
-    model.to(dev).eval()
-    if guide is not None:
-        guide.to(dev).eval()
+    for net in (model, guide):
+        if net is not None:
+            net.to(dev).eval()
     process = build_process(settings.diffusion)
     return LoadedRun(run_dir, settings, model, process, path, meta, dev, chosen_cfg=chosen, guide=guide)
 
 
-def load_guide(settings: Settings, tensors: dict[str, torch.Tensor], path: Path) -> UNet | None:
-    """The autoguidance guide network a checkpoint holds (`guide.` keys), else None."""
-    weights = split_weights(tensors, GUIDE)
-    if not weights:
-        return None
-    guide = build_model(settings)
+def network_from(settings: Settings, tensors: dict[str, torch.Tensor], prefix: str, path: Path, run_dir: Path) -> UNet:
+    """The run's network with the checkpoint's `prefix.` weights (model, ema, guide)."""
+    weights = split_weights(tensors, prefix)
+    net = build_model(settings)
     try:
-        load_weights(guide, weights, path)
+        load_weights(net, weights, path)
     except RuntimeError:
-        raise DiffkitError(f"checkpoint {path}: its guide network does not match the model; retrain the run") from None
-    return guide
+        raise DiffkitError(
+            f"checkpoint {path} does not match the model in {run_dir}/config.toml: use a checkpoint from this run"
+        ) from None
+    return net

@@ -98,7 +98,8 @@ def _grid(
 ) -> None:
     """grid.png and images/ (a row per class, or one class); with `k` frames, pictures of the process too."""
     shape = layout(loaded, class_, per_class, k)
-    tag = f"{plan.sampler}-{plan.steps}-cfg{plan.cfg:g}-seed{plan.seed}"
+    guided = f"-ag{plan.autoguidance:g}" if plan.autoguidance != 1.0 else ""
+    tag = f"{plan.sampler}-{plan.steps}-cfg{plan.cfg:g}{guided}-seed{plan.seed}"
     folder = args.folder(loaded, "samples", tag + (f"-class{class_}" if class_ is not None else ""))
     _say(loaded, shape.total, plan)
     with progress_task("sampling", shape.total) as advance:
