@@ -78,7 +78,9 @@ class RichHooks(TrainHooks):
 
     def guidance(self, choice: GuidanceChoice) -> None:
         rows = "; ".join(
-            f"{r.cfg:g}: FID {r.fid:.1f}" + (f", {r.accuracy:.1%}" if r.accuracy is not None else "")
+            f"{r.cfg:g}: FID {r.fid:.1f}"
+            + (f", {r.accuracy:.1%}" if r.accuracy is not None else "")
+            + (f" of {r.judged}" if r.judged != choice.samples else "")  # a second look near the bar
             for r in choice.rows
         )
         console.print(
