@@ -168,3 +168,10 @@ def test_the_demo_preset_sizes_its_network() -> None:
     assert names == ["patches", "patches-wide"] and demo.train.max_minutes
     first = demo.train.model_candidates[0]  # [model] is the first, the fastest
     assert (first["base_channels"], first["patch_size"]) == (demo.model.base_channels, demo.model.patch_size)
+
+
+def test_the_cli_prints_a_note_s_setting_names(capsys: pytest.CaptureFixture[str]) -> None:
+    from diffkit.cli.train import RichHooks
+
+    RichHooks().note("train.model_candidates apply to a run with a time budget: training [model] as set")
+    assert "training [model] as set" in capsys.readouterr().out  # not eaten as rich markup

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import TextColumn
 
 from diffkit.cli.common import DeviceOption, console, done, progress_bar
@@ -94,7 +95,7 @@ class RichHooks(TrainHooks):
         )
 
     def note(self, message: str) -> None:
-        console.print(f"[yellow]note:[/yellow] {message}")
+        console.print(f"[yellow]note:[/yellow] {escape(message)}")  # notes name settings: [model]
 
     def stop(self) -> None:
         self.bar.stop()
