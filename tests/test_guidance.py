@@ -23,7 +23,7 @@ from diffkit.settings import load_settings, parse_overrides
 from diffkit.training import Trainer, train_run
 from diffkit.training import guidance as guidance_module
 from diffkit.training.budget import SAVE_S, SWEEP_OVERHEAD, reserve, sweep_samples
-from diffkit.training.guidance import GuidanceRow, GuidanceSweep, Yardstick, choose
+from diffkit.training.guidance import GuidanceRow, GuidanceSweep, Yardstick, choose, crossing
 
 TINY = [
     "data.limit=64",
@@ -59,6 +59,32 @@ def test_choice_rule() -> None:
     assert (row.cfg, met) == (2.0, False)
 
 
+def test_the_choice_lands_where_accuracy_crosses_the_bar() -> None:
+    # a slow run's sweep: 1.5 just under the bar, so the rule alone takes 2 at FID 13.8
+    rows = [
+        GuidanceRow(1.0, 10.2, 0.920, 175),
+        GuidanceRow(1.25, 7.9, 0.9588, 437),
+        GuidanceRow(1.5, 8.8, 0.9794, 437),
+        GuidanceRow(2.0, 13.8, 0.9886, 175),
+    ]
+    best, met = choose(rows, 0.98)
+    assert (best.cfg, met) == (2.0, True)
+    point = crossing(rows, best, 0.98)
+    assert point is not None  # 1.5 + 0.5 * (0.98 - 0.9794) / (0.9886 - 0.9794) = 1.533, rounded up to 1.55
+    assert point.cfg == 1.55 and point.judged == 0
+    assert point.accuracy == pytest.approx(0.9794 + 0.1 * (0.9886 - 0.9794)) and point.accuracy >= 0.98
+    assert point.fid == pytest.approx(8.8 + 0.1 * 5.0)
+    # no crossing: the lower scale passes too, has the higher FID, or the crossing rounds up to the scale itself
+    passes = GuidanceRow(1.5, 8.8, 0.985)
+    assert crossing([*rows[:2], passes], passes, 0.98) is None  # 1.25 fails, but the crossing rounds up to 1.5
+    assert crossing([GuidanceRow(1.25, 7.0, 0.982), passes], passes, 0.98) is None  # 1.25 passes too
+    falling = [GuidanceRow(1.0, 9.0, 0.97), GuidanceRow(1.5, 8.0, 0.99)]
+    assert crossing(falling, falling[1], 0.98) is None  # FID still falls: 1.5 is the lowest FID anyway
+    near = [GuidanceRow(1.0, 6.0, 0.90), GuidanceRow(1.25, 7.0, 0.981)]
+    assert crossing(near, near[1], 0.98) is None  # 1.2469 rounds up to 1.25
+    assert crossing(rows, rows[0], 0.98) is None  # nothing below the lowest scale
+
+
 def test_a_second_look_at_the_scales_near_the_bar() -> None:
     """200 samples put 1.25 just under 98 %; 300 more (a second seed) lift it over, and it wins on FID."""
     fid = {1.0: 5.0, 1.25: 6.0, 1.5: 8.0, 2.0: 20.0}
@@ -90,7 +116,9 @@ def test_a_second_look_at_the_scales_near_the_bar() -> None:
         None,  # type: ignore[arg-type]
         plan,
     )
-    assert choice.chosen == 1.5 and choice.rows[1].accuracy == pytest.approx(0.976)
+    assert choice.rows[1].accuracy == pytest.approx(0.976)  # and 1.5 passes at 99 %: the bar is crossed at 1.32
+    assert (choice.chosen, choice.bracket) == (1.35, (1.25, 1.5)) and "between 1.25 and 1.5" in choice.reason
+    assert choice.to_dict()["interpolated"]["cfg"] == 1.35 and choice.metrics()["guidance"] == 1.35
     without = GuidanceSweep(scorer({}), list(fid), 200, None, 0.98).run(None, plan)  # type: ignore[arg-type]
     assert without.chosen == 1.25 and len(calls) == 4 + 2 + 4  # no second look when refine_samples = 0
 
