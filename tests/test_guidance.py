@@ -18,6 +18,7 @@ from diffkit.evaluation import FidRequest, evaluate
 from diffkit.evaluation import measuring as measure_module
 from diffkit.metrics import ClassifierFeatureNet
 from diffkit.models.classifier import SmallClassifier
+from diffkit.precision import FP32
 from diffkit.runs import RunPaths, load_run
 from diffkit.settings import load_settings, parse_overrides
 from diffkit.training import Trainer, train_run
@@ -126,6 +127,29 @@ def test_a_second_look_at_the_scales_near_the_bar() -> None:
     assert sweep.network_passes(4) == ((1 + 2 + 2 + 2) * 200 + (2 + 2) * 300) * 4
     assert sweep.refined(100) == 150 and sweep.network_passes(4, 100) == (7 * 100 + 4 * 150) * 4
     assert "300 more at the 2 nearest that bar" in sweep.describe()
+
+
+def test_the_sweep_counts_the_passes_it_will_make() -> None:
+    """Counted by sampling two images: two passes a step with guidance, one at guidance 1; inside a guidance
+    interval only some steps are guided; autoguidance adds the guide's pass at every step."""
+    from diffkit.process import build_process
+    from diffkit.runs import build_model
+    from diffkit.training.guidance import count_sweep_passes
+
+    def counted(*extra: str, autoguidance: float = 1.0) -> dict[float, float]:
+        s = load_settings("tiny", parse_overrides([*TINY, "model.num_classes=4", "sample.sampler=ddpm", *extra]))
+        sweep = GuidanceSweep(
+            Yardstick(lambda *a: (0.0, 1.0), "r", "f"), [1.0, 2.5], 20, 10, 0.98, autoguidance=autoguidance
+        )
+        torch.manual_seed(0)
+        count_sweep_passes(sweep, s, build_model(s).eval(), build_process(s.diffusion), FP32)
+        return sweep.passes
+
+    assert counted() == {1.0: 10, 2.5: 20}  # 10 steps (train.auto_cfg_steps), no interval
+    assert counted("sample.cfg_interval=[0.0, 1e9]") == {1.0: 10, 2.5: 20}  # every level inside
+    inside = counted("sample.cfg_interval=[0.3, 5.0]")
+    assert inside[1.0] == 10 and 10 < inside[2.5] < 20  # guided only at some steps
+    assert counted(autoguidance=1.5) == {1.0: 20, 2.5: 30}
 
 
 def test_the_sweep_is_reserved_in_the_plan() -> None:

@@ -34,11 +34,11 @@ SAMPLE_TIMING_BATCH = 64  # the batch sampling is timed at: grids and the guidan
 # out below MIN_SWEEP_SAMPLES per scale: training steps matter more than a finely chosen guidance
 MAX_SWEEP_SHARE = 0.15
 MIN_SWEEP_SAMPLES = 100
-# the sweep's seconds per network pass against the timed forward pass at a batch of 64, measured on AMD EPYC
-# AVX2 at 1 thread: 1.19 and 0.81 beside another job, 0.86 alone (the demo with its guidance interval, which
-# skips the second pass at some steps); the last session's demo overran by 18 s. A little over 1: ending a few
-# seconds early beats overrunning the budget
-SWEEP_OVERHEAD = 1.1
+# the sweep's seconds per network pass (as counted, `GuidanceSweep.count_passes`) against the forward pass timed
+# at a batch of 64: the sampler's own arithmetic and the digit CNN's scoring on top. Measured on the demo: 1.02 on
+# an Intel Xeon emulating AVX2 at 1 thread, 1.38 on the same Xeon at 2 threads in bf16 (small, fast passes). A
+# little over the larger: ending a few seconds early beats overrunning the budget
+SWEEP_OVERHEAD = 1.4
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def reserve(
     val_images: int,
     timesteps: int,
     with_fid: bool,
-    sweep_passes: int = 0,
+    sweep_passes: float = 0,
     sample_image_s: float | None = None,
 ) -> Reserve:
     """The seconds each epoch end and the final one cost, from the network's seconds per image in
@@ -134,7 +134,7 @@ def measure_plan(run: PlanInputs, step_s: float, epoch_end_s: float | None = Non
         if run.batch_size >= SAMPLE_TIMING_BATCH
         else forward_seconds_per_image(run.net, run.settings, run.precision, run.device, SAMPLE_TIMING_BATCH)
     )
-    elapsed, samples, passes, sweep = run.elapsed_s(), 0, 0, run.sweep
+    elapsed, samples, passes, sweep = run.elapsed_s(), 0, 0.0, run.sweep
     if sweep is not None:
         per_sample_s = sweep.network_passes(run.settings.sample.steps, 1) * sample_image * SWEEP_OVERHEAD
         samples = sweep_samples(sweep.samples, per_sample_s, run.budget_s)

@@ -31,13 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from diffkit.clock import ClockPlan
 from diffkit.data import ImageSet
 from diffkit.denoiser import Denoiser
 from diffkit.evaluation.measuring import CLASSIFIER_DATASETS
 from diffkit.evaluation.sources import Images, loadable
+from diffkit.generation import generate
 from diffkit.precision import PrecisionChoice
 from diffkit.process import DiffusionProcess
 from diffkit.progress import Progress
@@ -206,6 +208,7 @@ class GuidanceSweep:
     notes: list[str] = field(default_factory=list)
     autoguidance: float = 1.0  # the run samples with this autoguidance weight: > 1, one more pass per step
     refine_samples: int = 0  # more samples for the scales near the accuracy bar (train.auto_cfg_refine_samples)
+    passes: dict[float, float] = field(default_factory=dict)  # network passes a sample costs, per scale, counted
 
     def describe(self) -> str:
         scales = ", ".join(f"{s:g}" for s in self.scales)
@@ -229,12 +232,39 @@ class GuidanceSweep:
         plan = base.but(batch_size=min(base.batch_size, SWEEP_BATCH))
         return plan if self.steps is None else plan.but(steps=self.steps)
 
-    def network_passes(self, sample_steps: int, samples: int | None = None) -> int:
+    def sample_passes(self, scale: float, sample_steps: int) -> float:
+        """Network passes one sample costs at `scale`: as counted (`count_passes`), else at most two a step
+        (one at guidance 1) and the guide's."""
+        if scale in self.passes:
+            return self.passes[scale]
+        return (nfe_factor(scale) + (self.autoguidance != 1.0)) * (self.steps or sample_steps)
+
+    def network_passes(self, sample_steps: int, samples: int | None = None) -> float:
         """Images through the network in all, at `samples` per scale (default: as set), for the clock."""
-        steps, samples = self.steps or sample_steps, self.samples if samples is None else samples
-        passes = [nfe_factor(s) + (self.autoguidance != 1.0) for s in self.scales]
-        refinement = sum(sorted(passes)[-REFINE_SCALES:]) * self.refined(samples)  # at most: the costliest
-        return (sum(passes) * samples + refinement) * steps
+        samples = self.samples if samples is None else samples
+        passes = [self.sample_passes(s, sample_steps) for s in self.scales]
+        more = self.refine_samples * samples / self.samples  # `refined`, unrounded: per-sample costs add up
+        return sum(passes) * samples + sum(sorted(passes)[-REFINE_SCALES:]) * more  # at most: the costliest two
+
+    def count_passes(self, denoiser: Denoiser, base: SamplingPlan) -> None:
+        """Count the network passes a sample costs at each scale, sampling two with the run's sampler and
+        `denoiser` (any weights: the count depends on the noise levels visited, not on the network's output).
+        Guidance inside an interval skips the unconditional pass elsewhere: DPM-Solver++ spends most of its
+        steps outside (0.3, 5], and the worst case of two passes a step reserved 47 s for a 27 s sweep."""
+        plan, classes = self.plan(base).but(batch_size=2), torch.arange(2) % max(1, denoiser.num_classes)
+        for scale in self.scales:
+            images = 0
+
+            def count(module: nn.Module, inputs: Any, output: Tensor) -> None:
+                nonlocal images
+                images += output.shape[0]
+
+            hook = denoiser.model.register_forward_hook(count)
+            try:
+                nfe = generate(denoiser, plan.but(cfg=scale), num=2, classes=classes).nfe
+            finally:
+                hook.remove()
+            self.passes[scale] = images / 2 + (nfe if self.autoguidance != 1.0 else 0)  # and the guide's, if any
 
     def run(
         self, denoiser: Denoiser, base: SamplingPlan, progress: Progress | None = None, samples: int | None = None
@@ -344,13 +374,26 @@ def sweep_after_training(
     try:
         unless_stopped()
         net, guide = sampling_weights(settings, run_dir, ema)
-        num_classes = settings.model.num_classes or 0
-        base = SamplingPlan.from_settings(settings.sample, num_classes).guided_by(guide)
-        base = base.check(process.grid.timesteps, num_classes)
+        base = sweep_base_plan(settings, process, guide)
         denoiser = make_denoiser(settings, net, process, base, precision=precision, guide=guide)
         return sweep.run(denoiser, base, unless_stopped, samples)
     except _Stopped:
         return "guidance sweep: stop requested"
+
+
+def sweep_base_plan(settings: Settings, process: DiffusionProcess, guide: nn.Module | None) -> SamplingPlan:
+    """The run's [sample] plan, autoguided when it keeps a guide, checked against its process."""
+    num_classes = settings.model.num_classes or 0
+    base = SamplingPlan.from_settings(settings.sample, num_classes).guided_by(guide)
+    return base.check(process.grid.timesteps, num_classes)
+
+
+def count_sweep_passes(
+    sweep: GuidanceSweep, settings: Settings, ema: nn.Module, process: DiffusionProcess, precision: PrecisionChoice
+) -> None:
+    """Before the clock plans: the passes a sweep sample costs at each scale, on `ema` as it is now."""
+    base = sweep_base_plan(settings, process, None)
+    sweep.count_passes(make_denoiser(settings, ema, process, base, precision=precision), base)
 
 
 def sampling_weights(settings: Settings, run_dir: Path, ema: nn.Module) -> tuple[nn.Module, nn.Module | None]:

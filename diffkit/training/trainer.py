@@ -35,7 +35,13 @@ from diffkit.settings import Settings, settings_to_dict
 from diffkit.training.batches import TrainingData
 from diffkit.training.budget import PlanInputs, measure_plan, recheck_plan
 from diffkit.training.epoch_end import EpochEnds
-from diffkit.training.guidance import GuidanceChoice, GuidanceSweep, guidance_sweep, sweep_after_training
+from diffkit.training.guidance import (
+    GuidanceChoice,
+    GuidanceSweep,
+    count_sweep_passes,
+    guidance_sweep,
+    sweep_after_training,
+)
 from diffkit.training.outcomes import (
     LossWindow,
     TrainHooks,
@@ -437,6 +443,8 @@ class Trainer(EpochEnds):
         def decide() -> ClockPlan:
             if recheck and self.clock_plan is not None:
                 return recheck_plan(self.plan_inputs(), self.clock_plan, step_s, self._epoch_end_s(step_s))
+            if self.sweep is not None and not self.sweep.passes:  # what the sweep will cost, counted once
+                count_sweep_passes(self.sweep, self.settings, self.ema, self.process, self.precision)
             return measure_plan(self.plan_inputs(), step_s)
 
         plan = self.world.from_main(decide() if self.world.is_main else None)
