@@ -103,7 +103,14 @@ class GuidanceChoice:
     seconds: float = 0.0
     # the chosen scale lies between two measured ones, where accuracy crosses the bar: its figures interpolated
     crossing: GuidanceRow | None = None
-    bracket: tuple[float, float] | None = None
+
+    @property
+    def bracket(self) -> tuple[float, float] | None:
+        """The measured scales either side of an interpolated choice."""
+        if self.crossing is None:
+            return None
+        below = max(r.cfg for r in self.rows if r.cfg < self.chosen)
+        return below, min(r.cfg for r in self.rows if r.cfg > self.chosen)
 
     @property
     def row(self) -> GuidanceRow:
@@ -294,7 +301,6 @@ class GuidanceSweep:
             self.yardstick.features,
             time.perf_counter() - start,
             between,
-            None if between is None else (max(r.cfg for r in rows if r.cfg < best.cfg), best.cfg),
         )
 
 
