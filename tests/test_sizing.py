@@ -16,7 +16,7 @@ from diffkit.settings import load_saved_settings, load_settings, parse_overrides
 from diffkit.training import sizing, train_run
 from diffkit.training.outcomes import TrainHooks
 from diffkit.training.request import start_lines, training_settings
-from diffkit.training.sizing import Timed, choose, size_network, sizing_lines
+from diffkit.training.sizing import Timed, choose, share_of_peak, size_network, sizing_lines
 from tests.conftest import one_line_error
 
 # three shapes of the tiny preset's UNet (base 8, norm groups 4): the widths are what the tests tell apart
@@ -62,6 +62,13 @@ def test_size_network_applies_the_chosen_shape_and_records_the_figures() -> None
     lines = sizing_lines(record)
     assert lines[0].startswith("network wide of 3 timed here at 1 thread, batch 8")
     assert "10 GFLOP/s in fp32" in lines[1] and "3x3-convolution peak" in lines[1]
+
+
+def test_the_share_of_peak_is_given_only_when_the_probe_is_a_roofline() -> None:
+    assert share_of_peak(50.0, 200.0, "bf16") == ", 25 % of the 200 GFLOP/s bf16 3x3-convolution peak here"
+    low = share_of_peak(107.0, 76.0, "bf16")  # what a busy AMX host once printed as "142 %"
+    assert "%" not in low and "probe read only 76 GFLOP/s" in low
+    assert share_of_peak(50.0, None, "fp32") == ""
 
 
 def torch_cpu() -> torch.device:
