@@ -12,6 +12,7 @@ Spacing = Literal["leading", "trailing", "linspace", "logsnr"]  # which grid poi
 Clipping = Literal["none", "clip", "dynamic"]  # of x̂0 at every sampling step
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # train.precision, sample.precision
 TimeDistribution = Literal["logit-normal", "uniform"]  # how flow training draws t
+Optimizer = Literal["adamw", "muon"]  # train.optimizer: see diffkit.optim
 
 PROCESS_NAMES: tuple[str, ...] = get_args(ProcessName)
 OBJECTIVES: tuple[str, ...] = get_args(Objective)

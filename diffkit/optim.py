@@ -1,4 +1,9 @@
-"""The optimiser's pieces: AdamW parameter groups, the learning-rate schedule, the EMA of the weights.
+"""The optimiser's pieces: AdamW parameter groups, Muon, the learning-rate schedule, the EMA of the weights.
+
+Muon (Jordan et al. 2024, "Muon: an optimizer for hidden layers"; Liu et al. 2025, "Muon is scalable for LLM
+training") replaces each hidden weight matrix's momentum by the nearest orthogonal matrix (five Newton-Schulz
+iterations), so every direction of the update moves at the same rate; AdamW keeps the rest. On the demo's short
+runs it learns what AdamW learns in about 1.5x the steps (README, "Muon").
 
 Two averages: the classic one (a fixed decay, warmed up) and EDM2's power-function EMA (Karras et al.
 2024, "Analyzing and Improving the Training Dynamics of Diffusion Models", section 3.1 and appendix C),
@@ -10,11 +15,106 @@ pure functions of the step, so the EMA weights and the step are all the state th
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from diffkit.settings import TrainSettings
+
+
+def build_optimizer(model: nn.Module, train: TrainSettings) -> torch.optim.Optimizer:
+    """The run's optimiser (train.optimizer): AdamW over `param_groups`, or Muon for the hidden matrices
+    (train.muon_lr, train.muon_momentum) with AdamW (train.lr, the Adam betas) for the rest."""
+    groups = param_groups(model, train.weight_decay)
+    betas = (train.adam_beta1, train.adam_beta2)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=train.lr, betas=betas)
+    hidden = {id(p) for p in hidden_matrices(model)}
+    split = [{**g, "params": [p for p in g["params"] if id(p) not in hidden]} for g in groups]
+    matrices = [p for p in model.parameters() if id(p) in hidden]
+    split.append({"params": matrices, "lr": train.muon_lr, "muon": True, "weight_decay": train.weight_decay})
+    return Muon([g for g in split if g["params"]], lr=train.lr, betas=betas, momentum=train.muon_momentum)
+
+
+def hidden_matrices(model: nn.Module) -> list[Tensor]:
+    """The weights Muon orthogonalises: those of convolutions and linear layers, flattened to (out, in x kernel),
+    except the layers that read or write pixels (a network's `pixel_layers()`) and embedding tables, which
+    AdamW keeps, as Muon's authors advise."""
+    pixels: list[nn.Module] = getattr(model, "pixel_layers", list)()
+    edge = {id(p) for layer in pixels for p in layer.parameters()}
+    kinds = (nn.Conv2d, nn.Linear)
+    return [m.weight for m in model.modules() if isinstance(m, kinds) and id(m.weight) not in edge]
+
+
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # Jordan's quintic: pushes every singular value into about [0.7, 1.2]
+
+
+def orthogonalise(g: Tensor, steps: int = 5) -> Tensor:
+    """About U Vᵀ of the SVD U S Vᵀ of each matrix in `g` (..., rows, cols), by Newton-Schulz iterations."""
+    x = g.float()
+    wide = x.shape[-2] <= x.shape[-1]
+    x = x if wide else x.mT  # iterate on the smaller Gram matrix
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # singular values ≤ 1, where the iteration converges
+    a, b, c = NEWTON_SCHULZ
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x if wide else x.mT).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for the groups marked `"muon": True` (Nesterov momentum, orthogonalised, scaled by
+    √max(1, rows/cols)), AdamW for the others: one optimiser, so the lr schedule, the gradient scaler and the
+    checkpoint see one object. Matrices of one shape are orthogonalised together, in one batched product."""
+
+    def __init__(
+        self, groups: list[dict[str, Any]], lr: float, betas: tuple[float, float], momentum: float = 0.95
+    ) -> None:
+        defaults = {"lr": lr, "betas": betas, "eps": 1e-8, "weight_decay": 0.0, "momentum": momentum, "muon": False}
+        super().__init__(groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            pairs = [(p, p.grad) for p in group["params"] if p.grad is not None]
+            if group["weight_decay"]:  # decoupled, as AdamW's
+                for p, _ in pairs:
+                    p.mul_(1.0 - group["lr"] * group["weight_decay"])
+            (self._muon_step if group["muon"] else self._adamw_step)(group, pairs)
+
+    def _muon_step(self, group: dict[str, Any], pairs: list[tuple[Tensor, Tensor]]) -> None:
+        mu = group["momentum"]
+        by_shape: dict[tuple[int, ...], list[tuple[Tensor, Tensor]]] = defaultdict(list)
+        for p, grad in pairs:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buf = state["momentum_buffer"].mul_(mu).add_(grad)
+            by_shape[tuple(p.shape)].append((p, grad.add(buf, alpha=mu)))  # Nesterov
+        for shape, updates in by_shape.items():
+            rows, cols = shape[0], math.prod(shape[1:])
+            ortho = orthogonalise(torch.stack([u for _, u in updates]).reshape(len(updates), rows, cols))
+            scale = group["lr"] * math.sqrt(max(1.0, rows / cols))  # the same RMS change per entry, tall or wide
+            for (p, _), o in zip(updates, ortho, strict=True):
+                p.add_(o.reshape(shape), alpha=-scale)
+
+    def _adamw_step(self, group: dict[str, Any], pairs: list[tuple[Tensor, Tensor]]) -> None:
+        beta1, beta2 = group["betas"]
+        for p, grad in pairs:
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float64)
+                state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+            state["step"] += 1
+            t = float(state["step"])
+            state["exp_avg"].lerp_(grad, 1.0 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+            denom = (state["exp_avg_sq"] / (1.0 - beta2**t)).sqrt_().add_(group["eps"])
+            p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1.0 - beta1**t))
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -180,8 +180,15 @@ def time_variants(step: StepFn, rounds: int = _PROBE_ROUNDS) -> dict[Variant, fl
     return best
 
 
-def probe_step(model: nn.Module, mode: Mode, batch: int, device: torch.device) -> StepFn:
-    """One step of the network as the run uses it, on a private copy (the run's weights stay untouched)."""
+def probe_step(
+    model: nn.Module,
+    mode: Mode,
+    batch: int,
+    device: torch.device,
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+) -> StepFn:
+    """One step of the network as the run uses it, on a private copy (the run's weights stay untouched);
+    `optimizer` builds the run's optimiser for a network (default AdamW)."""
     plain = copy.deepcopy(model).to(device)
     nets = {False: plain, True: copy.deepcopy(plain).to(memory_format=torch.channels_last)}
     spec = network(plain)
@@ -198,7 +205,8 @@ def probe_step(model: nn.Module, mode: Mode, batch: int, device: torch.device) -
         return x.contiguous(memory_format=fmt), extra
 
     if mode == "train":
-        opts = {cl: torch.optim.AdamW(net.parameters(), lr=1e-6) for cl, net in nets.items()}
+        build = optimizer or (lambda net: torch.optim.AdamW(net.parameters(), lr=1e-6))
+        opts = {cl: build(net) for cl, net in nets.items()}
         for net in nets.values():
             net.train()
 

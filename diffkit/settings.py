@@ -24,7 +24,16 @@ from pydantic_settings import (
 )
 
 from diffkit.atomic import write_text
-from diffkit.choices import Clipping, Objective, Precision, ProcessName, ScheduleKind, Spacing, TimeDistribution
+from diffkit.choices import (
+    Clipping,
+    Objective,
+    Optimizer,
+    Precision,
+    ProcessName,
+    ScheduleKind,
+    Spacing,
+    TimeDistribution,
+)
 from diffkit.errors import DiffkitError
 
 MAX_SEED = 2**63 - 1  # the largest seed torch.Generator.manual_seed takes as a signed 64-bit number
@@ -262,6 +271,10 @@ class TrainSettings(_Group):
     weight_decay: float = Field(0.0, ge=0.0, le=10.0)
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    # muon: Muon for the hidden weight matrices (lr muon_lr), AdamW (lr, betas) for the rest (diffkit.optim)
+    optimizer: Optimizer = "adamw"
+    muon_lr: float = Field(0.02, gt=0.0, le=1.0)
+    muon_momentum: float = Field(0.95, ge=0.0, lt=1.0)
     epochs: int | None = Field(None, ge=1, le=1_000_000)
     max_steps: int | None = Field(None, ge=1, le=10**12)  # beyond any run; keeps step counters in 64 bits
     grad_clip: float | None = Field(1.0, gt=0.0)

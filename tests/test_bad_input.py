@@ -142,6 +142,8 @@ CASES: list[tuple[str, list[str], list[str], Setup]] = [
     ("train-lr-nan", ["train", "--preset", "tiny", "--run-dir", "new", "--set", "train.lr=nan", *TINY], ["train.lr"], None),
     ("train-grad-clip-inf", ["train", "--preset", "tiny", "--run-dir", "new", "--set", "train.grad_clip=inf", *TINY], ["grad_clip"], None),
     ("train-wrong-type", ["train", "--preset", "tiny", "--run-dir", "new", "--set", "train.batch_size='x'"], ["batch_size"], None),
+    ("train-unknown-optimizer", ["train", "--preset", "tiny", "--run-dir", "new", "--set", "train.optimizer='sgd'", *TINY], ["train.optimizer", "muon"], None),
+    ("train-muon-lr-zero", ["train", "--preset", "tiny", "--run-dir", "new", "--set", "train.muon_lr=0", *TINY], ["train.muon_lr"], None),
     # sizes that multiply memory
     ("sample-too-many-images", ["sample", "--run", R, "--num", "6000", "--steps", "2"], ["too large", "--export-dir"], None),
     ("sample-process-too-many", ["sample", "--run", R, "--num", "1000", "--steps", "20", "--process"], ["images x frames"], None),

@@ -121,12 +121,12 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(RunPaths(run).weights("last"))[0]
 
 
-@pytest.mark.parametrize("ema", ["classic", "power"])
-def test_resume_equals_uninterrupted_run(tmp_path: Path, ema: str) -> None:
+@pytest.mark.parametrize(("ema", "optimizer"), [("classic", "adamw"), ("power", "adamw"), ("power", "muon")])
+def test_resume_equals_uninterrupted_run(tmp_path: Path, ema: str, optimizer: str) -> None:
     # 10 steps over 7-step epochs: the break at step 4 is mid-epoch, so data order, RNG, EMA,
     # optimiser and LR-schedule state must all be restored exactly (the power EMA's decay is a function
-    # of the step alone: the EMA weights and the step are its whole state)
-    settings = tiny_settings(f"train.ema={ema}")
+    # of the step alone: the EMA weights and the step are its whole state; Muon's momentum is in its state)
+    settings = tiny_settings(f"train.ema={ema}", f"train.optimizer={optimizer}")
     _, straight = train_run(settings, tmp_path / "straight")
     _, first = train_run(settings, tmp_path / "split", stop_after=4)
     assert first.steps == 4

@@ -163,6 +163,10 @@ class UNet(nn.Module):
         """Whether the guidance scale is an input (a guidance-distilled student): one pass per guided step."""
         return self.guidance_mlp is not None
 
+    def pixel_layers(self) -> list[nn.Module]:
+        """The layers that read or write pixels (Muon leaves them to AdamW: diffkit.optim.hidden_matrices)."""
+        return [self.input_conv, self.out]
+
     def forward(
         self,
         x: Tensor,

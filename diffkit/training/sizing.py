@@ -2,11 +2,12 @@
 
 Which network buys the most quality in a fixed number of minutes depends on the CPU: a wider or deeper one
 learns more per step but takes fewer steps. So a run with a time budget and candidates builds each one,
-times a few training steps of it (forward, backward, AdamW, at the run's batch, in the precision the run's
-probe chooses for the smallest), and trains the largest (most FLOPs per step) that still gets `train.model_min_steps`
-steps in the budget; when none does, the fastest. The seconds spent count against the budget. config.toml
-records the chosen [model] (not the candidates), so every later command, a resume included, builds exactly
-that network and never chooses again; plan.json records every candidate's figures and the reason.
+times a few training steps of it (forward, backward, the run's optimiser, at the run's batch, in the precision
+the run's probe chooses for the smallest), and trains the largest (most FLOPs per step) that still gets
+`train.model_min_steps` steps in the budget; when none does, the fastest. The seconds spent count against
+the budget. config.toml records the chosen [model] (not the candidates), so every later command, a resume
+included, builds exactly that network and never chooses again; plan.json records every candidate's figures
+and the reason.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from diffkit.data import resolve_data
 from diffkit.models import UNet, count_parameters
+from diffkit.optim import build_optimizer
 from diffkit.precision import PrecisionChoice, choose_precision, probe_step, threads_text
 from diffkit.roofline import peak_gflops, training_flops
 from diffkit.runs import build_model
@@ -73,7 +75,8 @@ def _time_candidates(
     """Seconds per training step of each network in its precision: one warm-up, then the fastest of _ROUNDS,
     interleaved so that a busy moment of the machine does not fall on one candidate alone."""
     batch = settings.train.batch_size
-    steps = [probe_step(m, "train", batch, device) for m in models]
+    train = settings.train
+    steps = [probe_step(m, "train", batch, device, lambda net: build_optimizer(net, train)) for m in models]
     best = [math.inf] * len(models)
     for round_ in range(_ROUNDS + 1):
         for i, (step, choice) in enumerate(zip(steps, choices, strict=True)):

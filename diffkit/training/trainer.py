@@ -26,7 +26,7 @@ from diffkit.evaluation import training_fid
 from diffkit.interrupts import StopRequest, deferred_signals
 from diffkit.loss import diffusion_loss
 from diffkit.models import count_parameters
-from diffkit.optim import ema_decay_at, ema_update, lr_factor, param_groups, power_ema_decay, power_ema_gamma
+from diffkit.optim import build_optimizer, ema_decay_at, ema_update, lr_factor, power_ema_decay, power_ema_gamma
 from diffkit.precision import FP32, PrecisionChoice, choose_precision, cpu_kind, machine_description
 from diffkit.process import build_process
 from diffkit.runlog import RunLog
@@ -96,9 +96,7 @@ class Trainer(EpochEnds):
         self.guide: nn.Module | None = None  # the EMA as it was at train.autoguide_at of the run (autoguidance)
         self.net: nn.Module = self.model  # what the training forward runs through (DDP under several processes)
         self.process = build_process(settings.diffusion)
-        self.opt = torch.optim.AdamW(
-            param_groups(self.model, t.weight_decay), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2)
-        )
+        self.opt = build_optimizer(self.model, t)
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, self.total_steps, t.warmup_steps, t.lr_schedule, t.min_lr_ratio)
         )
