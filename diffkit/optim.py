@@ -40,6 +40,23 @@ def build_optimizer(model: nn.Module, train: TrainSettings) -> torch.optim.Optim
     return Muon([g for g in split if g["params"]], lr=train.lr, betas=betas, momentum=train.muon_momentum)
 
 
+def describe_optimizer(opt: torch.optim.Optimizer) -> str:
+    """One line for the start of a run: which optimiser takes which parameters, at which peak learning rate."""
+    groups = opt.param_groups
+    adam = [p for g in groups if not g.get("muon") for p in g["params"]]
+    muon = [p for g in groups if g.get("muon") for p in g["params"]]
+    peak = [g.get("initial_lr", g["lr"]) for g in groups]  # an lr schedule keeps the peak as initial_lr
+    beta1, beta2 = groups[0]["betas"]
+    adam_text = f"AdamW (lr {peak[0]:g}, betas {beta1:g}/{beta2:g})"
+    if not muon:
+        return adam_text
+    at = next(i for i, g in enumerate(groups) if g.get("muon"))
+    return (
+        f"Muon (lr {peak[at]:g}, momentum {groups[at]['momentum']:g}) for {len(muon):,} hidden weight "
+        f"matrices ({sum(p.numel() for p in muon):,} parameters), {adam_text} for the other {len(adam):,}"
+    )
+
+
 def hidden_matrices(model: nn.Module) -> list[Tensor]:
     """The weights Muon orthogonalises: those of convolutions and linear layers, flattened to (out, in x kernel),
     except the layers that read or write pixels (a network's `pixel_layers()`) and embedding tables, which

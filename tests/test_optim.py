@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from diffkit.models import UNet
-from diffkit.optim import Muon, build_optimizer, hidden_matrices, orthogonalise
+from diffkit.optim import Muon, build_optimizer, describe_optimizer, hidden_matrices, orthogonalise
 from diffkit.settings import TrainSettings
 
 
@@ -116,3 +116,15 @@ def test_the_muon_state_round_trips_through_a_state_dict() -> None:
         o.step()
     for p, q in zip(model.parameters(), copy_model.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_the_start_line_names_each_half_at_its_peak_learning_rate() -> None:
+    model = demo_unet()
+    opt = build_optimizer(model, TrainSettings(max_steps=10, optimizer="muon", lr=2e-3, muon_lr=0.02))
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.01)  # warm-up: the current lr is 1 % of the peak
+    line = describe_optimizer(opt)
+    n = len(hidden_matrices(model))
+    assert line.startswith(f"Muon (lr 0.02, momentum 0.95) for {n} hidden weight matrices")
+    assert line.endswith(f"AdamW (lr 0.002, betas 0.9/0.999) for the other {len(list(model.parameters())) - n}")
+    adamw = build_optimizer(model, TrainSettings(max_steps=10, lr=1e-4))
+    assert describe_optimizer(adamw) == "AdamW (lr 0.0001, betas 0.9/0.999)"

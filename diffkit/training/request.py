@@ -100,6 +100,7 @@ def start_lines(total_steps: int, start_step: int, info: dict[str, Any]) -> list
         f"{info['classes'] or 'no'} classes, {info['steps_per_epoch']} steps per epoch, "
         f"batch {info['batch_size']}" + split,
         f"diffusion process {info['process']}",
+        *([f"optimiser {info['optimizer']}"] if info.get("optimizer") else []),
         f"CPU: {info['cpu']}" if info["device"] == "cpu" else f"device: {info['cpu']}",
         f"precision {info['precision']}",
     ]

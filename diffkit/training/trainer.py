@@ -26,7 +26,15 @@ from diffkit.evaluation import training_fid
 from diffkit.interrupts import StopRequest, deferred_signals
 from diffkit.loss import diffusion_loss
 from diffkit.models import count_parameters
-from diffkit.optim import build_optimizer, ema_decay_at, ema_update, lr_factor, power_ema_decay, power_ema_gamma
+from diffkit.optim import (
+    build_optimizer,
+    describe_optimizer,
+    ema_decay_at,
+    ema_update,
+    lr_factor,
+    power_ema_decay,
+    power_ema_gamma,
+)
 from diffkit.precision import FP32, PrecisionChoice, choose_precision, cpu_kind, machine_description
 from diffkit.process import build_process
 from diffkit.runlog import RunLog
@@ -395,6 +403,7 @@ class Trainer(EpochEnds):
             "cpu": cpu_kind() if self.device.type == "cpu" else str(self.device),
             "budget_minutes": self.settings.train.max_minutes,
             "process": self.process.describe(),
+            "optimizer": describe_optimizer(self.opt),
             "guidance": self.sweep.describe() if self.sweep else self.sweep_note,
             "sizing": self.sizing,
         }
