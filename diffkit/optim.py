@@ -1,9 +1,9 @@
 """The optimiser's pieces: AdamW parameter groups, Muon, the learning-rate schedule, the EMA of the weights.
 
-Muon (Jordan et al. 2024, "Muon: an optimizer for hidden layers"; Liu et al. 2025, "Muon is scalable for LLM
-training") replaces each hidden weight matrix's momentum by the nearest orthogonal matrix (five Newton-Schulz
+Muon (Jordan et al. 2024, "Muon: an optimizer for hidden layers in neural networks") steps each hidden
+convolution kernel, taken as a matrix, along the nearest orthogonal matrix to its momentum (five Newton-Schulz
 iterations), so every direction of the update moves at the same rate; AdamW keeps the rest. On the demo's short
-runs it learns what AdamW learns in about 1.5x the steps (README, "Muon").
+runs its validation loss after half the steps is below AdamW's at the end (README, "Muon for the hidden layers").
 
 Two averages: the classic one (a fixed decay, warmed up) and EDM2's power-function EMA (Karras et al.
 2024, "Analyzing and Improving the Training Dynamics of Diffusion Models", section 3.1 and appendix C),
@@ -52,8 +52,8 @@ def describe_optimizer(opt: torch.optim.Optimizer) -> str:
         return adam_text
     at = next(i for i, g in enumerate(groups) if g.get("muon"))
     return (
-        f"Muon (lr {peak[at]:g}, momentum {groups[at]['momentum']:g}) for {len(muon):,} hidden weight "
-        f"matrices ({sum(p.numel() for p in muon):,} parameters), {adam_text} for the other {len(adam):,}"
+        f"Muon (lr {peak[at]:g}, momentum {groups[at]['momentum']:g}) for {len(muon):,} hidden convolution "
+        f"kernels ({sum(p.numel() for p in muon):,} parameters), {adam_text} for the other {len(adam):,}"
     )
 
 

@@ -271,7 +271,7 @@ class TrainSettings(_Group):
     weight_decay: float = Field(0.0, ge=0.0, le=10.0)
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
-    # muon: Muon for the hidden weight matrices (lr muon_lr), AdamW (lr, betas) for the rest (diffkit.optim)
+    # muon: Muon for the hidden convolutions (lr muon_lr), AdamW (lr, betas) for the rest (diffkit.optim)
     optimizer: Optimizer = "adamw"
     muon_lr: float = Field(0.02, gt=0.0, le=1.0)
     muon_momentum: float = Field(0.95, ge=0.0, lt=1.0)

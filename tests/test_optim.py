@@ -125,7 +125,7 @@ def test_the_start_line_names_each_half_at_its_peak_learning_rate() -> None:
     torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.01)  # warm-up: the current lr is 1 % of the peak
     line = describe_optimizer(opt)
     n = len(hidden_matrices(model))
-    assert line.startswith(f"Muon (lr 0.02, momentum 0.95) for {n} hidden weight matrices")
+    assert line.startswith(f"Muon (lr 0.02, momentum 0.95) for {n} hidden convolution kernels")
     assert line.endswith(f"AdamW (lr 0.002, betas 0.9/0.999) for the other {len(list(model.parameters())) - n}")
     adamw = build_optimizer(model, TrainSettings(max_steps=10, lr=1e-4))
     assert describe_optimizer(adamw) == "AdamW (lr 0.0001, betas 0.9/0.999)"
