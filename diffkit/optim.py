@@ -33,9 +33,9 @@ def build_optimizer(model: nn.Module, train: TrainSettings) -> torch.optim.Optim
     betas = (train.adam_beta1, train.adam_beta2)
     if train.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=train.lr, betas=betas)
-    hidden = {id(p) for p in hidden_matrices(model)}
+    matrices = hidden_matrices(model)
+    hidden = {id(p) for p in matrices}
     split = [{**g, "params": [p for p in g["params"] if id(p) not in hidden]} for g in groups]
-    matrices = [p for p in model.parameters() if id(p) in hidden]
     split.append({"params": matrices, "lr": train.muon_lr, "muon": True, "weight_decay": train.weight_decay})
     return Muon([g for g in split if g["params"]], lr=train.lr, betas=betas, momentum=train.muon_momentum)
 
@@ -45,14 +45,18 @@ def describe_optimizer(opt: torch.optim.Optimizer) -> str:
     groups = opt.param_groups
     adam = [p for g in groups if not g.get("muon") for p in g["params"]]
     muon = [p for g in groups if g.get("muon") for p in g["params"]]
-    peak = [g.get("initial_lr", g["lr"]) for g in groups]  # an lr schedule keeps the peak as initial_lr
-    beta1, beta2 = groups[0]["betas"]
-    adam_text = f"AdamW (lr {peak[0]:g}, betas {beta1:g}/{beta2:g})"
+
+    def peak(group: dict[str, Any]) -> float:  # an lr schedule keeps the peak as initial_lr
+        return float(group.get("initial_lr", group["lr"]))
+
+    first_adam = next((g for g in groups if not g.get("muon")), groups[0])
+    beta1, beta2 = first_adam["betas"]
+    adam_text = f"AdamW (lr {peak(first_adam):g}, betas {beta1:g}/{beta2:g})"
     if not muon:
         return adam_text
-    at = next(i for i, g in enumerate(groups) if g.get("muon"))
+    muon_group = next(g for g in groups if g.get("muon"))
     return (
-        f"Muon (lr {peak[at]:g}, momentum {groups[at]['momentum']:g}) for {len(muon):,} hidden convolution "
+        f"Muon (lr {peak(muon_group):g}, momentum {muon_group['momentum']:g}) for {len(muon):,} hidden convolution "
         f"kernels ({sum(p.numel() for p in muon):,} parameters), {adam_text} for the other {len(adam):,}"
     )
 
