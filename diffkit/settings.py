@@ -265,9 +265,9 @@ class TrainSettings(_Group):
 
     batch_size: int = Field(128, ge=1, le=65_536)
     lr: float = Field(2e-4, gt=0.0, le=1.0)
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)  # final lr of the cosine decay, as a fraction of lr
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)  # final lr of the decay, as a fraction of lr
     warmup_steps: int = Field(500, ge=0)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # after the warm-up
     weight_decay: float = Field(0.0, ge=0.0, le=10.0)
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)

@@ -73,12 +73,15 @@ def test_the_re_check_re_plans_on_epoch_ends_that_cost_other_than_estimated() ->
     )
     first = measure_plan(inputs, 0.1)
     assert first.epoch_end_s > 0.5  # the estimate: validation and a second for the checkpoint and curves
-    at = dataclasses.replace(inputs, step=70)
+    spent = 10.0 + 70 * 0.1 + 10 * first.epoch_end_s  # 70 steps and 10 epoch ends later, as planned
+    at = dataclasses.replace(inputs, step=70, elapsed_s=lambda: spent)
     kept = recheck_plan(at, first, 0.1, first.epoch_end_s * 0.999)
     assert kept.planned_steps == first.planned_steps and kept.rechecked_at == 70 and kept.first_planned_steps is None
+    slower = recheck_plan(at, first, 0.102, first.epoch_end_s)  # 2 % slower steps: within REPLAN_SHARE
+    assert slower.planned_steps == first.planned_steps and slower.first_planned_steps is None
     cheap = recheck_plan(at, first, 0.1, 0.05)
     assert cheap.epoch_end_s == 0.05 and cheap.first_planned_steps == first.planned_steps
-    left = 60.0 * 0.97 - 10.0 - cheap.final_s  # clock.plan_steps with the measured epoch end
+    left = 60.0 * 0.97 - spent - cheap.final_s  # clock.plan_steps with the measured epoch end
     assert cheap.planned_steps == 70 + math.floor(left / (0.1 + 0.05 / 7)) > first.planned_steps
     unseen = recheck_plan(at, first, 0.1, None)  # no epoch end since the plan: the estimate stands
     assert unseen.planned_steps == first.planned_steps

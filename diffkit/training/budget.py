@@ -26,19 +26,17 @@ if TYPE_CHECKING:
     from diffkit.training.guidance import GuidanceSweep
 
 SAVE_S = 1.0  # a checkpoint, curves.png and the metrics: about a second on a laptop
-# the re-check re-plans when the epoch ends left, as measured since the plan, would cost more or less than
-# reserved by this share of the budget (7 s of the demo's 6 minutes)
-EPOCH_END_TOLERANCE = 0.02
 SAMPLE_TIMING_BATCH = 64  # the batch sampling is timed at: grids and the guidance sweep draw 50 or more at once
 # the guidance sweep takes at most this share of a budget, with fewer samples if need be, and is left
 # out below MIN_SWEEP_SAMPLES per scale: training steps matter more than a finely chosen guidance
 MAX_SWEEP_SHARE = 0.15
 MIN_SWEEP_SAMPLES = 100
 # the sweep's seconds per network pass (as counted, `GuidanceSweep.count_passes`) against the forward pass timed
-# at a batch of 64: the sampler's own arithmetic and the digit CNN's scoring on top. Measured on the demo: 1.02 on
-# an Intel Xeon emulating AVX2 at 1 thread, 1.38 on the same Xeon at 2 threads in bf16 (small, fast passes). A
-# little over the larger: ending a few seconds early beats overrunning the budget
-SWEEP_OVERHEAD = 1.4
+# at a batch of 64: the sampler's own arithmetic and the digit CNN's scoring on top. Measured on the demo's
+# weights (200 samples at guidance 1 and 1.25, sampled and scored as the sweep does): 1.08 on an Intel Xeon
+# emulating AVX2 at 1 thread, 1.05-1.16 on the same Xeon at 2 threads in bf16. 1.4 (an earlier reading taken
+# while the machine slowed down) left 12 s of the slow end's 6 minutes unused; the plan's 3 % margin covers that
+SWEEP_OVERHEAD = 1.2
 
 
 @dataclass(frozen=True)
@@ -176,19 +174,15 @@ def measure_plan(run: PlanInputs, step_s: float, epoch_end_s: float | None = Non
 
 def recheck_plan(run: PlanInputs, old: ClockPlan, step_s: float, epoch_end_s: float | None = None) -> ClockPlan:
     """The plan after measuring the speed again: `step_s` a training step and, when epoch ends were seen
-    since the plan, `epoch_end_s` one of them. The same plan `old`, marked re-checked, while a step costs
-    what was planned (within RECHECK_TOLERANCE) and the epoch ends left would cost what was reserved (within
-    EPOCH_END_TOLERANCE of the budget); else a new plan for the rest of the budget, with the epoch end as
-    measured, that remembers the first one. (An epoch end's estimate guesses a second for the checkpoint and
+    since the plan, `epoch_end_s` one of them. The rest of the budget is planned again from them; the same
+    plan `old`, marked re-checked, while the new one's length is within `clock.REPLAN_SHARE` of it, else the
+    new plan, which remembers the first one. (An epoch end's estimate guesses a second for the checkpoint and
     curves: the demo on the AMX Xeon, whose epoch ends cost less, ended 56 s early.)"""
-    ends_left = max(0, old.planned_steps - run.step) / max(1, run.steps_per_epoch)
-    ends_off = epoch_end_s is not None and abs(epoch_end_s - old.epoch_end_s) * ends_left > (
-        EPOCH_END_TOLERANCE * old.budget_s
-    )
-    if not clock.speed_changed(old.step_s, step_s) and not ends_off:
+    fresh = measure_plan(run, step_s, epoch_end_s)
+    if not clock.plan_changed(old.planned_steps, fresh.planned_steps):
         return dataclasses.replace(old, rechecked_at=run.step, recheck_step_s=step_s)
     return dataclasses.replace(
-        measure_plan(run, step_s, epoch_end_s),
+        fresh,
         rechecked_at=run.step,
         recheck_step_s=step_s,
         first_planned_steps=old.planned_steps,

@@ -121,7 +121,8 @@ def plan_line(plan: ClockPlan) -> str:
     left = plan.budget_s - plan.elapsed_s
     planned = "planned"
     if plan.first_planned_steps is not None and plan.first_step_s is not None:
-        planned = f"the speed changed from the first {plan.first_step_s:.3f} s/step: re-planned"
+        first = f"{plan.first_planned_steps:,} steps at {plan.first_step_s:.3f} s/step"
+        planned = f"timed again (first plan: {first}), re-planned"
     return (
         f"{planned} {plan.planned_steps:,} steps at {plan.step_s:.3f} s/step to end within {plan.budget_s / 60:g} min "
         f"({left:.0f} s left, {plan.final_s:.0f} s kept for the final validation and grid{_sweep_words(plan)})"
