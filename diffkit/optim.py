@@ -77,15 +77,52 @@ NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # Jordan's quintic: pushes every sing
 
 def orthogonalise(g: Tensor, steps: int = 5) -> Tensor:
     """About U Vᵀ of the SVD U S Vᵀ of each matrix in `g` (..., rows, cols), by Newton-Schulz iterations."""
-    x = g.float()
-    wide = x.shape[-2] <= x.shape[-1]
-    x = x if wide else x.mT  # iterate on the smaller Gram matrix
-    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # singular values ≤ 1, where the iteration converges
+    return orthogonalise_all([g], steps)[0]
+
+
+def orthogonalise_all(mats: list[Tensor], steps: int = 5) -> list[Tensor]:
+    """`orthogonalise` for tensors of several shapes, (..., rows, cols) each, at once.
+
+    Each iteration X ← (a I + b G + c G²) X, with G = X Xᵀ, multiplies X by a polynomial in X₀ X₀ᵀ, so the
+    iterations can run on the small r x r Gram matrices alone (r the smaller side) and touch X twice, to form
+    G₀ and to apply the product Q of the polynomials: the same map of singular values, σ → aσ + bσ³ + cσ⁵ five
+    times, for 2.5x fewer FLOPs on the demo's kernels, and every matrix with the same smaller side iterates in
+    one batch (two batches for the demo's 23 kernels of 12 shapes, instead of 12)."""
+    xs, grams = [], []
+    for g in mats:
+        x = g.float()
+        x = x if x.shape[-2] <= x.shape[-1] else x.mT  # the smaller Gram matrix
+        x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # singular values ≤ 1, where the iteration converges
+        xs.append(x)
+        grams.append((x @ x.mT).reshape(-1, x.shape[-2], x.shape[-2]))
+    by_side: dict[int, list[int]] = defaultdict(list)
+    for i, gram in enumerate(grams):
+        by_side[gram.shape[-1]].append(i)
+    products: list[Tensor] = [torch.empty(0)] * len(mats)
+    for index in by_side.values():
+        together = _gram_newton_schulz(torch.cat([grams[i] for i in index]), steps)
+        for i, q in zip(index, together.split([len(grams[i]) for i in index]), strict=True):
+            products[i] = q.reshape(*xs[i].shape[:-1], xs[i].shape[-2])
+    out = []
+    for g, x, q in zip(mats, xs, products, strict=True):
+        o = q @ x
+        out.append((o if g.shape[-2] <= g.shape[-1] else o.mT).to(g.dtype))
+    return out
+
+
+def _gram_newton_schulz(gram: Tensor, steps: int) -> Tensor:
+    """The product Q (n, r, r) of the iterations' polynomials for Gram matrices `gram` (n, r, r) of
+    normalised X: Q X ≈ U Vᵀ. The polynomials in G₀ commute, so G after an iteration with M is M G M."""
     a, b, c = NEWTON_SCHULZ
-    for _ in range(steps):
-        gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x if wide else x.mT).to(g.dtype)
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device).expand_as(gram)
+    q: Tensor | None = None
+    for i in range(steps):
+        m = torch.baddbmm(torch.add(a * eye, gram, alpha=b), gram, gram, alpha=c)
+        q = m if q is None else m @ q
+        if i + 1 < steps:
+            gram = m @ (m @ gram)
+    assert q is not None
+    return q
 
 
 class Muon(torch.optim.Optimizer):
@@ -122,9 +159,12 @@ class Muon(torch.optim.Optimizer):
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, p in enumerate(params):
             by_shape[tuple(p.shape)].append(i)
-        for shape, index in by_shape.items():
-            rows, cols = shape[0], math.prod(shape[1:])
-            ortho = orthogonalise(torch.stack([nesterov[i] for i in index]).reshape(len(index), rows, cols))
+        stacked = [
+            torch.stack([nesterov[i] for i in index]).reshape(len(index), shape[0], math.prod(shape[1:]))
+            for shape, index in by_shape.items()
+        ]
+        for (shape, index), ortho in zip(by_shape.items(), orthogonalise_all(stacked), strict=True):
+            rows, cols = ortho.shape[-2:]
             scale = group["lr"] * math.sqrt(max(1.0, rows / cols))  # the same RMS change per entry, tall or wide
             steps = list(ortho.reshape(len(index), *shape).unbind())
             torch._foreach_add_([params[i] for i in index], steps, alpha=-scale)
