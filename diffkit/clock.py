@@ -4,9 +4,9 @@
 number of steps that ends the run, final epoch end included, inside the budget; `ClockPlan` is what
 was decided, saved in plan.json so that a resumed run follows the same plan. The first seconds can
 mislead (another program busy, a laptop leaving its power-saving state), so the speed is measured once
-more, at half the planned steps or a quarter of the budget after the plan, whichever comes first, and
-the rest of the run is planned again from it; when that plan is more than REPLAN_SHARE longer or shorter
-than the first, the run follows it (once).
+again (up to MAX_RECHECKS times), each time at half the steps left or a quarter of the budget after the
+plan or the last check, whichever comes first, and the rest of the run is planned again from it; when
+that plan is more than REPLAN_SHARE longer or shorter than the one followed, the run follows the new one.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ class ClockPlan:
     ended_early_at: int | None = None  # the step where a slowed-down machine ran out of budget
     sweep_s: float = 0.0  # of final_s: the guidance sweep after the last step (diffkit.training.guidance)
     sweep_samples: int | None = None  # its samples per scale as planned (0: no time for it); None: no sweep
-    rechecked_at: int | None = None  # the step where the speed was measured again (None: not yet)
+    rechecked_at: int | None = None  # the step where the speed was last measured again (None: not yet)
     recheck_step_s: float | None = None  # the speed measured then
+    rechecks: int = 0  # how many times it was
+    rechecked_elapsed_s: float | None = None  # the budget spent at the last re-check
     first_planned_steps: int | None = None  # set when the re-check re-planned: the first plan's length ...
     first_step_s: float | None = None  # ... and the speed it was made at
 
@@ -64,7 +66,10 @@ def plan_steps(
     return min(total, cap) if cap is not None else total
 
 
-RECHECK_SHARE = 0.25  # re-check the speed by this share of the budget at the latest ...
+RECHECK_SHARE = 0.25  # re-check the speed by this share of the budget after the plan or the last check ...
+# ... at most this often: the host's speed wanders (an emulated AVX2 run re-planned at a quarter of its budget,
+# then ran faster and left 28 s of its 6 minutes unused)
+MAX_RECHECKS = 3
 # ... and follow the new plan when its length differs by more than this: a 10 % tolerance on the step time
 # alone left the demo 28 s of its 6 minutes unused on an emulated AVX2 laptop (steps 5 % faster, epoch ends
 # half the estimate); below 2 % the lr schedule is not worth moving for what timing noise can tell apart
@@ -72,13 +77,15 @@ REPLAN_SHARE = 0.02
 
 
 def recheck_due(plan: ClockPlan, step: int, elapsed_s: float) -> bool:
-    """Whether a run following `plan` should measure its speed again now (once: at half the planned steps
-    or a quarter of the budget after the plan was made, whichever comes first)."""
-    if plan.rechecked_at is not None:
+    """Whether a run following `plan` should measure its speed again now: at half the steps left or a
+    quarter of the budget after the plan or the last re-check, whichever comes first, MAX_RECHECKS times."""
+    if plan.rechecks >= MAX_RECHECKS:
         return False
     # counted from the plan, not the start: a slow start-up (sizing, a busy probe) must not use up the window
-    return 2 * (step - plan.planned_at_step) >= plan.planned_steps - plan.planned_at_step or (
-        elapsed_s - plan.elapsed_s >= RECHECK_SHARE * plan.budget_s
+    since_step = plan.planned_at_step if plan.rechecked_at is None else max(plan.rechecked_at, plan.planned_at_step)
+    since_s = plan.elapsed_s if plan.rechecked_elapsed_s is None else max(plan.rechecked_elapsed_s, plan.elapsed_s)
+    return 2 * (step - since_step) >= plan.planned_steps - since_step or (
+        elapsed_s - since_s >= RECHECK_SHARE * plan.budget_s
     )
 
 

@@ -9,7 +9,15 @@ import torch
 from torch import nn
 
 from diffkit.models import UNet
-from diffkit.optim import Muon, build_optimizer, describe_optimizer, hidden_matrices, orthogonalise
+from diffkit.optim import (
+    NEWTON_SCHULZ,
+    Muon,
+    build_optimizer,
+    describe_optimizer,
+    hidden_matrices,
+    orthogonalise,
+    orthogonalise_all,
+)
 from diffkit.settings import TrainSettings
 
 
@@ -26,6 +34,29 @@ def test_newton_schulz_gives_about_the_orthogonal_factor(shape: tuple[int, ...])
     cosine = (o * exact).sum(dim=(-2, -1)) / (o.norm(dim=(-2, -1)) * exact.norm(dim=(-2, -1)))
     assert (cosine > 0.95).all()  # the same directions as U Vᵀ
     torch.testing.assert_close(orthogonalise(3.0 * g), o)  # the gradient's scale does not matter
+
+
+def test_the_gram_iteration_is_newton_schulz_on_the_matrices() -> None:
+    """orthogonalise_all iterates on X Xᵀ only; the plain iteration X ← (aI + bXXᵀ + c(XXᵀ)²) X, written out
+    here, must give the same matrices, for tensors of several shapes (tall, wide, batched) at once."""
+    gen = torch.Generator().manual_seed(1)
+    mats = [torch.randn(*shape, generator=gen) for shape in [(2, 24, 216), (48, 24), (3, 48, 432), (24, 72), (6, 6)]]
+    mats.append(torch.randn(24, 3, generator=gen) @ torch.randn(3, 96, generator=gen))  # rank 3, like a gradient
+
+    def plain(g: torch.Tensor) -> torch.Tensor:
+        x = g if g.shape[-2] <= g.shape[-1] else g.mT
+        x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+        a, b, c = NEWTON_SCHULZ
+        for _ in range(5):
+            gram = x @ x.mT
+            x = a * x + (b * gram + c * gram @ gram) @ x
+        return x if g.shape[-2] <= g.shape[-1] else x.mT
+
+    together = orthogonalise_all(mats)
+    for g, o in zip(mats, together, strict=True):
+        assert o.shape == g.shape
+        torch.testing.assert_close(o, plain(g), rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(o, orthogonalise(g))  # alone or with others: the same
 
 
 def demo_unet() -> UNet:

@@ -212,27 +212,33 @@ def test_a_changed_speed_re_plans_once_and_resume_keeps_the_new_plan(
     monkeypatch.setattr(clock, "plan_steps", growing_plan)
     monkeypatch.setattr(clock.ClockWatch, "ready", lambda self, budget_s: self.count >= 3)
     trainer, straight = train_run(tiny_settings(*budget), tmp_path / "straight")
-    assert planned == [5, 10] and straight.steps == trainer.total_steps == 16
+    # re-planned at the check at 10; checked again at 15, the same 16 steps: kept
+    assert planned == [5, 10, 15] and straight.steps == trainer.total_steps == 16
     record = json.loads(trainer.paths.plan.read_text())["clock"]
-    assert record["rechecked_at"] == 10 and record["first_planned_steps"] == 12 and record["planned_steps"] == 16
-    assert record["first_step_s"] > 0 and record["recheck_step_s"] == record["step_s"]
+    assert record["planned_at_step"] == 10 and record["rechecked_at"] == 15 and record["rechecks"] == 2
+    assert record["first_planned_steps"] == 12 and record["planned_steps"] == 16 and record["first_step_s"] > 0
 
     planned.clear()
     train_run(tiny_settings(*budget), tmp_path / "split", stop_after=11)
     _, second = train_run(tiny_settings(*budget), tmp_path / "split", resume=True)
-    assert planned == [5, 10] and second.steps == 16  # re-planned once, before the stop; the resumed run kept it
+    # re-planned at 10, before the stop; the resumed run kept that plan and checked it once more, at its end
+    assert planned == [5, 10, 16] and second.steps == 16
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_the_re_check_is_due_once_at_half_the_plan_or_a_quarter_of_the_budget() -> None:
+def test_the_re_check_is_due_at_half_the_steps_left_or_a_quarter_of_the_budget() -> None:
     plan = clock.ClockPlan(400.0, 105, 5, 0.5, 1.0, 10.0, 6.0)
     assert not clock.recheck_due(plan, step=54, elapsed_s=60.0)
     assert clock.recheck_due(plan, step=55, elapsed_s=60.0)  # half of the 100 planned steps done
     assert not clock.recheck_due(plan, step=20, elapsed_s=105.0)  # the plan was made at 6 s: 99 s since
     assert clock.recheck_due(plan, step=20, elapsed_s=106.0)  # a quarter of the 400 s budget since the plan
-    plan.rechecked_at = 55
-    assert not clock.recheck_due(plan, step=80, elapsed_s=200.0)
+    plan.rechecked_at, plan.rechecked_elapsed_s, plan.rechecks = 55, 60.0, 1  # checked, the plan kept
+    assert not clock.recheck_due(plan, step=79, elapsed_s=159.0)
+    assert clock.recheck_due(plan, step=80, elapsed_s=100.0)  # half of the 50 steps left at the check
+    assert clock.recheck_due(plan, step=60, elapsed_s=160.0)  # a quarter of the budget after the check
+    plan.rechecks = clock.MAX_RECHECKS
+    assert not clock.recheck_due(plan, step=100, elapsed_s=390.0)  # no more checks
     # a re-made plan is followed when its length differs by more than 2 %
     assert clock.plan_changed(1000, 1021) and clock.plan_changed(1000, 979)
     assert not clock.plan_changed(1000, 1019) and not clock.plan_changed(1000, 981)

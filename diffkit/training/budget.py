@@ -173,18 +173,18 @@ def measure_plan(run: PlanInputs, step_s: float, epoch_end_s: float | None = Non
 
 
 def recheck_plan(run: PlanInputs, old: ClockPlan, step_s: float, epoch_end_s: float | None = None) -> ClockPlan:
-    """The plan after measuring the speed again: `step_s` a training step and, when epoch ends were seen
-    since the plan, `epoch_end_s` one of them. The rest of the budget is planned again from them; the same
-    plan `old`, marked re-checked, while the new one's length is within `clock.REPLAN_SHARE` of it, else the
-    new plan, which remembers the first one. (An epoch end's estimate guesses a second for the checkpoint and
-    curves: the demo on the AMX Xeon, whose epoch ends cost less, ended 56 s early.)"""
+    """The plan after measuring the speed again: `step_s` a training step since the last plan or check and,
+    when epoch ends were seen since the plan, `epoch_end_s` one of them. The rest of the budget is planned
+    again from them; the same plan `old`, marked re-checked, while the new one's length is within
+    `clock.REPLAN_SHARE` of it, else the new plan, which remembers the first one. (An epoch end's estimate
+    guesses a second for the checkpoint and curves: the demo on the AMX Xeon, whose epoch ends cost less,
+    ended 56 s early.)"""
     fresh = measure_plan(run, step_s, epoch_end_s)
-    if not clock.plan_changed(old.planned_steps, fresh.planned_steps):
-        return dataclasses.replace(old, rechecked_at=run.step, recheck_step_s=step_s)
-    return dataclasses.replace(
-        fresh,
-        rechecked_at=run.step,
-        recheck_step_s=step_s,
-        first_planned_steps=old.planned_steps,
-        first_step_s=old.step_s,
-    )
+    follow = fresh if clock.plan_changed(old.planned_steps, fresh.planned_steps) else old
+    checked = dataclasses.replace(follow, rechecked_at=run.step, recheck_step_s=step_s, rechecks=old.rechecks + 1)
+    checked.rechecked_elapsed_s = fresh.elapsed_s
+    if follow is old:
+        return checked
+    first_steps = old.planned_steps if old.first_planned_steps is None else old.first_planned_steps
+    first_step_s = old.step_s if old.first_step_s is None else old.first_step_s
+    return dataclasses.replace(checked, first_planned_steps=first_steps, first_step_s=first_step_s)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from diffkit.atomic import write_json
-from diffkit.clock import ClockPlan, ClockWatch, read_plan, recheck_due
+from diffkit.clock import MAX_RECHECKS, ClockPlan, ClockWatch, read_plan, recheck_due
 from diffkit.data import random_condition
 from diffkit.devices import configure, resolve_device
 from diffkit.distributed import Rows, World
@@ -326,9 +326,8 @@ class Trainer(EpochEnds):
         self.net = self._wrap()
         self.model.train()
         window, run_start = LossWindow(), time.perf_counter()
-        # times the first steps to plan on, then the steps after the plan to check it once (diffkit.clock)
-        unchecked = self.clock_plan is None or self.clock_plan.rechecked_at is None
-        watch = ClockWatch() if self.budget_s is not None and unchecked else None
+        # times the first steps to plan on, then the steps after the plan or a check to check it (diffkit.clock)
+        watch = ClockWatch() if self.budget_s is not None and self._checks_left() else None
         self.last_saved_at = time.perf_counter()
         with deferred_signals() as self.stop:
             while self.step < self._end(stop_after):
@@ -349,9 +348,8 @@ class Trainer(EpochEnds):
                 if watch is not None:
                     watch.add(time.perf_counter() - step_start)
                     if self.world.agree(False, self._plan_due(watch))[1]:
-                        first = self.clock_plan is None
-                        self._make_plan(watch.step_s, recheck=not first)
-                        watch = ClockWatch() if first else None
+                        self._make_plan(watch.step_s, recheck=self.clock_plan is not None)
+                        watch = ClockWatch() if self._checks_left() else None
                 self._after_step()
             if self.step == self.total_steps:
                 self._sweep_guidance()
@@ -428,6 +426,10 @@ class Trainer(EpochEnds):
         self.write_plan()
         self._end_epoch()
 
+    def _checks_left(self) -> bool:
+        """Whether the clock has a plan to make or re-checks left (a resumed run carries on its count)."""
+        return self.clock_plan is None or self.clock_plan.rechecks < MAX_RECHECKS
+
     def _plan_due(self, watch: ClockWatch) -> bool:
         plan = self.clock_plan
         return watch.ready(self.budget_s or 0.0) and (plan is None or recheck_due(plan, self.step, self.elapsed_s()))
@@ -454,11 +456,12 @@ class Trainer(EpochEnds):
                 count_sweep_passes(self.sweep, self.settings, self.ema, self.process, self.precision)
             return measure_plan(self.plan_inputs(), step_s)
 
+        before = self.clock_plan
         plan = self.world.from_main(decide() if self.world.is_main else None)
         assert plan is not None
         self.clock_plan, self.total_steps = plan, plan.planned_steps
         self.write_plan()
-        if not recheck or plan.first_planned_steps is not None:
+        if before is None or plan.planned_at_step != before.planned_at_step:  # a first plan, or a new one
             self.hooks.plan(plan)
 
     def plan_inputs(self) -> PlanInputs:
