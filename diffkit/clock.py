@@ -90,7 +90,7 @@ def recheck_due(plan: ClockPlan, step: int, elapsed_s: float) -> bool:
 
 
 def plan_changed(planned_steps: int, replanned_steps: int) -> bool:
-    """Whether a re-made plan differs enough from the first to follow it instead."""
+    """Whether a re-made plan differs enough from the one followed to follow it instead."""
     return abs(replanned_steps / max(1, planned_steps) - 1.0) > REPLAN_SHARE
 
 
