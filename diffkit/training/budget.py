@@ -181,8 +181,13 @@ def recheck_plan(run: PlanInputs, old: ClockPlan, step_s: float, epoch_end_s: fl
     ended 56 s early.)"""
     fresh = measure_plan(run, step_s, epoch_end_s)
     follow = fresh if clock.plan_changed(old.planned_steps, fresh.planned_steps) else old
-    checked = dataclasses.replace(follow, rechecked_at=run.step, recheck_step_s=step_s, rechecks=old.rechecks + 1)
-    checked.rechecked_elapsed_s = fresh.elapsed_s
+    checked = dataclasses.replace(
+        follow,
+        rechecked_at=run.step,
+        recheck_step_s=step_s,
+        rechecks=old.rechecks + 1,
+        rechecked_elapsed_s=fresh.elapsed_s,
+    )
     if follow is old:
         return checked
     first_steps = old.planned_steps if old.first_planned_steps is None else old.first_planned_steps
